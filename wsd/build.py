@@ -1,0 +1,172 @@
+"""Stage 4, build: the whole compile pipeline in one place, and the library cache.
+
+    trace (wsd.trace)        PyTorch -> torch.export -> Relax, one function per model part
+    + schedulers             the samplers' step math (wsd.schedulers), into the same module
+    optimize (wsd.optimize)  legalize, fold, fuse
+    schedule (wsd.schedule)  dlight rules per target
+    lower + plan             dataflow lowering, static memory planning, VM lowering
+    codegen                  tvm.compile -> one shared library for the target
+
+Compiled libraries do not contain weights (they are function inputs), so a library is keyed
+by the architecture, not the checkpoint: model config hash, target, dtype, resolution, and
+the versions of TVM and of this compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from wsd import optimize, schedule
+from wsd.models import Model
+from wsd.trace import Traced, trace_model
+
+TARGETS = ("llvm", "cuda")
+
+
+class TargetError(RuntimeError):
+    """The requested target cannot run on this machine."""
+
+
+def make_target(name: str) -> tvm.target.Target:
+    if name == "llvm":
+        return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
+    if name == "cuda":
+        if not tvm.cuda(0).exist:
+            raise TargetError("target 'cuda' needs an NVIDIA GPU, and none is visible here; "
+                              "use --target llvm")
+        # From the device: its architecture and thread limits.
+        return tvm.target.Target.from_device(tvm.cuda(0))
+    raise TargetError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+
+
+def device_of(target: tvm.target.Target) -> tvm.runtime.Device:
+    return tvm.cpu() if target.kind.name == "llvm" else tvm.cuda(0)
+
+
+def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The Relax pipeline, composed here from the named stages."""
+    lower = [
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+    ]
+    plan = [
+        relax.transform.StaticPlanBlockMemory(),
+        relax.transform.LowerAllocTensor(),
+        relax.transform.KillAfterLastUse(),
+        relax.transform.LowerRuntimeBuiltin(),
+        relax.transform.ComputePrimValue(),
+        relax.transform.VMShapeLower(),
+        relax.transform.AttachGlobalSymbol(),
+    ]
+
+    @tvm.transform.module_pass(opt_level=0, name="wsd_pipeline")
+    def run(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                optimize.passes() + schedule.passes(target) + lower + plan)(mod)
+
+    return run
+
+
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target):
+    """Relax module -> executable for the target."""
+    return tvm.compile(mod, target, relax_pipeline=pipeline(target))
+
+
+@dataclass
+class Library:
+    """A compiled model: the loaded shared library and what its functions take."""
+
+    path: Path
+    module: tvm.runtime.Module
+    meta: dict  # functions -> {num_inputs, weight_names, weight_dtypes}; build settings
+    target: tvm.target.Target
+
+    @property
+    def device(self) -> tvm.runtime.Device:
+        return device_of(self.target)
+
+
+def _compiler_fingerprint() -> str:
+    """Hash of this package's compiler sources: editing them invalidates cached libraries."""
+    digest = hashlib.sha256(tvm.__version__.encode())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WSD_CACHE", Path.home() / ".cache" / "wsd"))
+
+
+def library_key(model: Model, target: tvm.target.Target, dtype: str,
+                height: int, width: int) -> str:
+    settings = json.dumps({
+        "model": model.config_hash(), "target": str(target), "dtype": dtype,
+        "size": [height, width], "compiler": _compiler_fingerprint(),
+    }, sort_keys=True)
+    label = f"{model.name}-{target.kind.name}-{dtype}-{height}x{width}"
+    return f"{label}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+
+
+def add_scheduler_functions(mod: tvm.IRModule) -> tvm.IRModule:
+    from wsd.schedulers import relax_functions
+
+    for name, func in relax_functions().items():
+        mod[name] = func.with_attr("global_symbol", name)
+    return mod
+
+
+def function_meta(traced: Traced) -> dict:
+    meta = {}
+    for name, weights in traced.weight_names.items():
+        params = traced.mod[name].params[traced.num_inputs[name]:]
+        meta[name] = {
+            "num_inputs": traced.num_inputs[name],
+            "weight_names": weights,
+            "weight_dtypes": [str(p.ty.dtype) for p in params],
+        }
+    return meta
+
+
+def build(model: Model, target: str = "llvm", dtype: str = "float32",
+          height: int | None = None, width: int | None = None,
+          log=print, force: bool = False) -> Library:
+    """Compile (or load from the cache) the model's library for a target."""
+    tvm_target = make_target(target)
+    height, width = height or model.default_size[0], width or model.default_size[1]
+    key = library_key(model, tvm_target, dtype, height, width)
+    folder = cache_dir() / "lib" / key
+    lib_path, meta_path = folder / "model.so", folder / "meta.json"
+    if lib_path.is_file() and meta_path.is_file() and not force:
+        log(f"using cached library {folder}")
+    else:
+        start = time.time()
+        log(f"tracing {model.name} ({dtype}, {height}x{width}) ...")
+        traced = trace_model(model, height, width, dtype)
+        mod = add_scheduler_functions(traced.mod)
+        log(f"compiling for {tvm_target.kind.name} ...")
+        executable = compile_module(mod, tvm_target)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"model.{os.getpid()}.so"
+        executable.export_library(str(tmp))
+        meta = {"model": model.name, "config_hash": model.config_hash(), "target": str(tvm_target),
+                "dtype": dtype, "height": height, "width": width,
+                "functions": function_meta(traced)}
+        meta_path.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, lib_path)  # atomic: a crash never leaves a half-written library
+        log(f"built {folder} in {time.time() - start:.1f} s")
+    meta = json.loads(meta_path.read_text())
+    return Library(folder, tvm.runtime.load_module(str(lib_path)), meta, tvm_target)

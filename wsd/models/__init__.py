@@ -1,0 +1,178 @@
+"""Which Stable Diffusion model to compile: `tiny`, `sd15`, or a local diffusers folder.
+
+`load_model(spec)` returns a `Model`: the configs of its parts (UNet, VAE, CLIP text encoder,
+scheduler) and loaders for the PyTorch modules and the tokenizer. Everything downstream
+(trace, build, runtime, verify) takes a `Model`, never a spec string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from wsd.models.presets import PRESETS
+from wsd.models.random_weights import randomize_
+
+# Config keys that record who wrote a file, not what the model is.
+_PROVENANCE_KEYS = {"_diffusers_version", "_name_or_path", "transformers_version", "architectures"}
+
+# Each part of a diffusers folder: (subfolder, accepted weight files).
+_PARTS = {
+    "unet": ("unet", ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]),
+    "vae": ("vae", ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]),
+    "text_encoder": ("text_encoder", ["model.safetensors", "pytorch_model.bin"]),
+}
+
+
+class ModelError(ValueError):
+    """A model spec or folder that cannot be used; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    configs: dict  # "unet", "vae", "text_encoder", "scheduler" -> config dict
+    path: Path | None = None  # diffusers folder, or None for random weights
+    seed: int = 0  # seed of the random weights when path is None
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    # ---- shapes -------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.configs["vae"]["block_out_channels"]) - 1)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) in pixels the UNet was trained at."""
+        side = self.configs["unet"]["sample_size"] * self.vae_scale_factor
+        return side, side
+
+    @property
+    def latent_channels(self) -> int:
+        return self.configs["unet"]["in_channels"]
+
+    @property
+    def text_hidden_size(self) -> int:
+        return self.configs["text_encoder"]["hidden_size"]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.configs["text_encoder"]["max_position_embeddings"]
+
+    def config_hash(self) -> str:
+        """Hash of the architecture (not the weights): it keys compiled libraries."""
+        clean = {
+            part: {k: v for k, v in cfg.items() if k not in _PROVENANCE_KEYS}
+            for part, cfg in self.configs.items()
+        }
+        blob = json.dumps(clean, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # ---- PyTorch modules (fp32, eval mode) ------------------------------------------------
+    def text_encoder(self) -> torch.nn.Module:
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        if self.path is None:
+            config = CLIPTextConfig(**self.configs["text_encoder"])
+            config._attn_implementation = "eager"  # SDPA does not export to valid WGSL
+            module = randomize_(CLIPTextModel(config), self.seed)
+        else:
+            module = CLIPTextModel.from_pretrained(
+                self.path / "text_encoder", attn_implementation="eager", local_files_only=True)
+        return module.float().eval()
+
+    def unet(self) -> torch.nn.Module:
+        from diffusers import UNet2DConditionModel
+
+        if self.path is None:
+            module = randomize_(UNet2DConditionModel(**self.configs["unet"]), self.seed)
+        else:
+            module = UNet2DConditionModel.from_pretrained(
+                self.path, subfolder="unet", local_files_only=True)
+        return module.float().eval()
+
+    def vae(self) -> torch.nn.Module:
+        from diffusers import AutoencoderKL
+
+        if self.path is None:
+            module = randomize_(AutoencoderKL(**self.configs["vae"]), self.seed)
+        else:
+            module = AutoencoderKL.from_pretrained(self.path, subfolder="vae", local_files_only=True)
+        return module.float().eval()
+
+    def tokenizer(self):
+        from wsd.tokenizer import CLIPTokenizer
+
+        if self.path is None:
+            return CLIPTokenizer.default()
+        return CLIPTokenizer.from_pretrained_dir(self.path / "tokenizer")
+
+    def diffusers_pipeline(self, scheduler=None):
+        """diffusers' StableDiffusionPipeline over the same weights: the reference."""
+        from diffusers import StableDiffusionPipeline
+        from transformers import CLIPTokenizer as HFTokenizer
+        import tempfile
+
+        from wsd.schedulers import diffusers_scheduler
+
+        if "pipeline" not in self._cache:
+            if self.path is not None:
+                tok = HFTokenizer.from_pretrained(self.path / "tokenizer", local_files_only=True)
+            else:
+                tmp = tempfile.mkdtemp(prefix="wsd-tokenizer-")
+                self.tokenizer().save_pretrained_files(tmp)
+                tok = HFTokenizer(f"{tmp}/vocab.json", f"{tmp}/merges.txt")
+            self._cache["pipeline"] = StableDiffusionPipeline(
+                vae=self.vae(), text_encoder=self.text_encoder(), tokenizer=tok,
+                unet=self.unet(), scheduler=diffusers_scheduler("pndm", self.configs["scheduler"]),
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = self._cache["pipeline"]
+        if scheduler is not None:
+            pipe.scheduler = diffusers_scheduler(scheduler, self.configs["scheduler"])
+        return pipe
+
+
+def load_model(spec: str | Path, seed: int = 0) -> Model:
+    """`tiny`, `sd15`, or the path of a diffusers-format folder."""
+    spec_str = str(spec)
+    if spec_str in PRESETS:
+        return Model(name=spec_str, configs=PRESETS[spec_str], seed=seed)
+    path = Path(spec_str).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"model '{spec_str}' is neither a built-in model ({', '.join(PRESETS)}) "
+            f"nor an existing folder")
+    return Model(name=path.resolve().name, configs=_read_folder_configs(path), path=path.resolve())
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        raise ModelError(f"missing {file}: a diffusers model folder needs it")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"malformed JSON in {file}: {err}") from err
+    if not isinstance(data, dict):
+        raise ModelError(f"malformed {file}: expected a JSON object")
+    return data
+
+
+def _read_folder_configs(path: Path) -> dict:
+    if not path.is_dir():
+        raise ModelError(f"model path {path} is not a folder")
+    _read_json(path / "model_index.json")
+    configs = {}
+    for part, (sub, weight_files) in _PARTS.items():
+        configs[part] = _read_json(path / sub / "config.json")
+        if not any((path / sub / w).is_file() for w in weight_files):
+            raise ModelError(
+                f"no weights in {path / sub}: expected one of {', '.join(weight_files)}")
+    configs["scheduler"] = _read_json(path / "scheduler" / "scheduler_config.json")
+    for name in ("vocab.json", "merges.txt"):
+        if not (path / "tokenizer" / name).is_file():
+            raise ModelError(f"missing {path / 'tokenizer' / name}")
+    return configs
