@@ -274,7 +274,7 @@ def _avx_sincos(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     yc = _fma32(yc, z, -(z * _F32(0.5)))
     yc = yc + _F32(1)
     # sine polynomial
-    ys = _fma32(_SIN_P[0], z, _SIN_P[1])
+    ys = _SIN_P[0] * z + _SIN_P[1]
     ys = _fma32(ys, z, _SIN_P[2])
     ys = ys * z
     ys = _fma32(ys, x, x)

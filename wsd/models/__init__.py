@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +38,6 @@ class Model:
     configs: dict  # "unet", "vae", "text_encoder", "scheduler" -> config dict
     path: Path | None = None  # diffusers folder, or None for random weights
     seed: int = 0  # seed of the random weights when path is None
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -110,30 +109,6 @@ class Model:
         if self.path is None:
             return CLIPTokenizer.default()
         return CLIPTokenizer.from_pretrained_dir(self.path / "tokenizer")
-
-    def diffusers_pipeline(self, scheduler=None):
-        """diffusers' StableDiffusionPipeline over the same weights: the reference."""
-        from diffusers import StableDiffusionPipeline
-        from transformers import CLIPTokenizer as HFTokenizer
-        import tempfile
-
-        from wsd.schedulers import diffusers_scheduler
-
-        if "pipeline" not in self._cache:
-            if self.path is not None:
-                tok = HFTokenizer.from_pretrained(self.path / "tokenizer", local_files_only=True)
-            else:
-                tmp = tempfile.mkdtemp(prefix="wsd-tokenizer-")
-                self.tokenizer().save_pretrained_files(tmp)
-                tok = HFTokenizer(f"{tmp}/vocab.json", f"{tmp}/merges.txt")
-            self._cache["pipeline"] = StableDiffusionPipeline(
-                vae=self.vae(), text_encoder=self.text_encoder(), tokenizer=tok,
-                unet=self.unet(), scheduler=diffusers_scheduler("pndm", self.configs["scheduler"]),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        pipe = self._cache["pipeline"]
-        if scheduler is not None:
-            pipe.scheduler = diffusers_scheduler(scheduler, self.configs["scheduler"])
-        return pipe
 
 
 def load_model(spec: str | Path, seed: int = 0) -> Model:

@@ -274,9 +274,9 @@ class Kernel:
 
     def relax_function(self) -> relax.Function:
         shape = [tirx.Var(d, "int64") for d in ("n", "c", "h", "w")]
-        params = [relax.Var(t, relax.TensorStructInfo(shape, "float32")) for t in self.tensors]
+        params = [relax.Var(t, relax.TensorType(shape, "float32")) for t in self.tensors]
         if self.num_coeffs:
-            coeffs = relax.Var("coeffs", relax.TensorStructInfo([self.num_coeffs], "float32"))
+            coeffs = relax.Var("coeffs", relax.TensorType([self.num_coeffs], "float32"))
             params.append(coeffs)
         bb = relax.BlockBuilder()
         with bb.function(self.name, params):

@@ -1,0 +1,5 @@
+import sys
+
+from wsd.cli import main
+
+sys.exit(main())

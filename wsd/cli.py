@@ -1,0 +1,124 @@
+"""The `wsd` command: generate, build, verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from wsd.models import ModelError
+
+SCHEDULER_NAMES = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
+                             "weights) or the path of a diffusers-format model folder")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--target", default="llvm", help="llvm (CPU) or cuda")
+    parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
+                        "(default: the model's native size)")
+    parser.add_argument("--height", type=int, help="image height, a multiple of 8")
+
+
+def _build_library(args, log):
+    from wsd.build import build
+    from wsd.models import load_model
+
+    model = load_model(args.model)
+    library = build(model, args.target, args.dtype, args.height, args.width, log=log,
+                    force=getattr(args, "force", False))
+    return model, library
+
+
+def cmd_generate(args) -> int:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    from tqdm import tqdm
+
+    from wsd.runtime import Pipeline, check_settings
+
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    check_settings(args.steps, args.guidance_scale, seed)
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    model, library = _build_library(args, log)
+    pipe = Pipeline(model, library)
+    start = time.time()
+    with tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr) as bar:
+        image = pipe.generate(args.prompt, args.negative_prompt, args.scheduler, args.steps,
+                              args.guidance_scale, seed,
+                              progress=lambda done, total: bar.update(done - bar.n))
+    settings = {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
+                "model": args.model, "scheduler": args.scheduler, "steps": args.steps,
+                "guidance_scale": args.guidance_scale, "seed": seed, "dtype": args.dtype,
+                "target": args.target}
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(settings))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out, pnginfo=info)
+    log(f"wrote {out} ({image.shape[1]}x{image.shape[0]}, seed {seed}) "
+        f"in {time.time() - start:.1f} s")
+    return 0
+
+
+def cmd_build(args) -> int:
+    _, library = _build_library(args, print)
+    print(library.path)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from wsd.models import load_model
+    from wsd.verify import format_report, verify_layers
+
+    model = load_model(args.model)
+    rows = verify_layers(model, target=args.target, dtype=args.dtype,
+                         height=args.height, width=args.width, log=print)
+    print(format_report(rows))
+    return 0 if all(row.passed for row in rows) else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsd", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="make an image from a prompt")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="pndm")
+    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--guidance-scale", type=float, default=7.5)
+    gen.add_argument("--seed", type=int, help="default: a random seed, printed")
+    gen.add_argument("--out", default="wsd.png")
+    _model_options(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    bld = sub.add_parser("build", help="compile the model library (cached)")
+    _model_options(bld)
+    bld.add_argument("--force", action="store_true", help="rebuild even if cached")
+    bld.set_defaults(func=cmd_build)
+
+    ver = sub.add_parser("verify", help="compare every block with PyTorch, print PSNR table")
+    _model_options(ver)
+    ver.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from wsd.build import TargetError
+
+    try:
+        return args.func(args)
+    except (ModelError, TargetError, ValueError, FileNotFoundError) as err:
+        print(f"wsd: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The reference: diffusers' StableDiffusionPipeline over the same weights and settings.
+
+Used by the end-to-end tests and to (re)generate the golden images.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from wsd.models import Model
+from wsd.runtime import to_uint8
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    negative_prompt: str = ""
+    scheduler: str = "pndm"
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Reference:
+    """diffusers' pipeline for one model, built once (safety checker off)."""
+
+    def __init__(self, model: Model, device: str = "cpu"):
+        from diffusers import StableDiffusionPipeline
+        from transformers import CLIPTokenizer
+
+        from wsd.schedulers import diffusers_scheduler
+
+        self.model = model
+        if model.path is not None:
+            tokenizer = CLIPTokenizer.from_pretrained(model.path / "tokenizer",
+                                                      local_files_only=True)
+        else:
+            folder = tempfile.mkdtemp(prefix="wsd-tokenizer-")
+            model.tokenizer().save_pretrained_files(folder)
+            tokenizer = CLIPTokenizer(f"{folder}/vocab.json", f"{folder}/merges.txt")
+        self.pipe = StableDiffusionPipeline(
+            vae=model.vae(), text_encoder=model.text_encoder(), tokenizer=tokenizer,
+            unet=model.unet(), scheduler=diffusers_scheduler("pndm", model.configs["scheduler"]),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        ).to(device)
+        self._scheduler = diffusers_scheduler
+
+    def image(self, settings: Settings, height: int, width: int) -> np.ndarray:
+        """uint8 (height, width, 3). Noise comes from a CPU generator, as wsd's does."""
+        self.pipe.scheduler = self._scheduler(settings.scheduler, self.model.configs["scheduler"])
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        with torch.no_grad():
+            out = self.pipe(
+                settings.prompt, negative_prompt=settings.negative_prompt or None,
+                num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                generator=generator, height=height, width=width, output_type="np",
+            ).images[0]
+        return to_uint8(out)
