@@ -99,22 +99,35 @@ Algorithm
    (which neither read nor write it) and is cleared only by ``manual_seed``.
    ``numel == 0`` draws nothing.  This path is identical for both kernels
    (it calls libm ``log1p/sin/cos`` in double; we call Python's ``math``,
-   which is the same libm on Linux).
+   which is the same libm on Linux; a JS port using ``Math.log1p/sin/cos``
+   may differ by a float64 ulp, which very rarely changes the float32).
 
-Measured accuracy (vs torch 2.13 CPU on this x86-64 glibc machine; seeds
-0..199 plus 2**32+3, 2**64-1, -1, 123456789; shapes 1x4x64x64, 1x4x8x8,
-2x4x96x64, 16, 17, 31, 32, 33, 1000003 (fewer seeds for the largest), and
-every numel in 1..15 including sequences of mixed calls on one generator):
+Measured accuracy (vs torch 2.13.0+cpu, x86-64 Linux/glibc, this machine)
+------------------------------------------------------------------------
+Sweep: seeds 0..199, 2**32+3, 2**64-1, -1, 123456789, -2**63; per seed one
+generator drawing 1x4x64x64, 1x4x8x8, 2x4x96x64, 16, 17, 31, 32, 33,
+1000003 (every 50th seed), every numel 1..15, (), (2,3), empty shapes, in
+sequence (9.5e6 elements).
 
-* ``kernel="avx2"`` vs torch with AVX2/AVX512 capability: **0 ulp**
-  (bit-exact on every element; > 3e7 elements checked).
-* ``numel < 16`` (both kernels): **0 ulp** (bit-exact).
+* ``kernel="avx2"`` vs torch with capability AVX512 (native here) and with
+  ``ATEN_CPU_CAPABILITY=avx2``: **0 ulp** -- bit-exact on every element.  In
+  addition ``_box_muller_avx2`` was compared with torch's compiled
+  ``NormalFill16<float>`` (called through ctypes) on all 2**24 possible values
+  of u1 and of u2: bit-exact everywhere, including u1 = 1 (radius is -0, the
+  ``+ 0`` makes the output +0) and u1 = 2**-24.  Replacing any one of the
+  FMAs by mul-then-add breaks exactness (for 3 .. 3e5 of the 2**24 inputs),
+  except those whose product is exact anyway (y*DP1, y*DP2, e*q2, z*0.5).
+* ``numel < 16``: **0 ulp** (both kernels; double path through libm).
 * ``kernel="default"`` vs torch with ``ATEN_CPU_CAPABILITY=default``:
-  **max 3 ulp**, ~1.5% of elements differ (by 1 ulp mostly); caused by
-  glibc's ``logf/cosf/sinf`` not being correctly rounded.
+  **max 3 ulp**; ~1.5 % of elements differ (1 ulp: 1.27 %, 2 ulp: 0.21 %,
+  3 ulp: 0.001 % over 1.6e7 latent elements) because glibc's float
+  ``logf/cosf/sinf`` are not correctly rounded.  A different libm (macOS,
+  other glibc versions) moves this path by a few ulp as well.
 
-Runtime: ~25 ms for a 1x4x64x64 latent... see the test module / report; the
-float32 FMA emulation makes the avx2 kernel roughly 0.2-0.3 s per 1e6 values.
+Runtime (numpy, this 2-core box): generator construction ~1 ms; a 1x4x64x64
+latent ~4 ms (avx2 kernel; the exact float32 FMA emulation dominates) or
+~1 ms (default kernel); 1e6 values ~0.25-0.4 s (avx2) / ~0.04 s (default);
+torch itself takes ~5 ms for 1e6.
 """
 
 from __future__ import annotations
@@ -214,19 +227,23 @@ def _fma32(a, b, c) -> np.ndarray:
     """Correctly rounded float32 fused multiply-add ``a*b + c`` (like vfmadd*ps).
 
     float32*float32 is exact in float64 (48 significant bits).  The float64 sum
-    ``s`` is then rounded *to odd* (if inexact and the last bit of ``s`` is even,
-    step one ulp towards the exact value) so that the final float64->float32
-    rounding cannot double-round: 53 >= 2*24 + 2.
+    ``s = p + c`` is then rounded *to odd*: if it was inexact (TwoSum error
+    ``e != 0``) and the last mantissa bit of ``s`` is 0, ``s`` moves one float64
+    ulp towards the exact value (``s`` cannot be 0 then).  Rounding that to
+    float32 cannot double-round (53 >= 2*24 + 2).  A JS port can do the same
+    with doubles, a DataView for the bit step, and ``Math.fround``.
     """
-    p = np.asarray(a, dtype=np.float32).astype(np.float64) * np.asarray(b, dtype=np.float32).astype(np.float64)
+    a64 = np.asarray(a, dtype=np.float32).astype(np.float64)
+    p = a64 * np.asarray(b, dtype=np.float32).astype(np.float64)
     c64 = np.asarray(c, dtype=np.float32).astype(np.float64)
     s = p + c64
     bb = s - p  # TwoSum: e is the exact rounding error of s
     e = (p - (s - bb)) + (c64 - bb)
-    fix = (e != 0) & ((s.view(np.int64) & 1) == 0)
-    if np.any(fix):
-        s = np.where(fix, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
-    return s.astype(np.float32)
+    bits = s.view(np.int64)
+    fix = (e != 0) & ((bits & 1) == 0)
+    # same sign: increase |s| (bits + 1); opposite sign: decrease |s| (bits - 1)
+    step = np.where((e > 0) == (s > 0), 1, -1) * fix
+    return (bits + step).view(np.float64).astype(np.float32)
 
 
 def _avx_log(x: np.ndarray) -> np.ndarray:
@@ -274,7 +291,7 @@ def _avx_sincos(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     yc = _fma32(yc, z, -(z * _F32(0.5)))
     yc = yc + _F32(1)
     # sine polynomial
-    ys = _SIN_P[0] * z + _SIN_P[1]
+    ys = _fma32(_SIN_P[0], z, _SIN_P[1])
     ys = _fma32(ys, z, _SIN_P[2])
     ys = ys * z
     ys = _fma32(ys, x, x)

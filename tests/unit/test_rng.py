@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ torch = pytest.importorskip("torch")
 from wsd import rng  # noqa: E402
 from wsd.rng import TorchGenerator, randn  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 CAPABILITY = torch.backends.cpu.get_cpu_capability()
 # torch has no AVX512 normal kernel: AVX512 builds fall back to the AVX2 one.
 IN_PROCESS_KERNEL = "avx2" if CAPABILITY in ("AVX2", "AVX512") else None
@@ -154,9 +152,17 @@ def test_randn_large_odd_size_bitexact(seed):
 # Seeds whose first 1x4x64x64 latent contains one of the rare uniforms for which a
 # single FMA of torch's AVX2 kernel changes the result (found by exhaustive search
 # over all 2**24 uniforms: the DP3 range-reduction FMA matters for only 3 of them,
-# the first cos/sin polynomial FMAs for 7 / 45), or the extreme uniforms u = 0
-# (u1 = 1, radius 0), u = 1 - 2**-24 (u1 = 2**-24, largest radius) and u2 = 0.
-RARE_CASE_SEEDS = {"dp3_fma": 376, "cos_p0_fma": 30, "sin_p0_fma": 297, "u1_one": 5933, "u1_min": 80, "theta_zero": 1233}
+# the first cos/sin polynomial FMAs for 7 / 45), or an extreme uniform:
+# u1 = 1 (radius is -0; torch turns the -0 of radius*sin into +0), u1 = 2**-24
+# (largest radius), u2 = 0 (theta = 0).
+RARE_CASE_SEEDS = {
+    "dp3_fma": 376,
+    "cos_p0_fma": 30,
+    "sin_p0_fma": 297,
+    "u1_one": 6399,
+    "u1_min": 80,
+    "theta_zero": 1233,
+}
 
 
 @needs_avx2_kernel
@@ -188,7 +194,8 @@ def test_sequential_draws_match_torch():
     """SD-style: latents, then per-step noise, with odd/small sizes interleaved."""
     seed = 31337
     g, tg = TorchGenerator(seed), torch_gen(seed)
-    calls = [(1, 4, 64, 64)] + [(1, 4, 64, 64)] * 10 + [(1,), (1, 4, 8, 8), (3,), (17,), (5,), (2, 3), (1,), (1,), (33,), (15,)]
+    calls = [(1, 4, 64, 64)] * 11  # initial latents + 10 ancestral steps
+    calls += [(1,), (1, 4, 8, 8), (3,), (17,), (5,), (2, 3), (1,), (1,), (33,), (15,)]
     for shape in calls:
         assert_bitexact(g.randn(shape), torch.randn(shape, generator=tg).numpy())
 
@@ -308,17 +315,27 @@ _SUBPROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-def _torch_reference_under(capability: str, shapes, seeds, tmp_path: Path):
-    out = tmp_path / f"ref_{capability}.npz"
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS_SCRIPT, json.dumps(shapes), json.dumps(seeds), str(out)],
-        check=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    return np.load(out)
+SUB_SHAPES = [[1, 4, 64, 64], [1, 4, 8, 8], [17], [3], [2, 4, 96, 64], [31], [1]]
+SUB_SEEDS = [0, 1, 2, 3, 2**32 + 9, -7]
+
+
+@pytest.fixture(scope="module")
+def capability_refs(tmp_path_factory):
+    """torch.randn references computed under ATEN_CPU_CAPABILITY=default and =avx2
+    (two subprocesses, run concurrently to keep the suite fast)."""
+    tmp = tmp_path_factory.mktemp("rng_refs")
+    procs = {}
+    for capability in ("default", "avx2"):
+        out = tmp / f"ref_{capability}.npz"
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+        args = [sys.executable, "-c", _SUBPROCESS_SCRIPT]
+        args += [json.dumps(SUB_SHAPES), json.dumps(SUB_SEEDS), str(out)]
+        procs[capability] = (subprocess.Popen(args, env=env, cwd=tmp), out)
+    refs = {}
+    for capability, (proc, out) in procs.items():
+        assert proc.wait(timeout=120) == 0, f"torch reference subprocess failed for {capability}"
+        refs[capability] = np.load(out)
+    return refs
 
 
 def _our_sequence(kernel, shapes, seed):
@@ -326,12 +343,8 @@ def _our_sequence(kernel, shapes, seed):
     return [g.randn(tuple(s)) for s in shapes]
 
 
-SUB_SHAPES = [[1, 4, 64, 64], [1, 4, 8, 8], [17], [3], [2, 4, 96, 64], [31], [1]]
-SUB_SEEDS = [0, 1, 2, 3, 2**32 + 9, -7]
-
-
-def test_default_capability_kernel_within_bound(tmp_path):
-    ref = _torch_reference_under("default", SUB_SHAPES, SUB_SEEDS, tmp_path)
+def test_default_capability_kernel_within_bound(capability_refs):
+    ref = capability_refs["default"]
     assert str(ref["capability"]) == "DEFAULT"
     worst, differing, total = 0, 0, 0
     for seed in SUB_SEEDS:
@@ -344,8 +357,8 @@ def test_default_capability_kernel_within_bound(tmp_path):
     assert differing < 0.05 * total, (differing, total)
 
 
-def test_avx2_capability_kernel_bitexact(tmp_path):
-    ref = _torch_reference_under("avx2", SUB_SHAPES, SUB_SEEDS, tmp_path)
+def test_avx2_capability_kernel_bitexact(capability_refs):
+    ref = capability_refs["avx2"]
     if str(ref["capability"]) != "AVX2":
         pytest.skip(f"this CPU cannot run torch's AVX2 kernel (got {ref['capability']})")
     for seed in SUB_SEEDS:
