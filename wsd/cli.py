@@ -48,10 +48,13 @@ def cmd_generate(args) -> int:
     model, library = _build_library(args, log)
     pipe = Pipeline(model, library)
     start = time.time()
-    with tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr) as bar:
+    with tqdm(desc="denoising", unit="step", file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total  # PNDM's warm-up evaluates one timestep twice: steps + 1
+            bar.update(done - bar.n)
+
         image = pipe.generate(args.prompt, args.negative_prompt, args.scheduler, args.steps,
-                              args.guidance_scale, seed,
-                              progress=lambda done, total: bar.update(done - bar.n))
+                              args.guidance_scale, seed, progress=progress)
     settings = {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
                 "model": args.model, "scheduler": args.scheduler, "steps": args.steps,
                 "guidance_scale": args.guidance_scale, "seed": seed, "dtype": args.dtype,

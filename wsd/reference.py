@@ -39,12 +39,11 @@ class Reference:
 
         self.model = model
         if model.path is not None:
-            tokenizer = CLIPTokenizer.from_pretrained(model.path / "tokenizer",
-                                                      local_files_only=True)
-        else:
+            folder = model.path / "tokenizer"
+        else:  # the same vocabulary files, written out for transformers
             folder = tempfile.mkdtemp(prefix="wsd-tokenizer-")
             model.tokenizer().save_pretrained_files(folder)
-            tokenizer = CLIPTokenizer(f"{folder}/vocab.json", f"{folder}/merges.txt")
+        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
         self.pipe = StableDiffusionPipeline(
             vae=model.vae(), text_encoder=model.text_encoder(), tokenizer=tokenizer,
             unet=model.unet(), scheduler=diffusers_scheduler("pndm", model.configs["scheduler"]),

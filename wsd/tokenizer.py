@@ -48,6 +48,10 @@ _NUM_MERGES = 49152 - 256 - 2  # CLIP uses merges[1 : 49152 - 256 - 2 + 1]
 _INSTALL_HINT = "pip install --no-deps open_clip_torch"
 
 # --- Unicode details that make us match tokenizers 0.23 exactly -------------
+# The three tables below were found by comparing every code point against
+# tokenizers 0.23.3 under Python 3.11 (Unicode 14); tests/unit/test_tokenizer.py
+# (test_unicode_sweep_matches) re-checks them. A newer Python or tokenizers may
+# need them updated.
 # tokenizers' regexes (oniguruma) know Unicode 16.0, the `regex` package knows a
 # newer version: these code points (assigned in Unicode 17.0) are letters /
 # numbers for `regex` but unassigned (so "punctuation" for CLIP's split) for
@@ -82,11 +86,34 @@ _EXTRA_LOWER = {
 }
 
 
+# tokenizers' NFC tables are older than Python's: these combining marks have
+# combining class 0 there (so they neither reorder nor let marks compose across
+# them), and U+11930 does not compose with U+11935. NFC is applied to the text
+# between them only, which reproduces tokenizers' output.
+_NFC_BARRIERS = regex.compile(
+    "(["
+    "\u07FD\u0898-\u089F\u08CA-\u08D3\u09FE\u0C3C\u0D3B-\u0D3C\u0EBA\u1715\u1ABF-\u1ACE"
+    "\u1DF6-\u1DFA\uA82C\U00010D24-\U00010D27\U00010EAB-\U00010EAC\U00010F46-\U00010F50"
+    "\U00010F82-\U00010F85\U00011070\U0001133B\U0001145E\U00011839-\U0001183A\U00011930"
+    "\U0001193D-\U0001193E\U00011943\U000119E0\U00011A34\U00011A47\U00011A99\U00011D42"
+    "\U00011D44-\U00011D45\U00011D97\U00016FF0-\U00016FF1\U0001E130-\U0001E136\U0001E2AE"
+    "\U0001E2EC-\U0001E2EF"
+    "])"
+)
+
+
+def _nfc(text: str) -> str:
+    if _NFC_BARRIERS.search(text) is None:
+        return unicodedata.normalize("NFC", text)
+    parts = _NFC_BARRIERS.split(text)  # odd indices are the barrier characters
+    return "".join(p if i % 2 else unicodedata.normalize("NFC", p) for i, p in enumerate(parts))
+
+
 def _normalize(text: str) -> str:
     """tokenizers' CLIP normalizer: NFC, whitespace runs -> " ", lowercase."""
     if text.isascii():
         return _WHITESPACE_RE.sub(" ", text).lower()
-    text = unicodedata.normalize("NFC", text)
+    text = _nfc(text)
     text = _WHITESPACE_RE.sub(" ", text)
     # Rust lowercases char by char: capital sigma always becomes "σ", never "ς".
     return text.replace("\u03a3", "\u03c3").lower().translate(_EXTRA_LOWER)
