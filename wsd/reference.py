@@ -32,6 +32,11 @@ class Reference:
     """diffusers' pipeline for one model, built once (safety checker off)."""
 
     def __init__(self, model: Model, device: str = "cpu"):
+        import torch
+
+        # A fair float32 reference on GPUs: no TF32 in matrix products and convolutions.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
         from diffusers import StableDiffusionPipeline
         from transformers import CLIPTokenizer
 
@@ -49,7 +54,12 @@ class Reference:
             unet=model.unet(), scheduler=diffusers_scheduler("pndm", model.configs["scheduler"]),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         ).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
         self._scheduler = diffusers_scheduler
+
+    def save(self, folder) -> None:
+        """Write the model as a diffusers-format folder (safetensors)."""
+        self.pipe.save_pretrained(folder, safe_serialization=True)
 
     def image(self, settings: Settings, height: int, width: int) -> np.ndarray:
         """uint8 (height, width, 3). Noise comes from a CPU generator, as wsd's does."""

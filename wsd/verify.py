@@ -281,8 +281,8 @@ def _selector(blocks):
 
 
 def one_per_kind(per_kind: int = 1):
-    """A `blocks` predicate keeping the first `per_kind` blocks of each (part, kind) in the
-    reference pass's order: a representative subset."""
+    """A `blocks` predicate keeping the first `per_kind` blocks of each (part, kind) in
+    module-tree order: a representative subset. Stateful: make a fresh one per sweep."""
     seen: dict[tuple[str, str], int] = {}
 
     def select(part, path, kind):

@@ -33,10 +33,6 @@ class Setup:
     """A compiled model and its diffusers reference, built once per (model, target)."""
 
     def __init__(self, model_name: str, target: str):
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = False  # a fair fp32 reference on GPUs
-        torch.backends.cudnn.allow_tf32 = False
         self.model = load_model(model_name)
         self.height, self.width = self.model.default_size
         self.pipe = Pipeline(self.model, build(self.model, target, "float32"))
