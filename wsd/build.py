@@ -26,7 +26,7 @@ from tvm import relax
 
 from wsd import optimize, schedule
 from wsd.models import Model
-from wsd.trace import Traced, trace_model
+from wsd.trace import Traced, check_size, trace_model
 
 TARGETS = ("llvm", "cuda")
 
@@ -146,7 +146,9 @@ def build(model: Model, target: str = "llvm", dtype: str = "float32",
           log=print, force: bool = False) -> Library:
     """Compile (or load from the cache) the model's library for a target."""
     tvm_target = make_target(target)
-    height, width = height or model.default_size[0], width or model.default_size[1]
+    height = model.default_size[0] if height is None else height
+    width = model.default_size[1] if width is None else width
+    check_size(model, height, width)
     key = library_key(model, tvm_target, dtype, height, width)
     folder = cache_dir() / "lib" / key
     lib_path, meta_path = folder / "model.so", folder / "meta.json"

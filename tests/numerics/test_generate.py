@@ -114,3 +114,33 @@ def test_sd15_matches_diffusers_cuda(scheduler):
     setup = setup_for("sd15", "cuda")
     ours, theirs = setup.pair(Settings(PROMPT, "blurry", scheduler, steps=20, seed=11))
     assert ssim(ours, theirs) >= SSIM_BAR
+
+
+def test_model_folder(tmp_path):
+    """A diffusers-format folder (the tiny weights saved by diffusers) generates, through
+    its own configs and tokenizer files, the image diffusers makes from that folder."""
+    folder = tmp_path / "tiny-sd"
+    setup_for("tiny", "llvm").reference.save(folder)
+    model = load_model(folder)
+    pipe = Pipeline(model, build(model, "llvm", "float32"))
+    settings = Settings(PROMPT, "blurry", "dpm-solver++", steps=8, seed=5)
+    ours = pipe.generate(**settings.as_dict())
+    theirs = Reference(model).image(settings, *model.default_size)
+    assert ssim(ours, theirs) >= SSIM_BAR
+    builtin = setup_for("tiny", "llvm").pipe.generate(**settings.as_dict())
+    assert ssim(ours, builtin) >= SSIM_BAR
+
+
+def test_cli_generate(tmp_path):
+    """`wsd generate` writes the pipeline's image, with its settings in the PNG."""
+    from wsd.cli import main
+
+    out = tmp_path / "out.png"
+    code = main(["generate", "--prompt", PROMPT, "--scheduler", "euler-a", "--steps", "6",
+                 "--seed", "9", "--guidance-scale", "5", "--out", str(out)])
+    assert code == 0
+    png = Image.open(out)
+    assert json.loads(png.info["parameters"])["seed"] == 9
+    expected = setup_for("tiny", "llvm").pipe.generate(
+        **Settings(PROMPT, "", "euler-a", steps=6, guidance_scale=5.0, seed=9).as_dict())
+    assert np.array_equal(np.asarray(png.convert("RGB")), expected)

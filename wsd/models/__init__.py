@@ -147,7 +147,9 @@ def _read_folder_configs(path: Path) -> dict:
             raise ModelError(
                 f"no weights in {path / sub}: expected one of {', '.join(weight_files)}")
     configs["scheduler"] = _read_json(path / "scheduler" / "scheduler_config.json")
-    for name in ("vocab.json", "merges.txt"):
-        if not (path / "tokenizer" / name).is_file():
-            raise ModelError(f"missing {path / 'tokenizer' / name}")
+    tok = path / "tokenizer"
+    has_bpe = (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()
+    if not has_bpe and not (tok / "tokenizer.json").is_file():
+        raise ModelError(f"missing tokenizer files in {tok}: "
+                         f"expected vocab.json and merges.txt, or tokenizer.json")
     return configs

@@ -125,9 +125,9 @@ class Scheduler:
         if not 1 <= n <= limit:
             raise ValueError(f"num_inference_steps must be between 1 and num_train_timesteps "
                              f"({limit}), got {n}")
-        self.num_inference_steps = int(n)
-        self._next_step = 0
+        self.num_inference_steps, self._timesteps, self._next_step = None, None, 0
         self._set_timesteps(int(n))
+        self.num_inference_steps = int(n)
 
     def _set_timesteps(self, n: int) -> None:
         raise NotImplementedError
@@ -168,6 +168,27 @@ class Scheduler:
             raise ValueError(f"{self.name}: steps must be taken in order; expected step "
                              f"{self._next_step}, got {i} (call set_timesteps() to restart)")
         self._next_step = i + 1
+
+    def _check_timesteps(self, timesteps: np.ndarray, n: int, distinct: str = "first") -> None:
+        """Refuse the step counts for which diffusers' schedule is broken rather than copy it:
+        timesteps outside the trained range (e.g. "trailing" with 61 steps, where numpy's
+        arange overshoots and yields a last timestep -1), and repeated timesteps where they
+        break the method (diffusers looks the first step up by its timestep; DPM-Solver
+        divides by the log-SNR gap between steps). `distinct`: "first", "all" or "none"."""
+        cfg, last = self.config, self.config["num_train_timesteps"] - 1
+        where = (f"num_inference_steps={n} with timestep_spacing={cfg['timestep_spacing']!r}"
+                 f" and steps_offset={cfg['steps_offset']}")
+        outside = timesteps[(timesteps < 0) | (timesteps > last)]
+        if outside.size:
+            raise ValueError(f"{self.name}: {where} gives timestep {outside[0]:g}, outside the "
+                             f"trained range [0, {last}]; choose another number of steps")
+        if distinct == "all":
+            repeated = len(np.unique(timesteps)) < len(timesteps)
+        else:
+            repeated = distinct == "first" and np.count_nonzero(timesteps == timesteps[0]) > 1
+        if repeated:
+            raise ValueError(f"{self.name}: {where} repeats a timestep; "
+                             "choose fewer steps")
 
     def _alpha_prod(self, t: int) -> float:
         """alphas_cumprod[t] as a float (validated index)."""

@@ -63,6 +63,7 @@ class DDIM(Scheduler):
             step_ratio = num_train / n
             timesteps = np.round(np.arange(num_train, 0, -step_ratio)).astype(np.int64)
             timesteps -= 1
+        self._check_timesteps(timesteps, n)
         self._timesteps = timesteps.astype(np.float32)
 
         # Per-step coefficients. diffusers' previous timestep is t - num_train // n whatever

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsd.schedulers.base import ANY, COMMON_OPTIONS, Scheduler, f32, kernel, sigma_table
+from wsd.schedulers.base import ANY, COMMON_OPTIONS, Scheduler, kernel, sigma_table
 
 
 @kernel("dpmpp_convert", "sample", "model_output", coeffs=2)
@@ -96,11 +96,7 @@ class DPMSolverPP(Scheduler):
             step_ratio = num_train / n
             timesteps = np.arange(last_timestep, 0, -step_ratio).round().astype(np.int64)
             timesteps -= 1
-        if np.count_nonzero(timesteps == timesteps[0]) > 1:
-            raise ValueError(f"{self.name}: num_inference_steps={n} repeats the first timestep "
-                             f"with {cfg['timestep_spacing']!r} spacing; use fewer steps")
-        for t in timesteps:
-            self._alpha_prod(int(t))  # range check
+        self._check_timesteps(timesteps, n, distinct="all")
         self._timesteps = timesteps.astype(np.float32)
 
         table = sigma_table(self.alphas_cumprod)

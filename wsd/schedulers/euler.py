@@ -59,14 +59,6 @@ def euler_timesteps(spacing: str, n: int, num_train: int, steps_offset: int) -> 
     return timesteps
 
 
-def check_first_timestep(name: str, timesteps: np.ndarray, n: int) -> None:
-    """diffusers finds the first step's index by looking up the first timestep, taking the
-    second match when it repeats; we always start at index 0, so refuse such schedules."""
-    if np.count_nonzero(timesteps == timesteps[0]) > 1:
-        raise ValueError(f"{name}: num_inference_steps={n} repeats the first timestep; "
-                         "use fewer steps")
-
-
 def init_noise_sigma(sigmas: np.ndarray, spacing: str) -> float:
     max_sigma = np.float32(sigmas.max())
     if spacing in ("linspace", "trailing"):
@@ -105,7 +97,7 @@ class Euler(Scheduler):
         cfg = self.config
         timesteps = euler_timesteps(cfg["timestep_spacing"], n, cfg["num_train_timesteps"],
                                     cfg["steps_offset"])
-        check_first_timestep(self.name, timesteps, n)
+        self._check_timesteps(timesteps, n)
         final = 0 if cfg["final_sigmas_type"] == "zero" else sigma_table(self.alphas_cumprod)[0]
         sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps, final)
         self._timesteps, self.sigmas = timesteps.astype(np.float32), sigmas

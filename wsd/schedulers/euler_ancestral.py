@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsd.schedulers.base import COMMON_OPTIONS, Scheduler, f32, kernel, sigma_table
-from wsd.schedulers.euler import (check_first_timestep, euler_timesteps, init_noise_sigma,
-                                  interpolated_sigmas)
+from wsd.schedulers.euler import euler_timesteps, init_noise_sigma, interpolated_sigmas
 
 
 @kernel("euler_a_scale_model_input", "sample", coeffs=1)
@@ -53,7 +52,7 @@ class EulerAncestral(Scheduler):
         cfg = self.config
         timesteps = euler_timesteps(cfg["timestep_spacing"], n, cfg["num_train_timesteps"],
                                     cfg["steps_offset"])
-        check_first_timestep(self.name, timesteps, n)
+        self._check_timesteps(timesteps, n)
         sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps, 0.0)
         self._timesteps, self.sigmas = timesteps.astype(np.float32), sigmas
 

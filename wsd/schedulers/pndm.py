@@ -83,6 +83,7 @@ class PNDM(Scheduler):
             base -= 1
         # skip_prk_steps: the second-to-last base timestep appears twice.
         timesteps = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1].copy()
+        self._check_timesteps(timesteps, n, distinct="none")  # step 1 repeats by design
         self._timesteps = timesteps.astype(np.float32)
 
         # diffusers' step_plms: the previous timestep is t - num_train // n, except at step 1
