@@ -73,11 +73,11 @@ SD15 = {
     "scheduler": SD15_SCHEDULER,
 }
 
+# tiny = SD v1.5 with smaller widths and depths; every other setting is SD v1.5's.
 TINY = {
     "unet": {
+        **SD15["unet"],
         "sample_size": 16,  # 16x16 latents -> 128x128 images
-        "in_channels": 4,
-        "out_channels": 4,
         "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
         "block_out_channels": [32, 64],
@@ -85,40 +85,21 @@ TINY = {
         "cross_attention_dim": 32,
         "attention_head_dim": 4,
         "norm_num_groups": 8,
-        "norm_eps": 1e-5,
-        "act_fn": "silu",
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "center_input_sample": False,
-        "mid_block_scale_factor": 1,
     },
     "vae": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        **SD15["vae"],
         "block_out_channels": [16, 16, 32, 32],
         "layers_per_block": 1,
-        "latent_channels": 4,
         "norm_num_groups": 8,
-        "act_fn": "silu",
         "sample_size": 128,
-        "scaling_factor": 0.18215,
     },
     "text_encoder": {
-        "vocab_size": 49408,
+        **SD15["text_encoder"],
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
         "projection_dim": 32,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-        "pad_token_id": 1,
     },
     "scheduler": SD15_SCHEDULER,
 }
