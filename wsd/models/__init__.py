@@ -117,7 +117,7 @@ def load_model(spec: str | Path, seed: int = 0) -> Model:
     if spec_str in PRESETS:
         return Model(name=spec_str, configs=PRESETS[spec_str], seed=seed)
     path = Path(spec_str).expanduser()
-    if not path.exists():
+    if not spec_str or not path.exists():
         raise ModelError(
             f"model '{spec_str}' is neither a built-in model ({', '.join(PRESETS)}) "
             f"nor an existing folder")
