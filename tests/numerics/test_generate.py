@@ -21,6 +21,7 @@ from wsd.runtime import Pipeline
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 SCHEDULERS = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
 SSIM_BAR = 0.99
+FP16_SSIM_BAR = 0.98  # half-precision build vs the fp32 reference
 PROMPT = "a lighthouse at dusk, oil painting"
 
 
@@ -144,3 +145,14 @@ def test_cli_generate(tmp_path):
     expected = setup_for("tiny", "llvm").pipe.generate(
         **Settings(PROMPT, "", "euler-a", steps=6, guidance_scale=5.0, seed=9).as_dict())
     assert np.array_equal(np.asarray(png.convert("RGB")), expected)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_float16_close_to_float32(target):
+    """The fp16 build (float32 accumulation) against diffusers in fp32."""
+    setup = setup_for("tiny", target)
+    pipe16 = Pipeline(setup.model, build(setup.model, target, "float16"))
+    settings = Settings(PROMPT, "blurry", "ddim", steps=4, seed=21)
+    ours = pipe16.generate(**settings.as_dict())
+    theirs = setup.reference.image(settings, setup.height, setup.width)
+    assert ssim(ours, theirs) >= FP16_SSIM_BAR
