@@ -1,6 +1,7 @@
 """The samplers: host logic in numpy, per-step tensor math as compiled Relax functions.
 
-    SCHEDULERS            name -> Scheduler class ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
+    SCHEDULERS                        name -> Scheduler class: "pndm", "dpm-solver++",
+                                      "euler", "euler-a", "ddim"
     make_scheduler(name, config)      our scheduler for a diffusers scheduler config dict
     relax_functions()                 every sampler's Relax functions, to compile with the model
     diffusers_scheduler(name, config) diffusers' matching scheduler (the reference)

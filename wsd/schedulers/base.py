@@ -7,9 +7,12 @@ Split of the work (the same split the browser uses, with the host half ported to
   coefficients that depend only on the step index (computed in float64, rounded once);
 * device (compiled Relax functions): everything touching latents, model outputs and history.
 
-The tables mirror diffusers bit for bit: diffusers builds betas and alphas_cumprod with
-float32 torch ops, and every such op is reproduced here as a float64 op rounded to float32 at
-the same point (exact for +, -, *, /, sqrt; float64 product of two float32 values is exact).
+The tables mirror diffusers' float32 torch code op by op: each float32 op is done here in
+float64 and rounded to float32 at the same point, which gives the IEEE float32 result (for
++, -, *, /, sqrt). alphas_cumprod comes out bit for bit equal; sigma tables to one ulp, as
+torch's CPU float32 sqrt is not correctly rounded (1 ulp off for ~16% of inputs, torch 2.13).
+The per-step coefficients differ from diffusers' (float32 scalar tensor math) by an ulp or so;
+given diffusers' own coefficients the compiled kernels reproduce diffusers' steps exactly.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def make_alphas_cumprod(config: dict) -> np.ndarray:
 
 
 def sigma_table(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """((1 - alphas_cumprod) / alphas_cumprod) ** 0.5 in float32, as torch computes it."""
+    """((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, each op in float32 (IEEE)."""
     a = alphas_cumprod.astype(np.float32)
     return np.sqrt((np.float32(1.0) - a) / a)
 
@@ -243,7 +246,7 @@ COMMON_OPTIONS = {
 
 # ---- compiled tensor math ----------------------------------------------------------------
 
-class Tensor:
+class TensorExpr:
     """A Relax expression with Python arithmetic, so that kernels read like diffusers' code.
     Every operator emits one elementwise Relax op in the order Python evaluates it, which
     keeps float32 rounding the same as torch's; Python numbers become float32 constants."""
@@ -252,14 +255,14 @@ class Tensor:
         self.bb, self.expr = bb, expr
 
     def _lift(self, other) -> relax.Expr:
-        if isinstance(other, Tensor):
+        if isinstance(other, TensorExpr):
             return other.expr
         if isinstance(other, Number):
             return relax.const(float(other), "float32")
-        return NotImplemented
+        raise TypeError(f"cannot combine a tensor with {type(other).__name__}")
 
-    def _op(self, op, a, b) -> Tensor:
-        return Tensor(self.bb, self.bb.emit(op(a, b)))
+    def _op(self, op, a, b) -> TensorExpr:
+        return TensorExpr(self.bb, self.bb.emit(op(a, b)))
 
     def __add__(self, o): return self._op(relax.op.add, self.expr, self._lift(o))
     def __radd__(self, o): return self._op(relax.op.add, self._lift(o), self.expr)
@@ -269,17 +272,16 @@ class Tensor:
     def __rmul__(self, o): return self._op(relax.op.multiply, self._lift(o), self.expr)
     def __truediv__(self, o): return self._op(relax.op.divide, self.expr, self._lift(o))
     def __rtruediv__(self, o): return self._op(relax.op.divide, self._lift(o), self.expr)
-    def __neg__(self): return Tensor(self.bb, self.bb.emit(relax.op.negative(self.expr)))
 
 
 class Kernel:
     """A compiled function `name(*tensors[, coeffs])`: latent-shaped float32 tensors of
     symbolic shape (n, c, h, w), then (if num_coeffs) a float32 vector of per-step scalars.
-    `math(*tensors[, coeffs])` gets Tensor objects (coeffs: a list of scalar Tensors) and
-    returns the result Tensor. Calling the Kernel runs it: `kernel(run, *tensors[, coeffs])`."""
+    `body(*tensors[, coeffs])` gets TensorExpr objects (coeffs: a list of scalar ones) and
+    returns the result. Calling the Kernel runs it: `kernel(run, *tensors[, coeffs])`."""
 
-    def __init__(self, name: str, tensors: tuple[str, ...], num_coeffs: int, math: Callable):
-        self.name, self.tensors, self.num_coeffs, self.math = name, tensors, num_coeffs, math
+    def __init__(self, name: str, tensors: tuple[str, ...], num_coeffs: int, body: Callable):
+        self.name, self.tensors, self.num_coeffs, self.body = name, tensors, num_coeffs, body
 
     def __call__(self, run, *args):
         if len(args) != len(self.tensors) + (1 if self.num_coeffs else 0):
@@ -302,19 +304,19 @@ class Kernel:
         bb = relax.BlockBuilder()
         with bb.function(self.name, params):
             with bb.dataflow():
-                args = [Tensor(bb, p) for p in params[:len(self.tensors)]]
+                args = [TensorExpr(bb, p) for p in params[:len(self.tensors)]]
                 if self.num_coeffs:
                     args.append([
-                        Tensor(bb, bb.emit(relax.op.strided_slice(
+                        TensorExpr(bb, bb.emit(relax.op.strided_slice(
                             coeffs, axes=[0], begin=[k], end=[k + 1])))
                         for k in range(self.num_coeffs)])
-                out = bb.emit_output(self.math(*args).expr)
+                out = bb.emit_output(self.body(*args).expr)
             bb.emit_func_output(out)
         return bb.get()[self.name]
 
 
 def kernel(name: str, *tensors: str, coeffs: int = 0):
     """Decorator: `@kernel("ddim_step", "sample", "model_output", coeffs=4)`."""
-    def wrap(math: Callable) -> Kernel:
-        return Kernel(name, tensors, coeffs, math)
+    def wrap(body: Callable) -> Kernel:
+        return Kernel(name, tensors, coeffs, body)
     return wrap

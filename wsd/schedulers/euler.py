@@ -111,13 +111,9 @@ class Euler(Scheduler):
 
     @property
     def init_noise_sigma(self) -> float:
-        return init_noise_sigma(self._sigmas_or_table(), self.config["timestep_spacing"])
-
-    def _sigmas_or_table(self) -> np.ndarray:
-        """The step sigmas, or before set_timesteps (as diffusers) all training sigmas."""
-        if self._timesteps is None:
-            return np.append(sigma_table(self.alphas_cumprod), np.float32(0))
-        return self.sigmas
+        # before set_timesteps, as diffusers: the largest training sigma
+        sigmas = sigma_table(self.alphas_cumprod) if self._timesteps is None else self.sigmas
+        return init_noise_sigma(sigmas, self.config["timestep_spacing"])
 
     def scale_model_input(self, run, sample, i: int):
         self._check_index(i)

@@ -67,9 +67,9 @@ class EulerAncestral(Scheduler):
 
     @property
     def init_noise_sigma(self) -> float:
-        if self._timesteps is None:  # before set_timesteps, as diffusers: all training sigmas
-            return init_noise_sigma(sigma_table(self.alphas_cumprod), self.config["timestep_spacing"])
-        return init_noise_sigma(self.sigmas, self.config["timestep_spacing"])
+        # before set_timesteps, as diffusers: the largest training sigma
+        sigmas = sigma_table(self.alphas_cumprod) if self._timesteps is None else self.sigmas
+        return init_noise_sigma(sigmas, self.config["timestep_spacing"])
 
     def scale_model_input(self, run, sample, i: int):
         self._check_index(i)
