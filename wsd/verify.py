@@ -404,6 +404,8 @@ def psnr(outputs: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float,
     """(PSNR in dB, max abs error) of all outputs of a block against the reference."""
     if len(outputs) != len(reference):
         raise ValueError(f"{len(outputs)} outputs, reference has {len(reference)}")
+    if not outputs:
+        return math.inf, 0.0
     out = np.concatenate([np.asarray(o, np.float64).ravel() for o in outputs])
     ref = np.concatenate([np.asarray(r, np.float64).ravel() for r in reference])
     if out.shape != ref.shape:
@@ -449,6 +451,7 @@ def verify_layers(model: Model, target: str = "llvm", dtype: str = "float32",
     start = time.time()
     for part, root, found in capture(model, parts, height, width, blocks):
         if not found:
+            start = time.time()
             continue
         if dtype != "float32":
             # After the fp32 reference pass (its inputs were cloned). nn.Module.to, as

@@ -1,8 +1,8 @@
 """Per-layer numerics: every block of every model part, compiled alone, against fp32 PyTorch.
 
 Each sweep (model, target, dtype) runs once per test session (module-scoped fixtures) and
-prints its table (`pytest -s` shows it). CUDA sweeps, the full-size SD v1.5 ones included,
-are marked `gpu` and skipped where no CUDA device is visible.
+prints its table (`pytest -s` shows it). CUDA sweeps are marked `gpu` and skipped where no
+CUDA device is visible; the full-size SD v1.5 ones are also `slow` (run with --runslow).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from wsd.models import load_model
 HAS_CUDA = tvm.cuda(0).exist
 _cuda = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]
 
+_full_size = [*_cuda, pytest.mark.slow]  # full-size SD v1.5: about 4 min a sweep on an H100
+
 TARGETS = [pytest.param("llvm"), pytest.param("cuda", marks=_cuda)]
 
 SWEEPS = [
@@ -27,8 +29,8 @@ SWEEPS = [
     pytest.param(("tiny", "llvm", "float16"), id="tiny-llvm-float16"),
     pytest.param(("tiny", "cuda", "float32"), id="tiny-cuda-float32", marks=_cuda),
     pytest.param(("tiny", "cuda", "float16"), id="tiny-cuda-float16", marks=_cuda),
-    pytest.param(("sd15", "cuda", "float32"), id="sd15-cuda-float32", marks=_cuda),
-    pytest.param(("sd15", "cuda", "float16"), id="sd15-cuda-float16", marks=_cuda),
+    pytest.param(("sd15", "cuda", "float32"), id="sd15-cuda-float32", marks=_full_size),
+    pytest.param(("sd15", "cuda", "float16"), id="sd15-cuda-float16", marks=_full_size),
 ]
 
 _models: dict[str, object] = {}
