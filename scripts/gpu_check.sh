@@ -5,6 +5,7 @@
 #   gpu_check.sh install          join the wheel, install it with the carried .whl/ wheels
 #   gpu_check.sh tests [ARGS]     pytest's gpu-marked numerics (tiny and SD v1.5 on CUDA)
 #   gpu_check.sh verify MODEL DTYPE   the per-block table for MODEL on CUDA
+#   gpu_check.sh ssim MODEL STEPS     wsd-vs-diffusers SSIM per scheduler on CUDA
 #
 # The 100 MB apache-tvm wheel is over the per-call carry limit, so it travels in two parts
 # (.tvmwheel1/, .tvmwheel2/); everything installs under /tmp/site, outside the repo. Logs go
@@ -30,4 +31,6 @@ tests)
     python3 -m pytest tests/numerics -m gpu -ra -p no:cacheprovider "$@" 2>&1 | tee "$OUT/gpu-tests.log" ;;
 verify)
     python3 -m wsd verify --model "$2" --dtype "$3" --target cuda 2>&1 | tee "$OUT/verify-$2-$3.log" ;;
+ssim)
+    python3 scripts/ssim_report.py "$2" cuda "$3" 2>&1 | tee -a "$OUT/ssim.log" ;;
 esac
