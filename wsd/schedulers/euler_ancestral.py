@@ -7,14 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsd.schedulers.base import COMMON_OPTIONS, Scheduler, f32, kernel, sigma_table
-from wsd.schedulers.euler import euler_timesteps, init_noise_sigma, interpolated_sigmas
-
-
-@kernel("euler_a_scale_model_input", "sample", coeffs=1)
-def euler_a_scale_model_input(sample, coeffs):
-    (sqrt_sigma_sq_plus_1,) = coeffs  # (sigma ** 2 + 1) ** 0.5
-    return sample / sqrt_sigma_sq_plus_1
+from wsd.schedulers.base import COMMON_OPTIONS, Scheduler, f32, kernel
+from wsd.schedulers.euler import Euler, euler_timesteps, interpolated_sigmas
 
 
 @kernel("euler_a_step", "sample", "model_output", "noise", coeffs=3)
@@ -37,7 +31,9 @@ def euler_a_step_v(sample, model_output, noise, coeffs):
     return prev_sample + noise * sigma_up
 
 
-class EulerAncestral(Scheduler):
+class EulerAncestral(Euler):
+    """Shares Euler's timesteps, sigmas, init_noise_sigma and scale_model_input."""
+
     name = "euler-a"
     diffusers_class = "EulerAncestralDiscreteScheduler"
     OPTIONS = {
@@ -46,7 +42,10 @@ class EulerAncestral(Scheduler):
         "timestep_spacing": ("linspace", ("linspace", "leading", "trailing")),
         "rescale_betas_zero_snr": (False, (False,)),
     }
-    kernels = (euler_a_scale_model_input, euler_a_step, euler_a_step_v)
+    kernels = (euler_a_step, euler_a_step_v)
+
+    def __init__(self, config: dict):
+        Scheduler.__init__(self, config)  # Euler's own checks are about options it alone has
 
     def _set_timesteps(self, n: int) -> None:
         cfg = self.config
@@ -64,16 +63,6 @@ class EulerAncestral(Scheduler):
         self._scale = f32((sigma ** 2 + 1) ** 0.5)[:, None]
         self._coeffs = f32(np.stack([sigma, sigma_down - sigma, sigma_up,
                                      -sigma / (sigma ** 2 + 1) ** 0.5, sigma ** 2 + 1], axis=1))
-
-    @property
-    def init_noise_sigma(self) -> float:
-        # before set_timesteps, as diffusers: the largest training sigma
-        sigmas = sigma_table(self.alphas_cumprod) if self._timesteps is None else self.sigmas
-        return init_noise_sigma(sigmas, self.config["timestep_spacing"])
-
-    def scale_model_input(self, run, sample, i: int):
-        self._check_index(i)
-        return euler_a_scale_model_input(run, sample, self._scale[i])
 
     def step(self, run, model_output, i: int, sample, rng=None):
         if rng is None:
