@@ -5,8 +5,11 @@ Used by the end-to-end tests and to (re)generate the golden images.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import asdict, dataclass
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,8 +61,11 @@ class Reference:
         self._scheduler = diffusers_scheduler
 
     def save(self, folder) -> None:
-        """Write the model as a diffusers-format folder (safetensors)."""
+        """Write the model as a diffusers-format folder (safetensors), with the model's own
+        scheduler config (not that of whichever sampler the reference ran last)."""
         self.pipe.save_pretrained(folder, safe_serialization=True)
+        config = Path(folder) / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps(self.model.configs["scheduler"], indent=2))
 
     def image(self, settings: Settings, height: int, width: int) -> np.ndarray:
         """uint8 (height, width, 3). Noise comes from a CPU generator, as wsd's does."""
