@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export HF_HUB_OFFLINE=1  # everything is local; never ask a hub
 exec "${PYTHON:-python3}" -m pytest -ra "$@"

@@ -156,3 +156,13 @@ def test_float16_close_to_float32(target):
     ours = pipe16.generate(**settings.as_dict())
     theirs = setup.reference.image(settings, setup.height, setup.width)
     assert ssim(ours, theirs) >= FP16_SSIM_BAR
+
+
+def test_non_square_resolution():
+    """Resolution is a build option: a 96x160 library matches diffusers at 96x160."""
+    setup = setup_for("tiny", "llvm")
+    pipe = Pipeline(setup.model, build(setup.model, "llvm", "float32", height=96, width=160))
+    settings = Settings(PROMPT, "", "euler", steps=6, seed=8)
+    ours = pipe.generate(**settings.as_dict())
+    assert ours.shape == (96, 160, 3)
+    assert ssim(ours, setup.reference.image(settings, 96, 160)) >= SSIM_BAR
