@@ -14,6 +14,7 @@ the host only picks timesteps and coefficients (and draws noise for ancestral sa
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -59,6 +60,10 @@ class Pipeline:
 
     def encode(self, prompt: str):
         ids = self.tokenizer(prompt).reshape(1, -1).astype(np.int32)
+        dropped = len(self.tokenizer.encode(prompt)) - ids.shape[1]
+        if dropped > 0:  # as diffusers: CLIP sees only the first 77 tokens
+            warnings.warn(f"prompt truncated: its last {dropped} tokens are beyond CLIP's "
+                          f"{ids.shape[1]}-token window", stacklevel=2)
         return self.call("encode_text", ids)
 
     def generate(self, prompt: str, negative_prompt: str = "", scheduler: str = "pndm",

@@ -166,3 +166,9 @@ def test_non_square_resolution():
     ours = pipe.generate(**settings.as_dict())
     assert ours.shape == (96, 160, 3)
     assert ssim(ours, setup.reference.image(settings, 96, 160)) >= SSIM_BAR
+
+
+def test_long_prompt_is_truncated_with_a_warning():
+    pipe = setup_for("tiny", "llvm").pipe
+    with pytest.warns(UserWarning, match="prompt truncated: its last 25 tokens"):
+        pipe.encode(" ".join(["cat"] * 100))  # 100 words + bos/eos = 102 tokens, window 77

@@ -119,3 +119,18 @@ def test_prompt_required(capsys):
     with pytest.raises(SystemExit):
         main(["generate"])
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_folder_with_fp16_variant_weights_only(tiny_folder, tmp_path):
+    """Many downloads carry only `*.fp16.safetensors`: they load, as the same weights."""
+    import torch
+
+    folder = broken_copy(tiny_folder, tmp_path)
+    for sub, stem in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (folder / sub / f"{stem}.safetensors").rename(folder / sub / f"{stem}.fp16.safetensors")
+    model = load_model(folder)
+    reference = load_model(tiny_folder)
+    for part in ("unet", "text_encoder"):
+        ours, theirs = getattr(model, part)().state_dict(), getattr(reference, part)().state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -20,12 +20,28 @@ from wsd.models.random_weights import randomize_
 # Config keys that record who wrote a file, not what the model is.
 _PROVENANCE_KEYS = {"_diffusers_version", "_name_or_path", "transformers_version", "architectures"}
 
-# Each part of a diffusers folder: (subfolder, accepted weight files).
+# Each part of a diffusers folder: (subfolder, weight file stem). Weights are safetensors or
+# PyTorch .bin, plain or as the "fp16" variant (`<stem>.fp16.safetensors`) that many
+# downloads carry alone.
 _PARTS = {
-    "unet": ("unet", ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]),
-    "vae": ("vae", ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]),
-    "text_encoder": ("text_encoder", ["model.safetensors", "pytorch_model.bin"]),
+    "unet": ("unet", "diffusion_pytorch_model"),
+    "vae": ("vae", "diffusion_pytorch_model"),
+    "text_encoder": ("text_encoder", "model"),
 }
+
+def _weight_files(stem: str) -> list[tuple[str, str | None]]:
+    """(file name, diffusers variant) in order of preference."""
+    bin_stem = "pytorch_model" if stem == "model" else stem
+    names = []
+    for variant in (None, "fp16"):
+        suffix = "" if variant is None else f".{variant}"
+        names += [(f"{stem}{suffix}.safetensors", variant), (f"{bin_stem}{suffix}.bin", variant)]
+    return names
+
+
+def _variant(folder: Path, stem: str) -> str | None:
+    """The variant of the first weight file present (the folder was validated at load)."""
+    return next(v for name, v in _weight_files(stem) if (folder / name).is_file())
 
 
 class ModelError(ValueError):
@@ -80,8 +96,10 @@ class Model:
             config._attn_implementation = "eager"  # SDPA does not export to valid WGSL
             module = randomize_(CLIPTextModel(config), self.seed)
         else:
+            folder = self.path / "text_encoder"
             module = CLIPTextModel.from_pretrained(
-                self.path / "text_encoder", attn_implementation="eager", local_files_only=True)
+                folder, attn_implementation="eager", local_files_only=True,
+                variant=_variant(folder, "model"))
         return module.float().eval()
 
     def unet(self) -> torch.nn.Module:
@@ -91,7 +109,8 @@ class Model:
             module = randomize_(UNet2DConditionModel(**self.configs["unet"]), self.seed)
         else:
             module = UNet2DConditionModel.from_pretrained(
-                self.path, subfolder="unet", local_files_only=True)
+                self.path, subfolder="unet", local_files_only=True,
+                variant=_variant(self.path / "unet", "diffusion_pytorch_model"))
         return module.float().eval()
 
     def vae(self) -> torch.nn.Module:
@@ -100,7 +119,9 @@ class Model:
         if self.path is None:
             module = randomize_(AutoencoderKL(**self.configs["vae"]), self.seed)
         else:
-            module = AutoencoderKL.from_pretrained(self.path, subfolder="vae", local_files_only=True)
+            module = AutoencoderKL.from_pretrained(
+                self.path, subfolder="vae", local_files_only=True,
+                variant=_variant(self.path / "vae", "diffusion_pytorch_model"))
         return module.float().eval()
 
     def tokenizer(self):
@@ -141,11 +162,11 @@ def _read_folder_configs(path: Path) -> dict:
         raise ModelError(f"model path {path} is not a folder")
     _read_json(path / "model_index.json")
     configs = {}
-    for part, (sub, weight_files) in _PARTS.items():
+    for part, (sub, stem) in _PARTS.items():
         configs[part] = _read_json(path / sub / "config.json")
-        if not any((path / sub / w).is_file() for w in weight_files):
-            raise ModelError(
-                f"no weights in {path / sub}: expected one of {', '.join(weight_files)}")
+        names = [name for name, _ in _weight_files(stem)]
+        if not any((path / sub / name).is_file() for name in names):
+            raise ModelError(f"no weights in {path / sub}: expected one of {', '.join(names)}")
     configs["scheduler"] = _read_json(path / "scheduler" / "scheduler_config.json")
     tok = path / "tokenizer"
     has_bpe = (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()
