@@ -12,10 +12,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 
 # wsd itself, TVM (with the apache-tvm-ffi version its ABI needs), diffusers, test tools.
-if ! "$PY" -c "import wsd, tvm, diffusers, skimage, pytest" 2>/dev/null \
-        || ! "$PY" -m pip show --quiet wsd >/dev/null 2>&1; then
-    "$PY" -m pip install --quiet -e ".[test]"
-fi
+# pip checks every pin (a few seconds when all are met) and fixes what drifted.
+"$PY" -m pip install --quiet -e ".[test]"
 
 # The official CLIP BPE vocabulary ships in open_clip_torch; --no-deps keeps torchvision
 # (which has no CPU build here) out. wsd reads the file without importing the package.
