@@ -105,23 +105,20 @@ class Model:
     def unet(self) -> torch.nn.Module:
         from diffusers import UNet2DConditionModel
 
-        if self.path is None:
-            module = randomize_(UNet2DConditionModel(**self.configs["unet"]), self.seed)
-        else:
-            module = UNet2DConditionModel.from_pretrained(
-                self.path, subfolder="unet", local_files_only=True,
-                variant=_variant(self.path / "unet", "diffusion_pytorch_model"))
-        return module.float().eval()
+        return self._diffusers_part(UNet2DConditionModel, "unet")
 
     def vae(self) -> torch.nn.Module:
         from diffusers import AutoencoderKL
 
+        return self._diffusers_part(AutoencoderKL, "vae")
+
+    def _diffusers_part(self, cls, part: str) -> torch.nn.Module:
         if self.path is None:
-            module = randomize_(AutoencoderKL(**self.configs["vae"]), self.seed)
+            module = randomize_(cls(**self.configs[part]), self.seed)
         else:
-            module = AutoencoderKL.from_pretrained(
-                self.path, subfolder="vae", local_files_only=True,
-                variant=_variant(self.path / "vae", "diffusion_pytorch_model"))
+            module = cls.from_pretrained(
+                self.path, subfolder=part, local_files_only=True,
+                variant=_variant(self.path / part, "diffusion_pytorch_model"))
         return module.float().eval()
 
     def tokenizer(self):
