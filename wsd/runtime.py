@@ -22,9 +22,9 @@ import numpy as np
 from wsd.build import Library
 from wsd.executor import Executor
 from wsd.models import Model
+from wsd.params import collect_weights
 from wsd.rng import TorchGenerator
 from wsd.schedulers import make_scheduler
-from wsd.trace import wrap_modules
 
 MAX_STEPS = 1000
 
@@ -39,21 +39,11 @@ class Pipeline:
         self.weights = self._upload_weights()
 
     def _upload_weights(self) -> dict[str, list]:
-        """Device copies of each function's weights; the two UNet functions share theirs."""
-        functions = self.meta["functions"]
-        modules = wrap_modules(self.model, tuple(functions), self.meta["dtype"])
-        uploaded, weights = {}, {}
-        for name, info in functions.items():
-            state = modules[name].state_dict()
-            owner = id(getattr(modules[name], "unet", modules[name]))
-            weights[name] = []
-            for weight, dtype in zip(info["weight_names"], info["weight_dtypes"]):
-                key = (owner, weight)
-                if key not in uploaded:
-                    array = state[weight].detach().float().numpy().astype(dtype)
-                    uploaded[key] = self.executor.upload(array)
-                weights[name].append(uploaded[key])
-        return weights
+        """Device copies of each function's weights, named and ordered as in the browser's
+        tensor cache (wsd.params); the two UNet functions share theirs."""
+        tensors, order = collect_weights(self.model, self.meta)
+        uploaded = {name: self.executor.upload(array) for name, array in tensors.items()}
+        return {function: [uploaded[n] for n in names] for function, names in order.items()}
 
     def call(self, name: str, *inputs):
         return self.executor(name, *inputs, *self.weights[name])
