@@ -21,6 +21,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python3}"
 OPT="${WSD_WASM_OPT:--O2}"
 log() { echo "[wasm-runtime] $*" >&2; }
+trap 'log "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 # locate the installed packages without importing them (importing tvm costs seconds)
 read -r TVM_DIR FFI_DIR TVM_VER FFI_VER < <("$PY" - <<'PYEOF'
@@ -55,7 +56,7 @@ if ! command -v emcc >/dev/null 2>&1; then
       || { log "apt-get install emscripten failed"; exit 77; }
   fi
 fi
-EMCC_VER="$(emcc --version 2>/dev/null | head -n1)"
+EMCC_VER="$(emcc --version 2>/dev/null | sed -n 1p || true)"  # sed reads all: no SIGPIPE under pipefail
 [ -n "$EMCC_VER" ] || { log "emcc does not run"; exit 77; }
 # emscripten keeps its system-library cache next to the install; use a private one when that
 # is not writable (non-root).

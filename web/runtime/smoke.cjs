@@ -31,7 +31,7 @@ async function webgpuDevice() {
   if (typeof navigator === "undefined" || !navigator.gpu) {
     let webgpu;
     try {
-      webgpu = require("webgpu");
+      webgpu = await import("webgpu"); // an ES module
     } catch (e) {
       throw new Error("no WebGPU: navigator.gpu missing and npm package `webgpu` not installed");
     }
