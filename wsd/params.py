@@ -112,13 +112,12 @@ def _functions_of(meta: dict) -> dict:
     return functions
 
 
-def collect_weights(model, meta: dict, dtype: str | None = None,
-                    modules: Mapping | None = None) -> CollectedWeights:
+def collect_weights(model, meta: dict, dtype: str | None = None) -> CollectedWeights:
     """The weights every compiled function takes, once each, converted to its dtype.
 
     `meta`: a library's meta.json dict (or just its `functions` dict). `dtype` is the compute
     dtype the modules are wrapped in (default: meta["dtype"], else float16 when any weight is
-    float16). `modules`: already wrapped modules (e.g. `Traced.modules`), to skip loading.
+    float16).
     """
     from wsd.trace import DTYPES, wrap_modules
 
@@ -130,8 +129,7 @@ def collect_weights(model, meta: dict, dtype: str | None = None,
         dtype = "float16" if "float16" in every else "float32"
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if modules is None:
-        modules = wrap_modules(model, tuple(functions), dtype)
+    modules = wrap_modules(model, tuple(functions), dtype)
 
     tensors: dict[str, np.ndarray] = {}
     sources: dict[str, object] = {}  # name -> the torch tensor it came from

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import tvm
 from tvm import relax
@@ -93,11 +92,6 @@ class Traced:
     mod: tvm.IRModule
     weight_names: dict[str, list[str]]  # function -> state-dict names, in parameter order
     num_inputs: dict[str, int]  # function -> number of runtime (non-weight) inputs
-    modules: dict[str, torch.nn.Module]  # function -> the wrapped PyTorch module
-
-    def weights(self, name: str) -> list[np.ndarray]:
-        state = self.modules[name].state_dict()
-        return [state[w].detach().numpy() for w in self.weight_names[name]]
 
 
 def to_relax(module: torch.nn.Module, example_inputs: tuple,
@@ -180,7 +174,7 @@ def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
                                             decompose=name == "encode_text")
         mod[name] = func.with_attr("global_symbol", name)
         num_inputs[name] = len(inputs[name])
-    return Traced(mod, weight_names, num_inputs, modules)
+    return Traced(mod, weight_names, num_inputs)
 
 
 def check_size(model: Model, height: int, width: int) -> None:
