@@ -14,20 +14,26 @@ from wsd.models import ModelError
 SCHEDULER_NAMES = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False) -> None:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
                              "weights) or the path of a diffusers-format model folder")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    parser.add_argument("--target", default="llvm", help="llvm (CPU) or cuda")
+    parser.add_argument("--target", default="llvm", help="llvm (CPU) or cuda"
+                        + (", or webgpu (a browser bundle, with --out DIR)" if webgpu else ""))
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
                         "(default: the model's native size)")
     parser.add_argument("--height", type=int, help="image height, a multiple of 8")
 
 
 def _build_library(args, log):
-    from wsd.build import build
+    from wsd.build import TargetError, build
     from wsd.models import load_model
+
+    if args.target == "webgpu":
+        raise TargetError(f"target 'webgpu' is only for `wsd build --target webgpu --out DIR` "
+                          f"(a browser bundle); `wsd {args.command}` runs natively: use "
+                          f"--target llvm or cuda. Generating in the browser is the web app's job")
 
     model = load_model(args.model)
     library = build(model, args.target, args.dtype, args.height, args.width, log=log,
@@ -70,8 +76,23 @@ def cmd_generate(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if args.target == "webgpu":
+        return _build_bundle(args)
+    if args.out is not None:
+        raise ValueError("--out is only for --target webgpu (native libraries go to the cache)")
     _, library = _build_library(args, print)
     print(library.path)
+    return 0
+
+
+def _build_bundle(args) -> int:
+    from wsd.bundle import build_bundle
+    from wsd.models import load_model
+
+    if not args.out:
+        raise ValueError("--target webgpu needs --out DIR (the bundle directory to write)")
+    model = load_model(args.model)
+    build_bundle(model, args.out, args.dtype, args.height, args.width, log=print)
     return 0
 
 
@@ -102,8 +123,9 @@ def parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     bld = sub.add_parser("build", help="compile the model library (cached)")
-    _model_options(bld)
+    _model_options(bld, webgpu=True)
     bld.add_argument("--force", action="store_true", help="rebuild even if cached")
+    bld.add_argument("--out", help="with --target webgpu: the bundle directory to write")
     bld.set_defaults(func=cmd_build)
 
     ver = sub.add_parser("verify", help="compare every block with PyTorch, print PSNR table")
@@ -115,10 +137,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from wsd.build import TargetError
+    from wsd.bundle import BundleError
 
     try:
         return args.func(args)
-    except (ModelError, TargetError, ValueError, FileNotFoundError) as err:
+    except (ModelError, TargetError, BundleError, ValueError, FileNotFoundError) as err:
         print(f"wsd: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,234 @@
+"""Stage "web bundle": everything the browser needs, in one directory (no web app yet).
+
+    out_dir/model.wasm         every compiled function (WGSL kernels, wasm32 host code) linked
+                               with TVM's web runtime (web/runtime/build.sh): a Relax VM that
+                               tvmjs (@mlc-ai/web-runtime) loads with `instantiate`
+    out_dir/params/            the weights as a TVM tensor cache (wsd.params), SHA-256 per shard
+    out_dir/tokenizer.json     HuggingFace tokenizer.json (@mlc-ai/web-tokenizers)
+    out_dir/wsd-config.json    what the app needs to drive the functions (see build_bundle)
+
+`requirements` in wsd-config.json: `shader_f16` (the module computes in float16) and
+`max_buffer_bytes`, the largest GPU buffer the module binds: the larger of the largest weight
+tensor and the largest storage the compiled VM code allocates with a static size (read from
+the lowered Relax module, after memory planning). Scheduler kernels have symbolic shapes (their
+buffers are latent-sized) and are not counted there; `latent_bytes` covers them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from wsd import build as wsd_build
+from wsd.models import Model
+from wsd.params import collect_weights, write_tensor_cache
+from wsd.trace import DTYPES, check_size, trace_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_BUILD = ROOT / "web" / "runtime" / "build.sh"
+WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
+CONFIG_NAME = "wsd-config.json"
+FORMAT_VERSION = 1
+
+
+class BundleError(RuntimeError):
+    """The web bundle cannot be built here (e.g. no emscripten)."""
+
+
+def webgpu_target() -> tvm.target.Target:
+    return tvm.target.Target({"kind": "webgpu", "host": WASM_HOST})
+
+
+def web_runtime_dir(log=print) -> str:
+    """Build (or find up to date) TVM's wasm runtime; returns the TVM_HOME to link with."""
+    proc = subprocess.run(["bash", str(RUNTIME_BUILD)], capture_output=True, text=True)
+    if proc.returncode == 77:
+        raise BundleError("emscripten is unavailable, so the web runtime cannot be built; "
+                          "install Debian's `emscripten` and run `bash web/runtime/build.sh`")
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise BundleError(f"`bash web/runtime/build.sh` failed (exit {proc.returncode}):\n"
+                          f"{proc.stderr[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def _fcompile(link_opt: str = "-O1"):
+    from tvm.contrib import tvmjs
+
+    def fcompile(output, objects, options=None, **kwargs):
+        # create_tvmjs_wasm passes -O3 first; a later -O wins (-O3 makes the link minutes).
+        return tvmjs.create_tvmjs_wasm(output, objects, options=list(options or []) + [link_opt],
+                                       **kwargs)
+
+    # Debian's emscripten (LLVM 14) cannot read TVM's LLVM-22 bitcode: hand it wasm objects.
+    fcompile.object_format = "o"
+    return fcompile
+
+
+def _static_nbytes(shape, dtype) -> int | None:
+    if not isinstance(shape, relax.ShapeExpr):
+        return None
+    dims = []
+    for d in shape.values:
+        if not isinstance(getattr(d, "value", None), int):
+            return None
+        dims.append(d.value)
+    bits = tvm.runtime.DataType(str(dtype)).bits * tvm.runtime.DataType(str(dtype)).lanes
+    return int(np.prod(dims, dtype=np.int64)) * bits // 8
+
+
+def storage_sizes(mod: tvm.IRModule) -> dict[str, dict]:
+    """Per Relax function of a lowered module: the static storage allocations' sizes.
+
+    Memory planning leaves `R.vm.alloc_storage(shape, device_index, dtype, scope)` (or, before
+    VM lowering, `R.memory.alloc_storage`) calls; their size is shape x dtype. Returns
+    {function: {"max_bytes", "total_bytes", "count", "dynamic"}}, dynamic = allocations
+    whose size is not a constant."""
+    ops = {"relax.vm.alloc_storage", "relax.memory.alloc_storage"}
+    result = {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        sizes, dynamic = [], 0
+
+        def visit(expr):
+            nonlocal dynamic
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
+                    and expr.op.name in ops:
+                dtype = expr.args[2]
+                dtype = str(dtype.value) if hasattr(dtype, "value") else "uint8"
+                size = _static_nbytes(expr.args[0], dtype)
+                if size is None:
+                    dynamic += 1
+                else:
+                    sizes.append(size)
+
+        relax.analysis.post_order_visit(func, visit)
+        result[gvar.name_hint] = {"max_bytes": max(sizes, default=0),
+                                  "total_bytes": sum(sizes), "count": len(sizes),
+                                  "dynamic": dynamic}
+    return result
+
+
+def compile_web(mod: tvm.IRModule, target: tvm.target.Target):
+    """wsd.build.compile_module's pipeline, plus a look at the lowered module's allocations.
+    Returns (executable, storage_sizes of the lowered module)."""
+    seen = {}
+
+    @tvm.transform.module_pass(opt_level=0, name="wsd_storage_sizes")
+    def observe(m, _ctx):
+        seen.update(storage_sizes(m))
+        return m
+
+    pipe = tvm.transform.Sequential([wsd_build.pipeline(target), observe])
+    return tvm.compile(mod, target, relax_pipeline=pipe), seen
+
+
+def _param_info(func: relax.Function, count: int) -> list[dict]:
+    info = []
+    for p in func.params[:count]:
+        ty = p.ty
+        shape = [int(d.value) if hasattr(d, "value") else str(d) for d in ty.shape.values]
+        info.append({"name": p.name, "shape": shape, "dtype": str(ty.dtype)})
+    return info
+
+
+def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
+                 width: int | None = None, log=print) -> dict:
+    """Write the web bundle for `model` into out_dir; returns the wsd-config.json dict."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    height = model.default_size[0] if height is None else height
+    width = model.default_size[1] if width is None else width
+    check_size(model, height, width)
+    out = Path(out_dir)
+    start = time.time()
+    times = {}
+
+    tvm_home = web_runtime_dir(log)  # fail early, before minutes of compiling
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    log(f"tracing {model.name} ({dtype}, {height}x{width}) ...")
+    traced = trace_model(model, height, width, dtype)
+    mod = wsd_build.add_scheduler_functions(traced.mod)
+    inputs = {name: _param_info(mod[name], traced.num_inputs.get(name, len(mod[name].params)))
+              for name in (gv.name_hint for gv in mod.get_global_vars())
+              if isinstance(mod[name], relax.Function)}
+    times["trace_s"] = time.time() - t0
+
+    t0 = time.time()
+    target = webgpu_target()
+    log("compiling for webgpu (wasm32 host) ...")
+    executable, storage = compile_web(mod, target)
+    times["compile_s"] = time.time() - t0
+
+    t0 = time.time()
+    os.environ["TVM_HOME"] = tvm_home  # create_tvmjs_wasm finds web/dist/wasm/*.bc here
+    os.environ.setdefault("NODE_PATH", "/usr/share/nodejs")  # Debian's emcc needs it
+    wasm = out / "model.wasm"
+    tmp = out / f"model.{os.getpid()}.wasm"
+    executable.export_library(str(tmp), fcompile=_fcompile())
+    os.replace(tmp, wasm)
+    times["link_s"] = time.time() - t0
+
+    t0 = time.time()
+    meta = {"dtype": dtype, "functions": wsd_build.function_meta(traced)}
+    weights = collect_weights(model, meta, dtype)
+    manifest = write_tensor_cache(weights, out / "params",
+                                  metadata={"model": model.name,
+                                            "config_hash": model.config_hash()})
+    (out / "tokenizer.json").write_text(model.tokenizer().to_tokenizers_json())
+    times["params_s"] = time.time() - t0
+
+    f = model.vae_scale_factor
+    latent_shape = [1, model.latent_channels, height // f, width // f]
+    latent_bytes = int(np.prod(latent_shape)) * 4
+    max_weight = manifest["metadata"]["max_tensor_bytes"]
+    max_alloc = max((s["max_bytes"] for s in storage.values()), default=0)
+    functions = {}
+    for name, params in inputs.items():
+        entry = {"num_inputs": len(params), "inputs": params}
+        if name in weights.functions:
+            entry["weights"] = weights.functions[name]
+        if name in storage:
+            entry["storage"] = storage[name]
+        functions[name] = entry
+    config = {
+        "format": "wsd-web-bundle", "format_version": FORMAT_VERSION,
+        "model": model.name, "config_hash": model.config_hash(), "dtype": dtype,
+        "height": height, "width": width, "latent_shape": latent_shape,
+        "vae_scale_factor": f, "max_tokens": model.max_tokens,
+        "scheduler_config": model.configs["scheduler"],
+        "target": str(target), "tvm_version": tvm.__version__,
+        "files": {"wasm": wasm.name, "params": "params/", "tokenizer": "tokenizer.json"},
+        "functions": functions,
+        "requirements": {
+            "shader_f16": dtype == "float16",
+            "max_buffer_bytes": max(max_weight, max_alloc, latent_bytes),
+            "max_weight_bytes": max_weight,
+            "max_storage_bytes": max_alloc,
+            "latent_bytes": latent_bytes,
+        },
+    }
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=1, default=str))
+
+    mib = 1 << 20
+    log(f"wrote {out} in {time.time() - start:.1f} s "
+        f"(trace {times['trace_s']:.1f} s, compile {times['compile_s']:.1f} s, "
+        f"link {times['link_s']:.1f} s, weights {times['params_s']:.1f} s)")
+    log(f"  model.wasm       {wasm.stat().st_size / mib:8.2f} MiB")
+    log(f"  params/          {manifest['metadata']['total_bytes'] / mib:8.2f} MiB in "
+        f"{len(manifest['records'])} shard(s), {manifest['metadata']['num_tensors']} tensors")
+    log(f"  tokenizer.json   {(out / 'tokenizer.json').stat().st_size / mib:8.2f} MiB")
+    req = config["requirements"]
+    log(f"  largest buffer   {req['max_buffer_bytes'] / mib:8.2f} MiB (weights "
+        f"{max_weight / mib:.2f}, activations {max_alloc / mib:.2f}); "
+        f"shader-f16 {'required' if req['shader_f16'] else 'not needed'}")
+    return config
