@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.cases import RARE_CASE_SEEDS  # noqa: E402
 from wsd import rng  # noqa: E402
 from wsd.rng import TorchGenerator, randn  # noqa: E402
 
@@ -149,20 +150,6 @@ def test_randn_large_odd_size_bitexact(seed):
     assert_bitexact(randn(1000003, seed), torch_randn(1000003, seed))
 
 
-# Seeds whose first 1x4x64x64 latent contains one of the rare uniforms for which a
-# single FMA of torch's AVX2 kernel changes the result (found by exhaustive search
-# over all 2**24 uniforms: the DP3 range-reduction FMA matters for only 3 of them,
-# the first cos/sin polynomial FMAs for 7 / 45), or an extreme uniform:
-# u1 = 1 (radius is -0; torch turns the -0 of radius*sin into +0), u1 = 2**-24
-# (largest radius), u2 = 0 (theta = 0).
-RARE_CASE_SEEDS = {
-    "dp3_fma": 376,
-    "cos_p0_fma": 30,
-    "sin_p0_fma": 297,
-    "u1_one": 6399,
-    "u1_min": 80,
-    "theta_zero": 1233,
-}
 
 
 @needs_avx2_kernel

@@ -15,16 +15,13 @@ import torch
 import tvm
 
 import diffusers
+from tests.cases import SCHEDULER_VARIANTS, SD15
 from wsd.executor import Executor
 from wsd.schedulers import (SCHEDULERS, diffusers_scheduler, make_scheduler,
                             relax_functions)
 
 diffusers.utils.logging.set_verbosity_error()  # from_config's "unexpected keys" notes
 
-SD15 = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-        "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-        "trained_betas": None, "clip_sample": False}
 NAMES = list(SCHEDULERS)
 STEPS = (1, 2, 3, 10, 25, 50)
 SPACINGS = ("leading", "trailing", "linspace")
@@ -157,20 +154,7 @@ def test_v_prediction_matches_diffusers(run, name, steps):
     compare_loop(run, name, {**SD15, "prediction_type": "v_prediction"}, steps)
 
 
-VARIANTS = [
-    ("ddim", {k: v for k, v in SD15.items() if k != "set_alpha_to_one"}),  # default: True
-    ("pndm", {**SD15, "set_alpha_to_one": True}),
-    ("dpm-solver++", {**SD15, "solver_order": 1}),
-    ("dpm-solver++", {**SD15, "solver_type": "heun"}),
-    ("dpm-solver++", {**SD15, "final_sigmas_type": "sigma_min"}),
-    ("dpm-solver++", {**SD15, "final_sigmas_type": "sigma_min", "lower_order_final": False}),
-    ("dpm-solver++", {**SD15, "final_sigmas_type": "sigma_min", "euler_at_final": True}),
-    ("euler", {**SD15, "final_sigmas_type": "sigma_min"}),
-    ("euler", {**SD15, "timestep_type": "continuous"}),  # no effect with epsilon
-    ("euler-a", {"beta_schedule": "squaredcos_cap_v2"}),
-    ("pndm", {"skip_prk_steps": True, "beta_schedule": "linear"}),
-    ("dpm-solver++", {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"}),
-]
+VARIANTS = SCHEDULER_VARIANTS
 
 
 @pytest.mark.parametrize("name,config", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in

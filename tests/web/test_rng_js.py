@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cases import RARE_CASE_SEEDS
+
 torch = pytest.importorskip("torch")
 
 NODE = shutil.which("node")
@@ -34,17 +36,6 @@ needs_avx2_kernel = pytest.mark.skipif(
     reason=f"torch CPU capability here is {CAPABILITY}; rng.js reproduces the AVX2/AVX512 kernel",
 )
 
-# Copied from tests/unit/test_rng.py (RARE_CASE_SEEDS): seeds whose first 1x4x64x64
-# latent contains a uniform for which a single FMA of torch's AVX2 kernel changes the
-# result, or an extreme uniform (u1 = 1, u1 = 2**-24, u2 = 0).
-RARE_CASE_SEEDS = {
-    "dp3_fma": 376,
-    "cos_p0_fma": 30,
-    "sin_p0_fma": 297,
-    "u1_one": 6399,
-    "u1_min": 80,
-    "theta_zero": 1233,
-}
 
 LATENT = [1, 4, 64, 64]
 SMALL_LATENT = [1, 4, 16, 16]

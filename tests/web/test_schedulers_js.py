@@ -1,0 +1,318 @@
+"""web/src/schedulers/*.js must drive the compiled kernels exactly as wsd/schedulers does.
+
+For every sampler, config variant and step count, the Python scheduler runs a denoising loop
+with a recording `run` (each call returns a fresh opaque token) and a fake rng; a node driver
+does the same with the JS scheduler. Compared: timesteps (float32 bits), init_noise_sigma, and
+the full event sequence (UNet inputs, kernel names, which tokens feed which call, coefficient
+float32 bits, rng draws). JS timesteps are also compared with diffusers' directly, and bad
+inputs must throw the same messages as Python raises.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+from tests.cases import SCHEDULER_VARIANTS, SD15  # noqa: E402
+from wsd.schedulers import SCHEDULERS, diffusers_scheduler, make_scheduler  # noqa: E402
+
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+INDEX_JS = Path(__file__).resolve().parents[2] / "web" / "src" / "schedulers" / "index.js"
+
+NAMES = list(SCHEDULERS)
+STEPS = (1, 2, 3, 10, 25, 50)
+SHAPE = [1, 4, 8, 8]
+
+CONFIGS = [
+    ("sd15", SD15),
+    ("leading", {**SD15, "timestep_spacing": "leading"}),
+    ("trailing", {**SD15, "timestep_spacing": "trailing"}),
+    ("linspace", {**SD15, "timestep_spacing": "linspace"}),
+    ("v", {**SD15, "prediction_type": "v_prediction"}),
+    ("v-trailing", {**SD15, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}),
+]
+# the option variants of tests/unit/test_schedulers.py
+VARIANTS = SCHEDULER_VARIANTS + [
+    ("dpm-solver++", {**SD15, "solver_type": "heun", "final_sigmas_type": "sigma_min",
+                      "lower_order_final": False, "prediction_type": "v_prediction"}),
+    ("ddim", {**SD15, "_use_default_values": ["beta_start"], "timestep_spacing": "linspace"}),
+    ("euler", {**SD15, "trained_betas": np.linspace(1e-4, 0.02, 1000).tolist()}),
+    ("euler-a", {**SD15, "num_train_timesteps": 500, "timestep_spacing": "leading"}),
+]
+
+
+def _cases():
+    cases = [(n, label, cfg) for n in NAMES for label, cfg in CONFIGS]
+    cases += [(n, f"variant{i}", cfg) for i, (n, cfg) in enumerate(VARIANTS)]
+    return [(n, label, cfg, steps) for n, label, cfg in cases for steps in STEPS]
+
+
+CASES = _cases()
+
+
+# ---- the Python side -------------------------------------------------------------------------
+
+class Token:
+    def __init__(self, name, shape=SHAPE):
+        self.name, self.shape = name, tuple(shape)
+
+
+def _bits(a) -> list[int]:
+    return np.asarray(a, np.float32).reshape(-1).view(np.int32).tolist()
+
+
+def python_events(name: str, config: dict, steps: int) -> dict:
+    try:
+        s = make_scheduler(name, config)
+        before = s.init_noise_sigma
+        s.set_timesteps(steps)
+    except ValueError as e:
+        return {"error": str(e)}
+    events, counter = [], [0]
+    kernels = {k.name: k for cls in SCHEDULERS.values() for k in cls.kernels}
+
+    def run(kname, *args):
+        k = kernels[kname]
+        tensors, coeffs = (args[:-1], args[-1]) if k.num_coeffs else (args, None)
+        ids = []
+        for a in tensors:
+            if isinstance(a, Token):
+                ids.append(a.name)
+            else:  # the rng's noise
+                a = np.asarray(a)
+                assert a.dtype == np.float32
+                ids.append(f"noise{int(a.reshape(-1)[0])}:{list(a.shape)}")
+        events.append(["call", kname, ids, None if coeffs is None else _bits(coeffs)])
+        counter[0] += 1
+        return Token(f"out{counter[0]}")
+
+    class Rng:
+        draws = 0
+
+        def randn(self, shape):
+            Rng.draws += 1
+            events.append(["randn", list(shape)])
+            return np.full(shape, Rng.draws, np.float32)
+
+    latents = Token("latents")
+    for i in range(len(s.timesteps)):
+        x = s.scale_model_input(run, latents, i)
+        events.append(["unet", x.name, _bits(s.timesteps[i])])
+        latents = s.step(run, Token(f"eps{i}"), i, latents, Rng())
+    events.append(["result", latents.name])
+    return {"timesteps": _bits(s.timesteps), "sigma_before": before,
+            "sigma": s.init_noise_sigma, "events": events}
+
+
+# ---- the JS side -----------------------------------------------------------------------------
+
+DRIVER = r"""
+import { makeScheduler } from %(module_url)s;
+import { readFileSync } from "node:fs";
+
+const bits = (a) => Array.from(new Int32Array(Float32Array.from(a).buffer));
+class Token { constructor(name, shape) { this.name = name; this.shape = shape; } }
+const SHAPE = %(shape)s;
+
+function events(name, config, steps) {
+  let s, before;
+  try {
+    s = makeScheduler(name, config);
+    before = s.initNoiseSigma;
+    s.setTimesteps(steps);
+  } catch (e) {
+    return { error: e.message };
+  }
+  if (!(s.timesteps instanceof Float32Array)) throw new Error("timesteps must be a Float32Array");
+  const ev = [];
+  let counter = 0, draws = 0;
+  const run = (kname, ...args) => {
+    const last = args[args.length - 1];
+    const hasCoeffs = last instanceof Float32Array;
+    const tensors = hasCoeffs ? args.slice(0, -1) : args;
+    const ids = tensors.map((a) => {
+      if (a instanceof Token) return a.name;
+      if (a && a.noise !== undefined) return `noise${a.noise}:${JSON.stringify(a.shape).replace(/,/g, ", ")}`;
+      throw new Error("unexpected argument " + a);
+    });
+    ev.push(["call", kname, ids, hasCoeffs ? bits(last) : null]);
+    counter += 1;
+    return new Token(`out${counter}`, SHAPE);
+  };
+  const rng = { randn(shape) { draws += 1; ev.push(["randn", shape]); return { noise: draws, shape }; } };
+  let latents = new Token("latents", SHAPE);
+  for (let i = 0; i < s.timesteps.length; i++) {
+    const x = s.scaleModelInput(run, latents, i);
+    ev.push(["unet", x.name, bits([s.timesteps[i]])]);
+    latents = s.step(run, new Token(`eps${i}`, SHAPE), i, latents, rng);
+  }
+  ev.push(["result", latents.name]);
+  return { timesteps: bits(s.timesteps), sigma_before: before, sigma: s.initNoiseSigma, events: ev };
+}
+
+function error(f) {
+  try { f(); } catch (e) { return e instanceof Error ? e.message : "not an Error: " + e; }
+  return null;
+}
+
+const input = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const t0 = performance.now();
+const results = input.cases.map(([name, config, steps]) => events(name, config, steps));
+const errors = input.errors.map((c) => {
+  if (c.kind === "make") return error(() => makeScheduler(c.name, c.config));
+  if (c.kind === "steps") return error(() => makeScheduler(c.name, c.config).setTimesteps(c.steps));
+  const s = makeScheduler(c.name, c.config);
+  const t = (n) => new Token(n, SHAPE);
+  const run = () => t("out");
+  const rng = { randn: (shape) => ({ noise: 0, shape }) };
+  if (c.kind === "step_before_set") return error(() => s.step(run, t("eps"), 0, t("x"), rng));
+  if (c.kind === "timesteps_before_set") return error(() => s.timesteps);
+  s.setTimesteps(5);
+  if (c.kind === "out_of_order") return error(() => s.step(run, t("eps"), 1, t("x"), rng));
+  if (c.kind === "bad_index") return error(() => s.scaleModelInput(run, t("x"), c.index));
+  if (c.kind === "no_rng") return error(() => s.step(run, t("eps"), 0, t("x"), null));
+  throw new Error("bad kind " + c.kind);
+});
+process.stdout.write(JSON.stringify({ results, errors, ms: performance.now() - t0 }));
+"""
+
+UNSUPPORTED = [
+    ("pndm", {"skip_prk_steps": False}),
+    ("pndm", {"prediction_type": "sample"}),
+    ("ddim", {"clip_sample": True}),
+    ("ddim", {"thresholding": True}),
+    ("ddim", {"rescale_betas_zero_snr": True}),
+    ("dpm-solver++", {"algorithm_type": "sde-dpmsolver++"}),
+    ("dpm-solver++", {"solver_order": 3}),
+    ("dpm-solver++", {"use_karras_sigmas": True}),
+    ("dpm-solver++", {"variance_type": "learned_range"}),
+    ("euler", {"use_karras_sigmas": True}),
+    ("euler", {"interpolation_type": "log_linear"}),
+    ("euler", {"timestep_type": "continuous", "prediction_type": "v_prediction"}),
+    ("euler-a", {"prediction_type": "sample"}),
+    ("euler-a", {"timestep_spacing": "quadratic"}),
+    ("euler-a", {"beta_schedule": "sigmoid"}),
+    ("euler", {"trained_betas": [0.1, 0.2]}),
+    ("ddim", {"num_train_timesteps": 1}),
+]
+BAD_STEPS = [0, -1, 10000, 1001, 2.5, True, "10", None]
+
+
+def _error_cases():
+    cases = [{"kind": "make", "name": "lms", "config": SD15}]
+    cases += [{"kind": "make", "name": n, "config": {**SD15, **o}} for n, o in UNSUPPORTED]
+    for n in NAMES:
+        cases += [{"kind": "steps", "name": n, "config": SD15, "steps": b} for b in BAD_STEPS]
+        cases += [{"kind": "steps", "name": n, "config": {**SD15, "timestep_spacing": "trailing"},
+                   "steps": 61},
+                  {"kind": "steps", "name": n, "config": {**SD15, "timestep_spacing": "leading"},
+                   "steps": 1000},
+                  {"kind": "steps", "name": n, "config": {**SD15, "timestep_spacing": "linspace"},
+                   "steps": 1000}]
+        cases += [{"kind": k, "name": n, "config": SD15}
+                  for k in ("step_before_set", "timesteps_before_set", "out_of_order")]
+        cases += [{"kind": "bad_index", "name": n, "config": SD15, "index": i}
+                  for i in (-1, 99, 1.5, True)]
+    cases.append({"kind": "no_rng", "name": "euler-a", "config": SD15})
+    return cases
+
+
+def python_error(c) -> str | None:
+    class Tok:
+        shape = tuple(SHAPE)
+
+    class Rng:
+        def randn(self, shape):
+            return np.zeros(shape, np.float32)
+
+    def run(*args):
+        return Tok()
+
+    try:
+        if c["kind"] == "make":
+            make_scheduler(c["name"], c["config"])
+        elif c["kind"] == "steps":
+            make_scheduler(c["name"], c["config"]).set_timesteps(c["steps"])
+        else:
+            s = make_scheduler(c["name"], c["config"])
+            if c["kind"] == "step_before_set":
+                s.step(run, Tok(), 0, Tok(), Rng())
+            elif c["kind"] == "timesteps_before_set":
+                s.timesteps
+            else:
+                s.set_timesteps(5)
+                if c["kind"] == "out_of_order":
+                    s.step(run, Tok(), 1, Tok(), Rng())
+                elif c["kind"] == "bad_index":
+                    s.scale_model_input(run, Tok(), c["index"])
+                elif c["kind"] == "no_rng":
+                    s.step(run, Tok(), 0, Tok(), None)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="module")
+def js(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("schedulers_js")
+    driver = tmp / "driver.mjs"
+    driver.write_text(DRIVER % {"module_url": json.dumps(INDEX_JS.as_uri()), "shape": json.dumps(SHAPE)})
+    payload = {"cases": [[n, cfg, steps] for n, _, cfg, steps in CASES], "errors": _error_cases()}
+    (tmp / "input.json").write_text(json.dumps(payload))
+    proc = subprocess.run([NODE, str(driver), str(tmp / "input.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"node driver failed:\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def _ids(case):
+    n, label, _, steps = case
+    return f"{n}-{label}-{steps}"
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[_ids(c) for c in CASES])
+def test_js_scheduler_matches_python(js, index):
+    name, _, config, steps = CASES[index]
+    ours, theirs = js["results"][index], python_events(name, config, steps)
+    if "error" in theirs:
+        assert ours == theirs
+        return
+    assert "error" not in ours, ours["error"]
+    assert ours["timesteps"] == theirs["timesteps"]
+    assert ours["sigma_before"] == theirs["sigma_before"]
+    assert ours["sigma"] == theirs["sigma"]
+    assert len(ours["events"]) == len(theirs["events"])
+    for k, (a, b) in enumerate(zip(ours["events"], theirs["events"])):
+        assert a == b, f"event {k}: JS {a} != Python {b}"
+    # and directly against diffusers
+    ref = diffusers_scheduler(name, config)
+    ref.set_timesteps(steps)
+    ref_bits = ref.timesteps.numpy().astype(np.float32).view(np.int32).tolist()
+    assert ours["timesteps"] == ref_bits
+
+
+def test_all_kernels_exercised(js):
+    """The cases above call every kernel of every sampler."""
+    called = {e[1] for r in js["results"] if "events" in r for e in r["events"] if e[0] == "call"}
+    every = {k.name for cls in SCHEDULERS.values() for k in cls.kernels}
+    assert called == every
+
+
+def test_js_errors_match_python(js):
+    cases = _error_cases()
+    assert len(js["errors"]) == len(cases)
+    raised = 0
+    for c, got in zip(cases, js["errors"]):
+        want = python_error(c)  # None where Python accepts it (then JS must accept it too)
+        raised += want is not None
+        assert got == want, c
+    assert raised >= len(cases) - 8  # a few step counts are fine for some samplers
