@@ -230,33 +230,29 @@ struct MapSerializer {
 };
 }  // namespace serializer_detail
 
-template <typename K, typename V, typename Cmp, typename Alloc>
-struct Serializer<std::map<K, V, Cmp, Alloc>> {
-  using M = std::map<K, V, Cmp, Alloc>;
+namespace serializer_detail {
+/*! \brief std::map and std::unordered_map: read into a cleared map with operator[]. */
+template <typename M>
+struct StdMapSerializer {
+  using K = typename M::key_type;
+  using V = typename M::mapped_type;
   static constexpr bool enabled = true;
-  static void Write(Stream* strm, const M& m) {
-    serializer_detail::MapSerializer<M, K, V>::Write(strm, m);
-  }
+  static void Write(Stream* strm, const M& m) { MapSerializer<M, K, V>::Write(strm, m); }
   static bool Read(Stream* strm, M* out) {
     out->clear();
-    return serializer_detail::MapSerializer<M, K, V>::Read(
+    return MapSerializer<M, K, V>::Read(
         strm, [out](K&& k, V&& v) { (*out)[std::move(k)] = std::move(v); });
   }
 };
+}  // namespace serializer_detail
+
+template <typename K, typename V, typename Cmp, typename Alloc>
+struct Serializer<std::map<K, V, Cmp, Alloc>>
+    : serializer_detail::StdMapSerializer<std::map<K, V, Cmp, Alloc>> {};
 
 template <typename K, typename V, typename H, typename Eq, typename Alloc>
-struct Serializer<std::unordered_map<K, V, H, Eq, Alloc>> {
-  using M = std::unordered_map<K, V, H, Eq, Alloc>;
-  static constexpr bool enabled = true;
-  static void Write(Stream* strm, const M& m) {
-    serializer_detail::MapSerializer<M, K, V>::Write(strm, m);
-  }
-  static bool Read(Stream* strm, M* out) {
-    out->clear();
-    return serializer_detail::MapSerializer<M, K, V>::Read(
-        strm, [out](K&& k, V&& v) { (*out)[std::move(k)] = std::move(v); });
-  }
-};
+struct Serializer<std::unordered_map<K, V, H, Eq, Alloc>>
+    : serializer_detail::StdMapSerializer<std::unordered_map<K, V, H, Eq, Alloc>> {};
 
 template <typename K, typename V>
 struct Serializer<ffi::Map<K, V>> {
