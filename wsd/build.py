@@ -26,7 +26,7 @@ from tvm import relax
 
 from wsd import optimize, schedule
 from wsd.models import Model
-from wsd.trace import DTYPES, Traced, check_size, trace_model
+from wsd.trace import Traced, check_dtype, resolve_size, trace_model
 
 TARGETS = ("llvm", "cuda")
 
@@ -145,12 +145,9 @@ def build(model: Model, target: str = "llvm", dtype: str = "float32",
           height: int | None = None, width: int | None = None,
           log=print, force: bool = False) -> Library:
     """Compile (or load from the cache) the model's library for a target."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     tvm_target = make_target(target)
-    height = model.default_size[0] if height is None else height
-    width = model.default_size[1] if width is None else width
-    check_size(model, height, width)
+    height, width = resolve_size(model, height, width)
     key = library_key(model, tvm_target, dtype, height, width)
     folder = cache_dir() / "lib" / key
     lib_path, meta_path = folder / "model.so", folder / "meta.json"

@@ -29,7 +29,7 @@ from tvm import relax
 from wsd import build as wsd_build
 from wsd.models import Model
 from wsd.params import collect_weights, write_tensor_cache
-from wsd.trace import DTYPES, check_size, trace_model
+from wsd.trace import check_dtype, resolve_size, trace_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_BUILD = ROOT / "web" / "runtime" / "build.sh"
@@ -142,11 +142,8 @@ def _param_info(func: relax.Function, count: int) -> list[dict]:
 def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
                  width: int | None = None, log=print) -> dict:
     """Write the web bundle for `model` into out_dir; returns the wsd-config.json dict."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    height = model.default_size[0] if height is None else height
-    width = model.default_size[1] if width is None else width
-    check_size(model, height, width)
+    check_dtype(dtype)
+    height, width = resolve_size(model, height, width)
     out = Path(out_dir)
     start = time.time()
     times = {}
@@ -180,7 +177,7 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
 
     t0 = time.time()
     meta = {"dtype": dtype, "functions": wsd_build.function_meta(traced)}
-    weights = collect_weights(model, meta, dtype)
+    weights = collect_weights(model, meta, dtype, modules=traced.modules)  # no second load
     manifest = write_tensor_cache(weights, out / "params",
                                   metadata={"model": model.name,
                                             "config_hash": model.config_hash()})

@@ -112,14 +112,16 @@ def _functions_of(meta: dict) -> dict:
     return functions
 
 
-def collect_weights(model, meta: dict, dtype: str | None = None) -> CollectedWeights:
+def collect_weights(model, meta: dict, dtype: str | None = None,
+                    modules: Mapping | None = None) -> CollectedWeights:
     """The weights every compiled function takes, once each, converted to its dtype.
 
     `meta`: a library's meta.json dict (or just its `functions` dict). `dtype` is the compute
     dtype the modules are wrapped in (default: meta["dtype"], else float16 when any weight is
-    float16).
+    float16). `modules`: the wrapped modules if the caller has them already (`Traced.modules`),
+    so the model is not loaded a second time.
     """
-    from wsd.trace import DTYPES, wrap_modules
+    from wsd.trace import check_dtype, wrap_modules
 
     functions = _functions_of(meta)
     if dtype is None:
@@ -127,9 +129,9 @@ def collect_weights(model, meta: dict, dtype: str | None = None) -> CollectedWei
     if dtype is None:
         every = {d for info in functions.values() for d in info["weight_dtypes"]}
         dtype = "float16" if "float16" in every else "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    modules = wrap_modules(model, tuple(functions), dtype)
+    check_dtype(dtype)
+    if modules is None:
+        modules = wrap_modules(model, tuple(functions), dtype)
 
     tensors: dict[str, np.ndarray] = {}
     sources: dict[str, object] = {}  # name -> the torch tensor it came from

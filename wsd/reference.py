@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,6 @@ class Reference:
     """diffusers' pipeline for one model, built once (safety checker off)."""
 
     def __init__(self, model: Model, device: str = "cpu"):
-        import torch
-
         # A fair float32 reference on GPUs: no TF32 in matrix products and convolutions.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

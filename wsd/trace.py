@@ -92,6 +92,7 @@ class Traced:
     mod: tvm.IRModule
     weight_names: dict[str, list[str]]  # function -> state-dict names, in parameter order
     num_inputs: dict[str, int]  # function -> number of runtime (non-weight) inputs
+    modules: dict[str, torch.nn.Module]  # function -> the wrapped module (its weights)
 
 
 def to_relax(module: torch.nn.Module, example_inputs: tuple,
@@ -163,8 +164,7 @@ def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
                 names=FUNCTIONS) -> Traced:
     """Trace the model's functions (default: all) into one IRModule."""
     check_size(model, height, width)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     modules = wrap_modules(model, names, dtype)
     inputs = example_inputs(model, height, width)
     mod = tvm.IRModule()
@@ -174,7 +174,20 @@ def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
                                             decompose=name == "encode_text")
         mod[name] = func.with_attr("global_symbol", name)
         num_inputs[name] = len(inputs[name])
-    return Traced(mod, weight_names, num_inputs)
+    return Traced(mod, weight_names, num_inputs, modules)
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def resolve_size(model: Model, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width): the model's native size where not given; checked."""
+    height = model.default_size[0] if height is None else height
+    width = model.default_size[1] if width is None else width
+    check_size(model, height, width)
+    return height, width
 
 
 def check_size(model: Model, height: int, width: int) -> None:

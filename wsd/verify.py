@@ -50,7 +50,7 @@ from torch.utils import _pytree as pytree
 from wsd import build
 from wsd.executor import Executor
 from wsd.models import Model
-from wsd.trace import DTYPES, GuidedUNet, TextEncoder, VaeDecoder, check_size, to_relax
+from wsd.trace import DTYPES, GuidedUNet, TextEncoder, VaeDecoder, resolve_size, to_relax
 
 FP32_BAR_DB = 60.0
 FP16_BAR_DB = 35.0
@@ -223,8 +223,7 @@ def capture(model: Model, parts: Iterable[str] = PARTS, height: int | None = Non
 
     A generator, so that a caller that drops each part before asking for the next never
     holds two models (nor their activations) at once."""
-    height, width = height or model.default_size[0], width or model.default_size[1]
-    check_size(model, height, width)
+    height, width = resolve_size(model, height, width)
     parts = tuple(parts)
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -443,7 +442,7 @@ def verify_layers(model: Model, target: str = "llvm", dtype: str = "float32",
         raise ValueError(f"dtype must be one of {', '.join(BARS)}, got {dtype!r}")
     log = log or (lambda *_: None)
     tvm_target = build.make_target(target)
-    height, width = height or model.default_size[0], width or model.default_size[1]
+    height, width = resolve_size(model, height, width)
     bar = BARS[dtype]
     log(f"verifying {model.name} ({dtype}, {target}, {height}x{width}) against fp32 PyTorch, "
         f"bar {bar:g} dB")
