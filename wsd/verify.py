@@ -362,8 +362,19 @@ def export_block(block: Block, dtype: str, name: str) -> Exported:
 
 # ---- compile and run -----------------------------------------------------------------------
 
-def _load(exported: list[Exported], target: tvm.target.Target) -> Executor:
+def make_target(name: str) -> tvm.target.Target:
+    """build.make_target, plus 'webgpu-native': the browser's WGSL on a native WebGPU."""
+    if name == "webgpu-native":
+        from wsd import webgpu_native
+        return webgpu_native.make_target()
+    return build.make_target(name)
+
+
+def _load(exported: list[Exported], target: tvm.target.Target):
     mod = tvm.IRModule({e.function: e.relax_func for e in exported})
+    if target.kind.name == "webgpu":  # the browser build's kernels, run through wgpu-py
+        from wsd import webgpu_native
+        return webgpu_native.load(mod, target)
     return Executor(build.compile_module(mod, target), build.device_of(target))
 
 
@@ -395,7 +406,7 @@ def run_block(executor: Executor, exported: Exported, inputs=None, weights=None)
     inputs = exported.inputs if inputs is None else inputs
     weights = exported.weights if weights is None else weights
     result = executor(exported.function, *inputs, *weights)
-    outputs = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+    outputs = [result] if hasattr(result, "numpy") else list(result)  # a tensor or a tuple
     return [np.asarray(o.numpy(), dtype=np.float32) for o in outputs]
 
 
@@ -441,7 +452,7 @@ def verify_layers(model: Model, target: str = "llvm", dtype: str = "float32",
     if dtype not in BARS:
         raise ValueError(f"dtype must be one of {', '.join(BARS)}, got {dtype!r}")
     log = log or (lambda *_: None)
-    tvm_target = build.make_target(target)
+    tvm_target = make_target(target)
     height, width = resolve_size(model, height, width)
     bar = BARS[dtype]
     log(f"verifying {model.name} ({dtype}, {target}, {height}x{width}) against fp32 PyTorch, "
