@@ -1,0 +1,244 @@
+"""Our GEMM schedule for GPUs without tensor cores (WebGPU first): workgroup tiles in
+workgroup memory, a register tile per invocation, fragments read from workgroup memory into
+registers once per k step.
+
+It takes the same kernels dlight's `gpu.Matmul` takes (one reduction block of the form
+C[S, I, J] += A[S, I, K] * B[S, J, K] after re-indexing, with element-wise producers and
+consumers fused around it). A conv2d legalized in NCHW is such a kernel: its input read
+`pad[n, c, y + ry, x + rx]` makes I = (n, y, x), J = f, K = (c, ry, rx), and the re-indexed
+A operand is the im2col matrix, which is never materialised: the padding block is inlined
+into the copy that fills workgroup memory (implicit GEMM).
+
+Per workgroup a BM x BN tile of C; per invocation a TM x TN register tile, so the workgroup
+has (BM / TM) * (BN / TN) invocations. Each k step of BK copies A's BM x BK and B's BN x BK
+slices to workgroup memory, stored k-major (As[k][i], Bs[k][j]) so that an invocation's TM
+(TN) operands for one k are adjacent; each invocation then loads its TM + TN operands into
+registers and does TM * TN multiply-adds. The copies walk the source in its contiguous
+direction (chosen from the access pattern) so that neighbouring invocations read
+neighbouring addresses.
+
+The rule is parameterised (`Config`); which parameters a kernel gets is decided by
+measurement (wsd.tune) and stored in a records database (wsd.schedules.records). Without a
+record the rule is not applied: dlight's default stays in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.matmul import (
+    auto_inline_consumer_chain,
+    auto_inline_producers,
+    detect_iter_traits,
+    get_index_map,
+    get_reduction_blocks,
+    IterKind,
+)
+
+NAME = "tiled_matmul"
+
+# WebGPU's portable limits (the spec's defaults): a schedule that stays inside them runs on
+# every adapter.
+MAX_INVOCATIONS = 256
+MAX_WORKGROUP_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class Config:
+    bm: int = 64        # workgroup tile rows (I)
+    bn: int = 64        # workgroup tile columns (J)
+    bk: int = 8         # reduction slice per step
+    tm: int = 4         # register tile rows per invocation
+    tn: int = 4         # register tile columns per invocation
+    tm_vec: int = 4     # the register tile's rows come in runs of tm_vec adjacent rows
+    tn_vec: int = 4     # likewise for columns
+    x_is_j: bool = True  # threadIdx.x runs along J (else along I)
+    pad: int = 4        # words of padding per workgroup-memory row (bank conflicts)
+    unroll: int = 256
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def workgroup_bytes(self, a_bytes: int = 4, b_bytes: int = 4) -> int:
+        return self.bk * ((self.bm + self.pad) * a_bytes + (self.bn + self.pad) * b_bytes)
+
+    def check(self) -> None:
+        for name in ("bm", "bn", "bk", "tm", "tn", "tm_vec", "tn_vec"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive: {self}")
+        if self.bm % self.tm or self.bn % self.tn or self.tm % self.tm_vec \
+                or self.tn % self.tn_vec:
+            raise ValueError(f"tiles must divide: {self}")
+        if self.threads > MAX_INVOCATIONS:
+            raise ValueError(f"{self.threads} invocations > {MAX_INVOCATIONS}: {self}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown {NAME} parameters {sorted(unknown)}")
+        return cls(**data)
+
+
+def _fast_axis(block: tirx.Block, read_index: int, kinds: dict) -> str:
+    """Which GEMM axis ('I'/'J' or 'K') of operand `read_index` walks the source buffer's
+    contiguous dimension longest: the copy to workgroup memory goes along it."""
+    region = block.reads[read_index].region
+    last = region[-1].min
+    used = tirx.analysis.undefined_vars(last)
+    run = {}
+    for iv in block.iter_vars:
+        if iv.var in [u for u in used] and iv.var in kinds:
+            kind = kinds[iv.var]
+            extent = int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else 1 << 30
+            run[kind] = max(run.get(kind, 0), extent)
+    if not run:
+        return "K"
+    return max(run, key=lambda k: (run[k], k == "K"))
+
+
+def matmul_traits(func: tirx.PrimFunc):
+    """(I, J, K) extents and the contiguous axis of A and B, or None if not a GEMM kernel."""
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    reductions = get_reduction_blocks(sch, blocks)
+    if reductions is None:
+        return None
+    block = sch.get(reductions[0])
+    traits = detect_iter_traits(block)
+    if traits is None or get_index_map(block) is None:
+        return None
+    kinds = {}
+    extents = {"S": 1, "I": 1, "J": 1, "K": 1}
+    names = {IterKind.kIter_S: "S", IterKind.kIter_I: "I", IterKind.kIter_J: "J",
+             IterKind.kIter_K: "K"}
+    for iv, trait in zip(block.iter_vars, traits[3]):
+        if trait.kind in names:
+            kinds[iv.var] = names[trait.kind]
+            if not isinstance(iv.dom.extent, tirx.IntImm):
+                return None  # dynamic shapes: not handled here
+            extents[names[trait.kind]] *= int(iv.dom.extent)
+    a_fast = _fast_axis(block, 0, kinds)
+    b_fast = _fast_axis(block, 1, kinds)
+    return {"extents": extents, "a_fast": "K" if a_fast == "K" else "I",
+            "b_fast": "K" if b_fast == "K" else "J",
+            "dtypes": [str(block.reads[0].source.dtype), str(block.reads[1].source.dtype),
+                       str(block.writes[0].source.dtype)]}
+
+
+def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
+    """Schedule `func` with `config`; None if the kernel is not a GEMM of this rule's kind."""
+    config.check()
+    info = matmul_traits(func)
+    if info is None:
+        return None
+    sch = s_tir.Schedule(func)
+    main = main_block(sch)
+
+    normalize(sch, main)
+    sch.pad_einsum(main, [1, config.bm, config.bn, config.bk])
+
+    # 2. Tiles: i = bi*BM + io*(TY*tm_vec) + ty*tm_vec + iv, likewise j; k = ko*BK + ki.
+    # The strided chunks (io, jo) are virtual threads: each chunk's accumulators are a dense
+    # box, so the write-back covers exactly what the invocation computed.
+    s, i, j, k = sch.get_loops(main)
+    ty_n, tx_n = config.bm // config.tm, config.bn // config.tn
+    bi, io, ty, iv = sch.split(i, [None, config.tm // config.tm_vec, ty_n, config.tm_vec])
+    bj, jo, tx, jv = sch.split(j, [None, config.tn // config.tn_vec, tx_n, config.tn_vec])
+    ko, ki = sch.split(k, [None, config.bk])
+    sch.reorder(s, bi, bj, io, jo, ty, tx, ko, ki, iv, jv)
+    bi = sch.fuse(s, bi)
+    sch.bind(bi, "blockIdx.y")
+    sch.bind(bj, "blockIdx.x")
+    sch.bind(io, "vthread.y")
+    sch.bind(jo, "vthread.x")
+    if config.x_is_j:
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+    else:
+        # threadIdx.x along I: the loop order stays; the tags swap.
+        sch.bind(ty, "threadIdx.x")
+        sch.bind(tx, "threadIdx.y")
+    inner = tx
+    if config.unroll > 0:
+        sch.annotate(inner, "pragma_auto_unroll_max_step", config.unroll)
+        sch.annotate(inner, "pragma_unroll_explicit", 1)
+
+    # 3. Accumulators in registers; the epilogue (bias, residual, ...) runs on them.
+    acc = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(acc, inner, preserve_unit_loops=True)
+
+    # 4. Operands to workgroup memory, k-major, copied along the source's contiguous axis.
+    nthreads = ty_n * tx_n
+
+    def to_shared(index: int, rows: int, fast: str, vec: int, lanes: int):
+        block = sch.cache_read(main, index, "shared")
+        sch.compute_at(block, ko, preserve_unit_loops=True)
+        loops = sch.get_loops(block)[-3:]  # (S, row, k) of the tile
+        order = loops if fast == "K" else [loops[0], loops[2], loops[1]]
+        sch.reorder(*order)
+        fused = sch.fuse(*order)
+        if (rows * config.bk) % nthreads:
+            raise ValueError(f"tile {rows}x{config.bk} does not split over {nthreads} threads")
+        o, t_y, t_x = sch.split(fused, [None, ty_n, tx_n])
+        sch.bind(t_y, "threadIdx.y" if config.x_is_j else "threadIdx.x")
+        sch.bind(t_x, "threadIdx.x" if config.x_is_j else "threadIdx.y")
+        sch.unroll(o)
+        # k-major storage, the row split as the register tiles split it:
+        # [S, row, k] -> [S, k, row // (lanes * vec), row % (lanes * vec)], so that one
+        # invocation's operands for one k form a dense [chunks, vec] box.
+        span = lanes * vec
+        sch.transform_layout(block, ("write", 0),
+                             lambda s_, r, kk: (s_, kk, r // span, r % span))
+        if config.pad:
+            sch.storage_align(block, 0, axis=1, factor=32, offset=config.pad)
+        return block
+
+    a_sh = to_shared(0, config.bm, info["a_fast"], config.tm_vec, ty_n)
+    b_sh = to_shared(1, config.bn, info["b_fast"], config.tn_vec, tx_n)
+
+    # 5. Per k: the invocation's TM (TN) operands from workgroup memory into registers.
+    a_reg = sch.cache_read(main, 0, "local")
+    b_reg = sch.cache_read(main, 1, "local")
+    sch.compute_at(a_reg, ki, preserve_unit_loops=True)
+    sch.compute_at(b_reg, ki, preserve_unit_loops=True)
+    for reg, vec in ((a_reg, config.tm_vec), (b_reg, config.tn_vec)):
+        loops = sch.get_loops(reg)
+        if vec > 1 and _extent(sch, loops[-1]) == vec:
+            sch.vectorize(loops[-1])
+
+    auto_inline_producers(sch, a_sh)
+    auto_inline_producers(sch, b_sh)
+    auto_inline_consumer_chain(sch, acc)
+    sch.decompose_reduction(main, ko)
+    return sch
+
+
+def normalize(sch: s_tir.Schedule, main) -> None:
+    """Re-index the reduction block to C[S, I, J] += A[S, I, K] * B[S, J, K]."""
+    reindex_a = sch.reindex(main, ("read", 0))
+    reindex_b = sch.reindex(main, ("read", 1))
+    reindex_c = sch.reindex(main, ("write", 0))
+    matmul_map, a_map, b_map, c_map = get_index_map(sch.get(main))
+    sch.transform_layout(reindex_a, ("write", 0), a_map)
+    sch.transform_layout(reindex_b, ("write", 0), b_map)
+    sch.transform_layout(reindex_c, ("read", 0), c_map)
+    sch.transform_block_layout(main, matmul_map)
+
+
+def main_block(sch: s_tir.Schedule):
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    return get_reduction_blocks(sch, blocks)[0]
+
+
+def _extent(sch, loop) -> int:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else -1

@@ -1,0 +1,461 @@
+"""Tuned schedules, gated: find kernels worth tuning, measure candidates, admit winners.
+
+    python -m wsd.tune list   [--model sd15] [--dtype float32] [--top 30]
+    python -m wsd.tune export --out DIR [--model sd15] [--top 30] [--max-candidates 8]
+                                        [--records]   (re-check the stored records instead)
+    (on a machine with a WebGPU GPU, no TVM needed:)  python -m wsd.wgsl_bench DIR
+    python -m wsd.tune admit  DIR/results.json [--margin 0.05] [--dry-run]
+
+`export` traces the model, runs the target-independent passes (wsd.optimize), keeps the
+kernels that are GEMMs in the sense of our tiled rule (matmuls, and convolutions as implicit
+GEMM), ranks them by FLOPs per image, and for each writes the WGSL of dlight's default
+schedule and of candidate parameter sets of `wsd.schedules.tiled_matmul`, plus reference
+samples of the output: the same PrimFunc, unscheduled, built for llvm, on deterministic
+inputs (`wsd.wgsl_bench.hash_inputs`).
+
+`admit` reads the bench results and writes a record for a kernel only if its best candidate
+(a) matched the reference (and dlight's output) within the dtype's tolerance and (b) ran at
+least `margin` faster than dlight's default in the same run. A kernel whose stored record no
+longer wins is dropped from the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+
+from wsd import wgsl_bench
+from wsd.schedules import records, tiled_matmul
+
+WEBGPU_TARGET = {"kind": "webgpu", "host": "llvm"}
+SAMPLES = 8192
+
+
+@dataclass
+class Workload:
+    name: str
+    func: tirx.PrimFunc
+    key: str
+    traits: dict
+    calls: dict = field(default_factory=dict)  # relax function -> calls per invocation
+
+    @property
+    def flops(self) -> int:
+        e = self.traits["extents"]
+        return 2 * e["S"] * e["I"] * e["J"] * e["K"]
+
+    @property
+    def dtype(self) -> str:
+        return self.traits["dtypes"][0]
+
+    def describe(self) -> dict:
+        e = self.traits["extents"]
+        return {"name": self.name, "S": e["S"], "I": e["I"], "J": e["J"], "K": e["K"],
+                "dtypes": self.traits["dtypes"], "a_fast": self.traits["a_fast"],
+                "b_fast": self.traits["b_fast"], "flops": self.flops,
+                "buffers": [[[int(d) for d in p.ty.shape], str(p.ty.dtype)]
+                            for p in self.func.params]}
+
+
+def webgpu_target() -> tvm.target.Target:
+    return tvm.target.Target(WEBGPU_TARGET)
+
+
+# --------------------------------------------------------------------------- workloads
+
+def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
+                     height: int | None = None, width: int | None = None,
+                     names=("unet_guided", "decode", "encode_text")) -> tvm.IRModule:
+    from wsd import optimize
+    from wsd.models import load_model
+    from wsd.trace import resolve_size, trace_model
+
+    model = load_model(model_spec)
+    height, width = resolve_size(model, height, width)
+    traced = trace_model(model, height, width, dtype, names=names)
+    return tvm.transform.Sequential(optimize_passes(webgpu_target()))(traced.mod)
+
+
+def optimize_passes(target: tvm.target.Target) -> list:
+    """wsd.optimize's passes for the target (the kernels the schedule stage sees)."""
+    import inspect
+
+    from wsd import optimize
+
+    if inspect.signature(optimize.passes).parameters:
+        return optimize.passes(target)
+    return optimize.passes()
+
+
+def call_counts(mod: tvm.IRModule) -> dict:
+    counts: dict = {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+
+        def visit(expr, fname=gvar.name_hint):
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
+                    and expr.op.name == "relax.call_tir":
+                callee = expr.args[0].name_hint
+                counts.setdefault(callee, {}).setdefault(fname, 0)
+                counts[callee][fname] += 1
+
+        relax.analysis.post_order_visit(func, visit)
+    return counts
+
+
+def workloads(mod: tvm.IRModule) -> list[Workload]:
+    """The GEMM-like kernels of an optimized module, one per distinct workload key."""
+    counts = call_counts(mod)
+    found: dict[str, Workload] = {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        traits = tiled_matmul.matmul_traits(func)
+        if traits is None:
+            continue
+        key = records.workload_key(func)
+        calls = counts.get(gvar.name_hint, {})
+        if key in found:
+            for fn, n in calls.items():
+                found[key].calls[fn] = found[key].calls.get(fn, 0) + n
+            continue
+        found[key] = Workload(gvar.name_hint, func, key, traits, dict(calls))
+    return sorted(found.values(), key=lambda w: -w.flops * max(1, sum(w.calls.values())))
+
+
+# --------------------------------------------------------------------------- candidates
+
+def candidates(work: Workload, limit: int = 8) -> list[tiled_matmul.Config]:
+    """Parameter sets worth measuring for one kernel: tiles that fit WebGPU's portable
+    limits, ordered by a simple preference (work per invocation, then enough workgroups)."""
+    e = work.traits["extents"]
+    ebytes = 2 if work.dtype == "float16" else 4
+    out = []
+    for bm, bn, tm, tn in [(128, 128, 8, 8), (128, 64, 8, 4), (64, 128, 4, 8),
+                           (64, 64, 4, 4), (128, 64, 8, 8), (64, 128, 8, 8),
+                           (64, 64, 8, 4), (64, 64, 4, 8), (32, 64, 4, 4), (64, 32, 4, 4),
+                           (32, 32, 4, 4)]:
+        for bk in (8, 16, 32):
+            cfg = tiled_matmul.Config(bm=bm, bn=bn, bk=bk, tm=tm, tn=tn,
+                                      tm_vec=min(4, tm), tn_vec=min(4, tn))
+            try:
+                cfg.check()
+            except ValueError:
+                continue
+            if cfg.workgroup_bytes(ebytes, ebytes) > tiled_matmul.MAX_WORKGROUP_BYTES:
+                continue
+            if (bm * bk) % cfg.threads or (bn * bk) % cfg.threads:
+                continue
+            # no tile more than a quarter padding on either axis
+            pad_i = -e["I"] % bm / max(e["I"], 1)
+            pad_j = -e["J"] % bn / max(e["J"], 1)
+            if pad_i > 0.25 or pad_j > 0.25 or e["K"] < bk:
+                continue
+            groups = e["S"] * -(-e["I"] // bm) * -(-e["J"] // bn)
+            out.append((cfg, groups))
+    # Prefer big register tiles, but with >= 2 waves of workgroups on a large GPU.
+    def score(item):
+        cfg, groups = item
+        work_per_thread = cfg.tm * cfg.tn
+        occupancy = min(1.0, groups / 264)
+        return -(work_per_thread * occupancy) - 0.01 * cfg.bk
+    out.sort(key=score)
+    return [cfg for cfg, _ in out[:limit]]
+
+
+def label_of(cfg: tiled_matmul.Config) -> str:
+    return (f"{tiled_matmul.NAME}:{cfg.bm}x{cfg.bn}x{cfg.bk}/{cfg.tm}x{cfg.tn}"
+            f"/v{cfg.tm_vec}{cfg.tn_vec}/{'xj' if cfg.x_is_j else 'xi'}/p{cfg.pad}")
+
+
+# --------------------------------------------------------------------------- compiling
+
+def default_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
+    """What wsd.schedule gives this kernel without records (dlight's rules)."""
+    from wsd import schedule
+
+    mod = tvm.IRModule({"main": func})
+    with target:
+        mod = tvm.transform.Sequential(schedule.dlight_passes(target))(mod)
+    return mod["main"]
+
+
+def grid_of(func: tirx.PrimFunc) -> list[int]:
+    """Workgroup grid of a single-kernel scheduled PrimFunc (from its thread bindings)."""
+    extents = {}
+
+    def visit(node):
+        if node.thread_binding is not None:
+            tag = node.thread_binding.thread_tag
+            extents[tag] = max(extents.get(tag, 1), int(node.extent))
+
+    tvm_ffi.structural_walk(func.body, [(tirx.For, visit)])
+    return [extents.get(f"blockIdx.{a}", 1) for a in "xyz"]
+
+
+_BINDING = re.compile(r"@binding\((\d+)\)\s*var<storage,\s*(read|read_write)>\s*(\w+)\s*:")
+
+
+def compile_wgsl(func: tirx.PrimFunc, target: tvm.target.Target) -> dict:
+    """Scheduled PrimFunc -> {"source", "launches": [{entry, bindings, grid}]}."""
+    func = func.with_attr("global_symbol", "main").with_attr("tirx.is_scheduled", True)
+    rt = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
+    device = [m for m in rt.imports if m.kind == "webgpu"]
+    if len(device) != 1:
+        raise RuntimeError("expected one webgpu module")
+    source = device[0].inspect_source()
+    info = json.loads(device[0].inspect_source("func_info"))
+    if len(info) != 1:
+        raise RuntimeError(f"{len(info)} kernels in one function: not supported by the bench")
+    (entry, finfo), = info.items()
+    if any(t != "handle" for t in finfo["arg_types"]):
+        raise RuntimeError("kernels with scalar arguments are not supported by the bench")
+    names = {}
+    for m in _BINDING.finditer(source):
+        names[int(m.group(1))] = m.group(3)[:-4] if m.group(3).endswith("_ptr") else m.group(3)
+    bindings = [names[i] for i in range(len(finfo["arg_types"]))]
+    return {"source": source, "launches": [{"entry": entry, "bindings": bindings,
+                                            "grid": grid_of(func)}]}
+
+
+def buffer_specs(func: tirx.PrimFunc) -> list[dict]:
+    """The kernel's parameters (name, shape, dtype, written or not, input seed)."""
+    written = set()
+    tvm_ffi.structural_walk(func.body,
+                            [(tirx.BufferStore, lambda n: written.add(n.buffer.name))])
+    specs = []
+    for i, param in enumerate(func.params):
+        ty = param.ty
+        specs.append({"name": param.name, "shape": [int(d) for d in ty.shape],
+                      "dtype": str(ty.dtype), "output": param.name in written, "seed": 1 + i})
+    return specs
+
+
+def reference_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """A plain CPU schedule of a GEMM kernel for the llvm reference: the same computation
+    (schedule primitives preserve semantics), register tiles and threads so that SD-sized
+    kernels take seconds rather than minutes on two cores."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
+
+    sch = s_tir.Schedule(func)
+    main = tiled_matmul.main_block(sch)
+    tiled_matmul.normalize(sch, main)
+    sch.pad_einsum(main, [1, 8, 16, 1])
+    s_, i, j, k = sch.get_loops(main)
+    io, ii = sch.split(i, [None, 8])
+    jo, ji = sch.split(j, [None, 16])
+    sch.reorder(s_, io, jo, k, ii, ji)
+    acc = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(acc, jo)
+    auto_inline_producers(sch, main)
+    auto_inline_consumer_chain(sch, acc)
+    sch.parallel(sch.fuse(s_, io))
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    sch.decompose_reduction(main, k)
+    return sch.mod["main"]
+
+
+def reference_samples(func: tirx.PrimFunc, specs: list[dict], samples: int = SAMPLES,
+                      seed: int = 0) -> dict:
+    """Run the unscheduled kernel on llvm on the hash inputs; sample its outputs."""
+    target = tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
+    func = reference_schedule(func)
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=target)
+    dev = tvm.cpu()
+    args = []
+    for spec in specs:
+        if spec["output"]:
+            args.append(tvm.runtime.empty(spec["shape"], spec["dtype"], dev))
+        else:
+            args.append(tvm.runtime.tensor(
+                wgsl_bench.hash_inputs(spec["shape"], spec["dtype"], spec["seed"]), dev))
+    lib["main"](*args)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec, arr in zip(specs, args):
+        if spec["output"]:
+            flat = arr.numpy().ravel()
+            idx = np.sort(rng.choice(flat.size, size=min(samples, flat.size), replace=False))
+            out[spec["name"] + ".idx"] = idx.astype(np.int64)
+            out[spec["name"] + ".val"] = flat[idx]
+    return out
+
+
+# --------------------------------------------------------------------------- export
+
+def export(works: list[Workload], out: Path, configs: dict, log=print,
+           target: tvm.target.Target | None = None) -> dict:
+    """Write the bench folder: manifest.json, wgsl/*.wgsl, refs/*.npz.
+    configs: key -> list of (label, Config)."""
+    target = target or webgpu_target()
+    (out / "wgsl").mkdir(parents=True, exist_ok=True)
+    (out / "refs").mkdir(parents=True, exist_ok=True)
+    manifest = {"format": wgsl_bench.FORMAT, "version": wgsl_bench.VERSION,
+                "target": "webgpu", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "kernels": []}
+    for work in works:
+        start = time.time()
+        specs = buffer_specs(work.func)
+        entry = {"key": work.key, "name": work.name, "flops": work.flops,
+                 "workload": work.describe(), "buffers": specs,
+                 "reference": f"refs/{work.key}.npz", "variants": []}
+        variants = [("default", None)] + list(configs.get(work.key, []))
+        for label, cfg in variants:
+            try:
+                if cfg is None:
+                    scheduled = default_schedule(work.func, target)
+                else:
+                    sch = tiled_matmul.apply(work.func, cfg)
+                    if sch is None:
+                        raise RuntimeError("rule does not apply")
+                    scheduled = sch.mod["main"]
+                compiled = compile_wgsl(scheduled, target)
+            except Exception as err:  # noqa: BLE001 - a candidate that fails is dropped
+                log(f"  {label}: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+                if cfg is None:
+                    break
+                continue
+            fname = f"wgsl/{work.key}_{len(entry['variants'])}.wgsl"
+            (out / fname).write_text(compiled["source"])
+            entry["variants"].append({"label": label, "wgsl": fname,
+                                      "params": None if cfg is None else cfg.to_json(),
+                                      "rule": None if cfg is None else tiled_matmul.NAME,
+                                      "launches": compiled["launches"]})
+        if not entry["variants"] or entry["variants"][0]["label"] != "default":
+            log(f"{work.name}: default schedule does not compile; skipped")
+            continue
+        np.savez_compressed(out / entry["reference"], **reference_samples(work.func, specs))
+        manifest["kernels"].append(entry)
+        log(f"{work.name} [{work.key}] {work.flops / 1e9:.1f} GFLOP, "
+            f"{len(entry['variants']) - 1} candidates ({time.time() - start:.1f} s)")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+# --------------------------------------------------------------------------- admission
+
+def admit(results: dict, manifest: dict, db: dict, margin: float = 0.05,
+          log=print) -> dict:
+    """Update `db` from one bench run: keep or write the best correct candidate per kernel
+    when it beats dlight's default by `margin`; drop stored records that no longer do."""
+    kernels = {k["key"]: k for k in manifest["kernels"]}
+    adapter = results["adapter"]
+    for key, res in results["kernels"].items():
+        variants = res["variants"]
+        kernel = kernels[key]
+        base = variants.get("default", {})
+        if not base.get("ok") or "ms" not in base:
+            log(f"{res['name']}: default did not run correctly; nothing admitted")
+            continue
+        best = None
+        for v in kernel["variants"][1:]:
+            r = variants.get(v["label"], {})
+            if r.get("ok") and "ms" in r and (best is None or r["ms"] < best[1]["ms"]):
+                best = (v, r)
+        if best is None or best[1]["ms"] > base["ms"] * (1 - margin):
+            if key in db["records"]:
+                log(f"{res['name']}: stored record no longer wins; dropped")
+                del db["records"][key]
+            else:
+                log(f"{res['name']}: no candidate beats the default "
+                    f"({base['ms']:.3f} ms); nothing admitted")
+            continue
+        variant, r = best
+        db["records"][key] = {
+            "name": kernel["name"], "rule": variant["rule"], "params": variant["params"],
+            "workload": kernel["workload"],
+            "measured": {"date": results["date"], "device": adapter["device"],
+                         "backend": adapter["backend"], "default_ms": round(base["ms"], 5),
+                         "tuned_ms": round(r["ms"], 5),
+                         "speedup": round(base["ms"] / r["ms"], 3),
+                         "tflops_default": round(base["tflops"], 3),
+                         "tflops_tuned": round(r["tflops"], 3),
+                         "err_ref": r["err_ref"], "err_default": r["err_default"],
+                         "timing": r["times"][0]["method"]},
+        }
+        log(f"{kernel['name']}: admitted {variant['label']} "
+            f"{base['ms']:.3f} -> {r['ms']:.3f} ms (x{base['ms'] / r['ms']:.2f})")
+    return db
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _select(works: list[Workload], top: int | None, min_gflop: float) -> list[Workload]:
+    picked = [w for w in works if w.flops >= min_gflop * 1e9]
+    return picked[:top] if top else picked
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wsd.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("list", "export"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default="sd15")
+        p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+        p.add_argument("--height", type=int)
+        p.add_argument("--width", type=int)
+        p.add_argument("--top", type=int, default=None, help="the N kernels with most FLOPs")
+        p.add_argument("--min-gflop", type=float, default=0.0)
+    exp = sub.choices["export"]
+    exp.add_argument("--out", type=Path, required=True)
+    exp.add_argument("--max-candidates", type=int, default=8)
+    exp.add_argument("--records", action="store_true",
+                     help="export the stored records (default vs record) instead of candidates")
+    adm = sub.add_parser("admit")
+    adm.add_argument("results", type=Path)
+    adm.add_argument("--margin", type=float, default=0.05)
+    adm.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.command == "admit":
+        results = json.loads(args.results.read_text())
+        manifest = wgsl_bench.load_manifest(args.results.parent)
+        db = records.load(manifest["target"])
+        db = admit(results, manifest, db, args.margin)
+        if not args.dry_run:
+            print(f"wrote {records.save(db, manifest['target'])} "
+                  f"({len(db['records'])} records)")
+        return 0
+
+    mod = optimized_module(args.model, args.dtype, args.height, args.width)
+    works = _select(workloads(mod), args.top, args.min_gflop)
+    if args.command == "list":
+        total = sum(w.flops * max(1, sum(w.calls.values())) for w in works)
+        print(f"{len(works)} GEMM kernels, {total / 1e12:.2f} TFLOP per pass")
+        for w in works:
+            e = w.traits["extents"]
+            print(f"{w.key} {w.name:50s} S{e['S']} I{e['I']} J{e['J']} K{e['K']} "
+                  f"A:{w.traits['a_fast']} B:{w.traits['b_fast']} "
+                  f"{w.flops / 1e9:7.2f} GFLOP x{w.calls}")
+        return 0
+    if args.records:
+        db = records.load("webgpu")["records"]
+        works = [w for w in works if w.key in db]
+        configs = {w.key: [("record", tiled_matmul.Config.from_json(db[w.key]["params"]))]
+                   for w in works}
+    else:
+        configs = {w.key: [(label_of(c), c) for c in candidates(w, args.max_candidates)]
+                   for w in works}
+    export(works, args.out, configs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
