@@ -1,4 +1,4 @@
-"""Stage "web bundle": everything the browser needs, in one directory (no web app yet).
+"""Stage "web bundle": everything the browser needs, in one directory.
 
     out_dir/model.wasm         every compiled function (WGSL kernels, wasm32 host code) linked
                                with TVM's web runtime (web/runtime/build.sh): a Relax VM that
@@ -6,6 +6,7 @@
     out_dir/params/            the weights as a TVM tensor cache (wsd.params), SHA-256 per shard
     out_dir/tokenizer.json     HuggingFace tokenizer.json (@mlc-ai/web-tokenizers)
     out_dir/wsd-config.json    what the app needs to drive the functions (see build_bundle)
+    out_dir/index.html, app.js the web app (wsd.webapp): `wsd serve out_dir`, open the page
 
 `requirements` in wsd-config.json: `shader_f16` (the module computes in float16) and
 `max_buffer_bytes`, the largest GPU buffer the module binds: the larger of the largest weight
@@ -30,6 +31,7 @@ from wsd import build as wsd_build
 from wsd.models import Model
 from wsd.params import collect_weights, write_tensor_cache
 from wsd.trace import check_dtype, resolve_size, trace_model
+from wsd.webapp import build_app, ensure_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_BUILD = ROOT / "web" / "runtime" / "build.sh"
@@ -101,8 +103,11 @@ def storage_sizes(mod: tvm.IRModule) -> dict[str, dict]:
             nonlocal dynamic
             if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
                     and expr.op.name in ops:
-                dtype = expr.args[2]
-                dtype = str(dtype.value) if hasattr(dtype, "value") else "uint8"
+                # R.memory.alloc_storage(bytes, device, scope, dtype hint): size in bytes;
+                # R.vm.alloc_storage(shape, device, dtype, scope): shape x dtype (uint8)
+                dtype = "uint8"
+                if expr.op.name == "relax.vm.alloc_storage":
+                    dtype = str(getattr(expr.args[2], "value", "uint8"))
                 size = _static_nbytes(expr.args[0], dtype)
                 if size is None:
                     dynamic += 1
@@ -149,6 +154,7 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     times = {}
 
     tvm_home = web_runtime_dir(log)  # fail early, before minutes of compiling
+    ensure_packages()
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
@@ -181,7 +187,10 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     manifest = write_tensor_cache(weights, out / "params",
                                   metadata={"model": model.name,
                                             "config_hash": model.config_hash()})
-    (out / "tokenizer.json").write_text(model.tokenizer().to_tokenizers_json())
+    # Unpadded: web-tokenizers' encode() adds no special tokens; the app adds bos/eos,
+    # truncates and pads as wsd.tokenizer's __call__ does, with the ids in config["tokens"].
+    tokenizer = model.tokenizer()
+    (out / "tokenizer.json").write_text(tokenizer.to_tokenizers_json(padded=False))
     times["params_s"] = time.time() - t0
 
     f = model.vae_scale_factor
@@ -202,6 +211,8 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
         "model": model.name, "config_hash": model.config_hash(), "dtype": dtype,
         "height": height, "width": width, "latent_shape": latent_shape,
         "vae_scale_factor": f, "max_tokens": model.max_tokens,
+        "tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+                   "pad": tokenizer.pad_token_id},
         "scheduler_config": model.configs["scheduler"],
         "target": str(target), "tvm_version": tvm.__version__,
         "files": {"wasm": wasm.name, "params": "params/", "tokenizer": "tokenizer.json"},
@@ -215,6 +226,7 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
         },
     }
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=1, default=str))
+    build_app(out, log)
 
     mib = 1 << 20
     log(f"wrote {out} in {time.time() - start:.1f} s "

@@ -1,4 +1,4 @@
-"""The `wsd` command: generate, build, verify."""
+"""The `wsd` command: generate, build, serve, verify."""
 
 from __future__ import annotations
 
@@ -96,6 +96,24 @@ def _build_bundle(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from wsd.serve import make_server
+
+    server = make_server(args.dir, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving {Path(args.dir).resolve()} at http://{host}:{port}/ (Ctrl-C stops)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print("note: browsers offer WebGPU only to secure contexts; from other machines, "
+              "http:// to this address is not one (use https or an SSH tunnel)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_verify(args) -> int:
     from wsd.models import load_model
     from wsd.verify import format_report, verify_layers
@@ -128,6 +146,13 @@ def parser() -> argparse.ArgumentParser:
     bld.add_argument("--out", help="with --target webgpu: the bundle directory to write")
     bld.set_defaults(func=cmd_build)
 
+    srv = sub.add_parser("serve", help="serve a web bundle locally (http://127.0.0.1:8888)")
+    srv.add_argument("dir", help="the bundle directory (wsd build --target webgpu --out DIR)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: WebGPU needs a secure context)")
+    srv.add_argument("--port", type=int, default=8888)
+    srv.set_defaults(func=cmd_serve)
+
     ver = sub.add_parser("verify", help="compare every block with PyTorch, print PSNR table")
     _model_options(ver)
     ver.set_defaults(func=cmd_verify)
@@ -138,10 +163,13 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from wsd.build import TargetError
     from wsd.bundle import BundleError
+    from wsd.serve import ServeError
+    from wsd.webapp import WebAppError
 
     try:
         return args.func(args)
-    except (ModelError, TargetError, BundleError, ValueError, FileNotFoundError) as err:
+    except (ModelError, TargetError, BundleError, ServeError, WebAppError, ValueError,
+            FileNotFoundError) as err:
         print(f"wsd: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,149 @@
+// The page: wires the form, progress and image to the Engine, and publishes the JS API
+//
+//   await window.wsd.ready                 -> {model, dtype, height, width, adapter, ...}
+//   await window.wsd.generate({prompt, negativePrompt, steps, guidanceScale, scheduler, seed,
+//                              preview, previewEvery, onProgress})  -> PNG data URL
+//
+// (documented in README.md, "Use it from JavaScript").
+
+import { DEFAULTS, Engine, checkSettings } from "./engine.js";
+import { SCHEDULERS } from "./schedulers/index.js";
+
+const $ = (id) => document.getElementById(id);
+const MIB = 1 << 20;
+
+function fmtMs(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function showError(err) {
+  const box = $("error");
+  box.textContent = err && err.message ? err.message : String(err);
+  box.hidden = false;
+  console.error(err);
+}
+
+function setStatus(text, fraction) {
+  $("status").textContent = text;
+  const bar = $("progress");
+  if (fraction === undefined) bar.removeAttribute("value");
+  else bar.value = fraction;
+}
+
+const SHOWN = {
+  config: () => ["Reading the bundle config ..."],
+  device: () => ["Opening the GPU ..."],
+  runtime: () => ["Loading the model library ..."],
+  weights: (p) => [`Weights: ${(p.loaded / MIB).toFixed(1)} / ${(p.total / MIB).toFixed(1)} MiB` +
+                   (p.fromCache ? ` (${(p.fromCache / MIB).toFixed(1)} MiB from the browser cache)` : ""),
+                   p.total ? p.loaded / p.total : undefined],
+  shaders: (p) => [p.text || "Compiling GPU shaders ...", p.progress],
+  tokenizer: () => ["Loading the tokenizer ..."],
+  encode: () => ["Encoding the prompt ...", 0],
+  denoise: (p) => [`Denoising: step ${p.step} / ${p.steps}, ${fmtMs(p.elapsedMs)} elapsed, ` +
+                   `about ${fmtMs(p.remainingMs)} left`, p.step / p.steps],
+  decode: () => ["Decoding the image ...", 1],
+  done: (p) => [`Done in ${fmtMs(p.ms)}.`, 1],
+};
+
+// First time each stage was reported, in ms since the page started (window.wsd.timeline).
+const timeline = {};
+
+function onProgress(p) {
+  if (!(p.stage in timeline)) timeline[p.stage] = Math.round(performance.now());
+  if (p.stage === "preview") {
+    $("image").src = p.image;
+    $("image").hidden = false;
+    return;
+  }
+  const shown = SHOWN[p.stage];
+  if (shown) setStatus(...shown(p));
+}
+
+function formSettings() {
+  return {
+    prompt: $("prompt").value,
+    negativePrompt: $("negative").value,
+    steps: Number($("steps").value),
+    guidanceScale: Number($("guidance").value),
+    scheduler: $("scheduler").value,
+    seed: $("seed").value.trim(),
+    preview: $("preview").checked,
+  };
+}
+
+function fillForm() {
+  for (const name of Object.keys(SCHEDULERS)) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    $("scheduler").append(option);
+  }
+  $("scheduler").value = DEFAULTS.scheduler;
+  $("steps").value = DEFAULTS.steps;
+  $("guidance").value = DEFAULTS.guidanceScale;
+  $("seed").value = DEFAULTS.seed;
+  $("dice").addEventListener("click", () => {
+    const words = crypto.getRandomValues(new Uint32Array(1));
+    $("seed").value = String(words[0]);
+  });
+}
+
+async function main() {
+  fillForm();
+  const base = new URL(".", location.href).href;
+  let engine = null;
+  const ready = Engine.load(base, onProgress).then((e) => {
+    engine = e;
+    const c = e.config;
+    $("model").textContent = `${c.model} · ${c.dtype} · ${c.width}x${c.height} · ` +
+      `${e.adapterDescription} · loaded in ${fmtMs(e.loadMs)}`;
+    setStatus("Ready.", 1);
+    $("generate").disabled = false;
+    return { model: c.model, dtype: c.dtype, height: c.height, width: c.width,
+             adapter: e.adapterDescription, loadMs: e.loadMs, weights: e.weightStats };
+  });
+  ready.catch((err) => {
+    setStatus("Cannot run here.", 0);
+    showError(err);
+  });
+
+  const generate = async (options = {}) => {
+    await ready;
+    checkSettings(options); // reject bad settings before queueing
+    const user = options.onProgress;
+    const url = await engine.generate({ ...options, onProgress: (p) => {
+      onProgress(p);
+      if (user) user(p);
+    } });
+    $("image").src = url;
+    $("image").hidden = false;
+    $("download").href = url;
+    $("download").hidden = false;
+    return url;
+  };
+
+  window.wsd = {
+    ready,
+    generate,
+    timeline,
+    get config() { return engine && engine.config; },
+    get engine() { return engine; }, // internals, for debugging and tests
+    get last() { return engine && engine.last; },
+  };
+
+  $("form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("error").hidden = true;
+    $("generate").disabled = true;
+    try {
+      await generate(formSettings());
+      for (const w of engine.last.warnings) showError(new Error(`warning: ${w}`));
+    } catch (err) {
+      showError(err);
+    } finally {
+      $("generate").disabled = false;
+    }
+  });
+}
+
+main();

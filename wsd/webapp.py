@@ -1,0 +1,62 @@
+"""Stage "web app": the page that runs a web bundle (web/app/*, web/src/*.js), bundled with
+esbuild, offline, into the bundle directory next to model.wasm:
+
+    out_dir/index.html, style.css   the page (web/app/)
+    out_dir/app.js                  web/src/app.js and what it imports (the engine, samplers,
+                                    torch.randn port, tvmjs, web-tokenizers) in one ES module
+
+The npm packages come from web/package.json (tvmjs pinned to the wheel's TVM release);
+`npm ci` installs them once (scripts/setup.sh does it), after which no network is needed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web"
+NODE_MODULES = WEB / "node_modules"
+PAGE_FILES = ("index.html", "style.css")
+REQUIRED_PACKAGES = ("@mlc-ai/web-runtime", "@mlc-ai/web-tokenizers", "esbuild")
+
+
+class WebAppError(RuntimeError):
+    """The app cannot be bundled here (no node/npm, packages missing)."""
+
+
+def ensure_packages() -> None:
+    """Install web/package.json's packages if any is missing (idempotent)."""
+    if all((NODE_MODULES / p).is_dir() for p in REQUIRED_PACKAGES):
+        return
+    if shutil.which("npm") is None:
+        raise WebAppError("npm is not installed; it is needed to bundle the web app "
+                          "(Debian: apt install nodejs npm; then bash scripts/setup.sh)")
+    lock = WEB / "package-lock.json"
+    cmd = ["npm", "ci" if lock.is_file() else "install", "--no-audit", "--no-fund"]
+    proc = subprocess.run(cmd, cwd=WEB, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise WebAppError(f"`{' '.join(cmd)}` in {WEB} failed (offline, and the packages not "
+                          f"installed yet?):\n{proc.stderr[-2000:]}")
+
+
+def build_app(out_dir, log=print) -> list[str]:
+    """Bundle the app into out_dir; returns the file names written."""
+    ensure_packages()
+    out = Path(out_dir)
+    esbuild = NODE_MODULES / ".bin" / "esbuild"
+    cmd = [str(esbuild), str(WEB / "src" / "app.js"), "--bundle", "--format=esm",
+           "--target=es2022", "--minify", "--legal-comments=eof", f"--outfile={out / 'app.js'}",
+           # tvmjs and web-tokenizers carry node-only branches they never take in a browser
+           "--platform=browser", "--external:perf_hooks", "--external:fs", "--external:path",
+           "--external:crypto", "--external:url", "--external:ws", "--external:module",
+           "--log-level=warning"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise WebAppError(f"esbuild failed:\n{proc.stderr[-3000:]}")
+    for name in PAGE_FILES:
+        shutil.copyfile(WEB / "app" / name, out / name)
+    log(f"  app              {(out / 'app.js').stat().st_size / (1 << 20):8.2f} MiB "
+        f"(app.js, {', '.join(PAGE_FILES)})")
+    return ["app.js", *PAGE_FILES]
