@@ -73,7 +73,7 @@ def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     def run(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                optimize.passes() + schedule.passes(target) + lower + plan)(mod)
+                optimize.passes(target) + schedule.passes(target) + lower + plan)(mod)
 
     return run
 

@@ -1,6 +1,8 @@
-"""Stage 2, optimize: graph-level Relax passes, independent of the target.
+"""Stage 2, optimize: graph-level Relax passes.
 
-Operators are lowered to TensorIR (legalize), constants folded (CLIP's causal mask, built
+Attention first becomes our own kernel (wsd.attention: flash-style, it never writes the
+score matrix; its layout depends on whether the target is a GPU, its math does not). Then
+operators are lowered to TensorIR (legalize), constants folded (CLIP's causal mask, built
 from int64 index arithmetic, folds away here), and element-wise work fused into the
 reductions and products that produce it, so each fused group becomes one kernel.
 """
@@ -8,9 +10,12 @@ reductions and products that produce it, so each fused group becomes one kernel.
 import tvm
 from tvm import relax
 
+from wsd.attention import flash_attention
 
-def passes() -> list[tvm.transform.Pass]:
+
+def passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return [
+        flash_attention(target),
         relax.transform.DeadCodeElimination(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

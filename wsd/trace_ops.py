@@ -6,9 +6,11 @@ keep float32 accumulation, which is what PyTorch does on GPUs and what keeps fp1
 then cast the product back to the input dtype before the bias is added. For float32 models
 they emit the same graph as the importer.
 
-Attention is the other case: TVM lowers `relax.nn.attention` entirely in its input dtype, so
-in fp16 the softmax sums thousands of terms in fp16 (SD v1.5's 4096-token self-attention fell
-to 31 dB against fp32, where PyTorch's fp16 kernels keep 80 dB). We run it in float32.
+Attention stays one `relax.nn.attention` in the model's dtype: our kernel (wsd.attention)
+reads float16 and accumulates in float32. (TVM's own lowering computes in the input dtype, and
+an fp16 softmax over thousands of terms fell to 31 dB on SD v1.5's 4096-token
+self-attention; where our kernel does not apply, wsd.attention falls back to TVM's lowering
+in float32.)
 """
 
 from __future__ import annotations
@@ -73,22 +75,6 @@ def conv2d(node, importer) -> relax.Var:
     return _add_bias(importer, out, bias, (1, -1, 1, 1))
 
 
-def attention(node, importer) -> relax.Var:
-    """scaled_dot_product_attention in float32, cast back to the input dtype."""
-    args = node.args[:3]
-    dtype = str(importer.env[args[0]].ty.dtype)
-    if dtype == "float32":
-        return importer._scaled_dot_product_attention(node)
-    originals = {a: importer.env[a] for a in args}
-    for a in args:  # the importer reads its operands from env: hand it float32 copies
-        importer.env[a] = importer.block_builder.emit(relax.op.astype(originals[a], "float32"))
-    try:
-        out = importer._scaled_dot_product_attention(node)
-    finally:
-        importer.env.update(originals)
-    return importer.block_builder.emit(relax.op.astype(out, dtype))
-
-
 CONVERTERS = {
     "linear.default": linear,
     "addmm.default": addmm,
@@ -96,5 +82,4 @@ CONVERTERS = {
     "matmul.default": matmul,
     "mm.default": matmul,
     "bmm.default": matmul,
-    "scaled_dot_product_attention.default": attention,
 }

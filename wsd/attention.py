@@ -1,0 +1,384 @@
+"""Our attention kernel: softmax(Q K^T * scale) V without ever writing the score matrix.
+
+TVM's legalization of `relax.nn.attention` materialises the (q_len x kv_len) scores per head in
+global memory: 2 x 8 x 4096 x 4096 float32 = 1 GiB for SD v1.5's first UNet block at 512x512,
+far past WebGPU's 128 MiB storage-binding default. This kernel is flash-style instead:
+
+    for each tile of BR query rows (one workgroup):
+        m = -BIG, l = 0, acc = 0                 running max, sum and output, float32
+        for each tile of BC keys:
+            S = Q_tile K_tile^T * scale          (BR x BC, workgroup memory)
+            m' = max(m, rowmax S); a = exp(m - m')
+            P = exp(S - m');  l = l a + rowsum P;  acc = acc a + P V_tile;  m = m'
+        out = acc / l
+
+so the largest buffer it writes is its output. Everything accumulates in float32, also for
+float16 inputs (read as float16, converted on use).
+
+One program serves every target. It is written SPMD for a workgroup of TY x TX threads;
+thread (ty, tx) owns RY query rows (ty + TY i) and RX key columns (tx + TX j) of each score
+tile, and output columns tx + TX k of its rows. Q, K and V tiles are staged in workgroup
+memory in chunks of DK (head dim) and DVK (value dim) columns. On GPUs (webgpu, cuda) the
+workgroups are `blockIdx.x` and the threads `threadIdx.y/x`, with barriers between the
+phases; on CPUs the same program runs with one "thread" per workgroup (TY = TX = 1, so each
+owns the whole tile) and workgroups as a parallel loop. CPU tests therefore check the same
+tiling, masking and online-softmax arithmetic that the GPU kernel executes.
+
+WebGPU portability (the defaults every adapter offers): at most 256 invocations and
+16 KiB of workgroup storage per workgroup, no 64-bit integers, and no infinities in WGSL
+(masked scores are a large finite negative number, never -inf).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax
+from tvm.script import tirx as T
+
+# A masked or not-yet-seen score. Finite: WGSL has no infinity literals, and exp(NEG - m)
+# must be exactly 0 for any finite m, never inf - inf = NaN.
+NEG = -1.0e30
+
+# WebGPU's default limits (GPUSupportedLimits): what a kernel may use on any adapter.
+WEBGPU_MAX_WORKGROUP_STORAGE = 16384
+WEBGPU_MAX_INVOCATIONS = 256
+
+# Query rows x key columns of one tile, on every target (the online softmax's steps).
+TILE_Q = 32
+TILE_KV = 32
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One attention call: q (batch, q_len, heads, head_dim), k (batch, kv_len, heads,
+    head_dim), v (batch, kv_len, heads, v_dim) in BSNH layout, as relax.nn.attention."""
+
+    batch: int
+    q_len: int
+    kv_len: int
+    heads: int
+    head_dim: int
+    v_dim: int
+    dtype: str  # float32 or float16 (inputs and output); accumulation is float32
+    scale: float
+
+
+@dataclass(frozen=True)
+class Config:
+    """How a workgroup is laid out: TY x TX threads, each owning RY x RX scores of the
+    (TY*RY) x (TX*RX) tile; head-dim chunks of DK and value-dim chunks of DVK columns."""
+
+    ty: int
+    tx: int
+    ry: int
+    rx: int
+    dk: int
+    dvk: int
+    gpu: bool
+
+    @property
+    def rows(self) -> int:
+        return self.ty * self.ry
+
+    @property
+    def cols(self) -> int:
+        return self.tx * self.rx
+
+    @property
+    def threads(self) -> int:
+        return self.ty * self.tx
+
+
+def workgroup_bytes(shape: Shape, cfg: Config) -> int:
+    """Workgroup storage of the kernel: Q, K, V chunks in the input dtype, scores float32."""
+    el = tvm.runtime.DataType(shape.dtype).bits // 8
+    staged = cfg.rows * cfg.dk + cfg.cols * (cfg.dk + 1) + cfg.cols * cfg.dvk
+    return staged * el + cfg.rows * cfg.cols * 4
+
+
+def choose_config(shape: Shape, gpu: bool,
+                  max_bytes: int = WEBGPU_MAX_WORKGROUP_STORAGE) -> Config:
+    """The layout for a shape: on GPUs 16 x 16 threads with 2 x 2 scores each, and the
+    widest head-dim / value-dim chunks that fit `max_bytes` of workgroup storage."""
+    if not gpu:
+        return Config(1, 1, TILE_Q, TILE_KV, shape.head_dim, shape.v_dim, gpu=False)
+    ty = tx = 16
+    ry, rx = TILE_Q // ty, TILE_KV // tx
+    for dk in _chunks(shape.head_dim):
+        for dvk in _chunks(shape.v_dim, multiple=tx):
+            cfg = Config(ty, tx, ry, rx, dk, dvk, gpu=True)
+            if workgroup_bytes(shape, cfg) <= max_bytes:
+                return cfg
+    raise ValueError(f"no attention layout fits {max_bytes} B of workgroup storage for {shape}")
+
+
+def _chunks(dim: int, multiple: int = 1) -> list[int]:
+    """Chunk widths to try, widest first: the whole dimension (rounded up to `multiple`),
+    then powers of two."""
+    whole = -(-dim // multiple) * multiple
+    return [whole] + [c for c in (256, 128, 64, 32, 16, 8) if c < whole and c % multiple == 0]
+
+
+def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
+    """The PrimFunc `(q, k, v) -> out` for one shape and layout (see the module docstring).
+    GPU variants are marked scheduled, so dlight leaves them as written."""
+    B, SQ, SKV, H, D, DV = (shape.batch, shape.q_len, shape.kv_len, shape.heads,
+                            shape.head_dim, shape.v_dim)
+    dtype, scale = shape.dtype, float(shape.scale)
+    TY, TX, RY, RX, DK, DVK = cfg.ty, cfg.tx, cfg.ry, cfg.rx, cfg.dk, cfg.dvk
+    BR, BC, NT = cfg.rows, cfg.cols, cfg.threads
+    GPU = cfg.gpu
+    if GPU and DVK % TX:
+        raise ValueError("value chunk must be a multiple of the threads along x")
+    NQT = -(-SQ // BR)  # query tiles per (batch, head)
+    NKT = -(-SKV // BC)  # key tiles
+    NKC = -(-D // DK)  # head-dim chunks
+    NVC = -(-DV // DVK)  # value-dim chunks
+    VPT = DVK // TX  # value columns per thread per chunk
+    NV = NVC * VPT  # value columns per thread
+    Q_ONCE = NKC == 1  # the whole query tile stays in workgroup memory
+    NWG = B * H * NQT
+    SMEM = "shared" if GPU else "local"
+    QLOAD = -(-BR * DK // NT)  # cooperative-load rounds
+    KLOAD = -(-BC * DK // NT)
+    VLOAD = -(-BC * DVK // NT)
+    KPAD = DK + 1  # padded K rows (1-D, so compaction keeps the pad): no bank conflicts
+
+    @T.macro
+    def sync():
+        if GPU:
+            T.tvm_storage_sync("shared")
+
+    @T.macro
+    def load_q(q, qs, b, h, q0, kc, tid):
+        for e in T.serial(QLOAD):
+            idx: T.let[T.int32] = e * NT + tid
+            if idx < BR * DK:
+                row: T.let[T.int32] = q0 + idx // DK
+                col: T.let[T.int32] = kc * DK + idx % DK
+                if row < SQ and col < D:
+                    qs[idx // DK, idx % DK] = q[b, row, h, col]
+                else:
+                    qs[idx // DK, idx % DK] = T.cast(0, dtype)
+
+    @T.prim_func(private=True, s_tir=True)
+    def main(q: T.Buffer((B, SQ, H, D), dtype), k: T.Buffer((B, SKV, H, D), dtype),
+             v: T.Buffer((B, SKV, H, DV), dtype), out: T.Buffer((B, SQ, H, DV), dtype)):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+        for bx in (T.thread_binding(NWG, thread="blockIdx.x") if GPU else T.parallel(NWG)):
+            for ty in (T.thread_binding(TY, thread="threadIdx.y") if GPU else T.serial(TY)):
+                for tx in (T.thread_binding(TX, thread="threadIdx.x") if GPU else T.serial(TX)):
+                    with T.sblock("attention"):
+                        T.reads(q[0:B, 0:SQ, 0:H, 0:D], k[0:B, 0:SKV, 0:H, 0:D],
+                                v[0:B, 0:SKV, 0:H, 0:DV])
+                        T.writes(out[0:B, 0:SQ, 0:H, 0:DV])
+                        qs = T.sblock_alloc_buffer((BR, DK), dtype, scope=SMEM)
+                        ks = T.sblock_alloc_buffer((BC * KPAD,), dtype, scope=SMEM)
+                        vs = T.sblock_alloc_buffer((BC, DVK), dtype, scope=SMEM)
+                        ss = T.sblock_alloc_buffer((BR, BC), "float32", scope=SMEM)
+                        s_loc = T.sblock_alloc_buffer((RY, RX), "float32", scope="local")
+                        acc = T.sblock_alloc_buffer((RY, NV), "float32", scope="local")
+                        m_loc = T.sblock_alloc_buffer((RY,), "float32", scope="local")
+                        l_loc = T.sblock_alloc_buffer((RY,), "float32", scope="local")
+                        a_loc = T.sblock_alloc_buffer((RY,), "float32", scope="local")
+
+                        tid: T.let[T.int32] = ty * TX + tx
+                        bh: T.let[T.int32] = bx // NQT
+                        b: T.let[T.int32] = bh // H
+                        h: T.let[T.int32] = bh % H
+                        q0: T.let[T.int32] = (bx % NQT) * BR
+                        for i in T.serial(RY):
+                            m_loc[i] = T.float32(NEG)
+                            l_loc[i] = T.float32(0)
+                            for n in T.serial(NV):
+                                acc[i, n] = T.float32(0)
+                        if Q_ONCE:
+                            load_q(q, qs, b, h, q0, 0, tid)
+                        for kt in T.serial(NKT):
+                            # scores of this key tile, accumulated over head-dim chunks
+                            for i, j in T.grid(RY, RX):
+                                s_loc[i, j] = T.float32(0)
+                            for kc in T.serial(NKC):
+                                sync()
+                                if not Q_ONCE:
+                                    load_q(q, qs, b, h, q0, kc, tid)
+                                for e in T.serial(KLOAD):
+                                    idx: T.let[T.int32] = e * NT + tid
+                                    if idx < BC * DK:
+                                        key: T.let[T.int32] = kt * BC + idx // DK
+                                        col: T.let[T.int32] = kc * DK + idx % DK
+                                        if key < SKV and col < D:
+                                            ks[idx // DK * KPAD + idx % DK] = k[b, key, h, col]
+                                        else:
+                                            ks[idx // DK * KPAD + idx % DK] = T.cast(0, dtype)
+                                sync()
+                                for dd, i, j in T.grid(DK, RY, RX):
+                                    s_loc[i, j] = s_loc[i, j] + (
+                                        T.cast(qs[ty + TY * i, dd], "float32")
+                                        * T.cast(ks[(tx + TX * j) * KPAD + dd], "float32"))
+                            for i, j in T.grid(RY, RX):
+                                if kt * BC + tx + TX * j < SKV:
+                                    ss[ty + TY * i, tx + TX * j] = s_loc[i, j] * T.float32(scale)
+                                else:
+                                    ss[ty + TY * i, tx + TX * j] = T.float32(NEG)
+                            sync()
+                            # online softmax: new running max, rescale factor
+                            for i in T.serial(RY):
+                                a_loc[i] = m_loc[i]
+                                for c in T.serial(BC):
+                                    a_loc[i] = T.max(a_loc[i], ss[ty + TY * i, c])
+                            sync()  # every row max is read before P overwrites S
+                            for i, j in T.grid(RY, RX):
+                                if kt * BC + tx + TX * j < SKV:
+                                    ss[ty + TY * i, tx + TX * j] = T.exp(
+                                        s_loc[i, j] * T.float32(scale) - a_loc[i])
+                                else:
+                                    ss[ty + TY * i, tx + TX * j] = T.float32(0)
+                            for i in T.serial(RY):
+                                m_new: T.let[T.float32] = a_loc[i]
+                                a_loc[i] = T.exp(m_loc[i] - m_new)
+                                m_loc[i] = m_new
+                            sync()
+                            for i in T.serial(RY):
+                                l_loc[i] = l_loc[i] * a_loc[i]
+                                for c in T.serial(BC):
+                                    l_loc[i] = l_loc[i] + ss[ty + TY * i, c]
+                                for n in T.serial(NV):
+                                    acc[i, n] = acc[i, n] * a_loc[i]
+                            # acc += P V, value chunk by value chunk
+                            for vc in T.serial(NVC):
+                                if NVC > 1:
+                                    sync()
+                                for e in T.serial(VLOAD):
+                                    idx: T.let[T.int32] = e * NT + tid
+                                    if idx < BC * DVK:
+                                        key: T.let[T.int32] = kt * BC + idx // DVK
+                                        col: T.let[T.int32] = vc * DVK + idx % DVK
+                                        if key < SKV and col < DV:
+                                            vs[idx // DVK, idx % DVK] = v[b, key, h, col]
+                                        else:
+                                            vs[idx // DVK, idx % DVK] = T.cast(0, dtype)
+                                sync()
+                                for c, i, n in T.grid(BC, RY, VPT):
+                                    acc[i, vc * VPT + n] = acc[i, vc * VPT + n] + (
+                                        ss[ty + TY * i, c]
+                                        * T.cast(vs[c, tx + TX * n], "float32"))
+                        for i, vc, n in T.grid(RY, NVC, VPT):
+                            row: T.let[T.int32] = q0 + ty + TY * i
+                            col: T.let[T.int32] = vc * DVK + tx + TX * n
+                            if row < SQ and col < DV:
+                                out[b, row, h, col] = T.cast(
+                                    acc[i, vc * VPT + n] / l_loc[i], dtype)
+
+    func = main
+    if GPU:
+        func = func.with_attr("tirx.is_scheduled", True)
+    return func
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
+
+
+# ---- the Relax pass ---------------------------------------------------------------------------
+
+_ATTENTION = tvm.ir.Op.get("relax.nn.attention")
+_PERMUTE = tvm.ir.Op.get("relax.permute_dims")
+
+
+def _static_shape(expr) -> list[int] | None:
+    ty = expr.ty
+    if getattr(ty, "shape", None) is None:
+        return None
+    dims = [getattr(d, "value", None) for d in ty.shape.values]
+    return None if any(not isinstance(d, int) for d in dims) else dims
+
+
+def _axes(call) -> list[int] | None:
+    axes = call.attrs.axes
+    return None if axes is None else [int(a) for a in axes]
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    """relax.nn.attention -> call_tir of our kernel; permute_dims(permute_dims(x)) -> one
+    permute (or x itself): the importer wraps SDPA in transposes that undo PyTorch's."""
+
+    def __init__(self, mod: tvm.IRModule, gpu: bool):
+        super().__init__(mod)
+        self.gpu = gpu
+        self.kernels: dict = {}
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if call.op.same_as(_PERMUTE):
+            return self._fold_permute(call)
+        if call.op.same_as(_ATTENTION):
+            return self._attention(call)
+        return call
+
+    def _fold_permute(self, call):
+        outer = _axes(call)
+        inner = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) \
+            else None
+        if outer is None or not isinstance(inner, relax.Call) \
+                or not inner.op.same_as(_PERMUTE) or _axes(inner) is None:
+            return call
+        first = _axes(inner)
+        axes = [first[a] for a in outer]
+        if axes == list(range(len(axes))):
+            return inner.args[0]
+        return relax.op.permute_dims(inner.args[0], axes)
+
+    def _attention(self, call):
+        q, k, v = call.args
+        dtype = str(q.ty.dtype)
+        shapes = [_static_shape(x) for x in (q, k, v)]
+        supported = (
+            call.attrs.causal_mask is None and call.attrs.window_size is None
+            and dtype in ("float16", "float32")
+            and all(str(x.ty.dtype) == dtype for x in (k, v))
+            and all(s is not None and len(s) == 4 for s in shapes))
+        if not supported:
+            return self._fallback(call, dtype)
+        (b, sq, h, d), (_, skv, _, _), (_, _, _, dv) = shapes
+        scale = call.attrs.scale
+        shape = Shape(b, sq, skv, h, d, dv, dtype,
+                      default_scale(d) if scale is None else float(scale.value))
+        cfg = choose_config(shape, self.gpu)
+        key = (shape, cfg)
+        if key not in self.kernels:
+            self.kernels[key] = self.builder_.add_func(attention_func(shape, cfg),
+                                                       "wsd_attention")
+        return relax.call_tir(self.kernels[key], [q, k, v],
+                              relax.TensorType([b, sq, h, dv], dtype))
+
+    def _fallback(self, call, dtype):
+        """What our kernel does not cover (masks, dynamic shapes) goes to TVM's lowering,
+        in float32 for half precision (fp16 softmax sums lose too much)."""
+        if dtype != "float16":
+            return call
+        args = [relax.op.astype(x, "float32") for x in call.args]
+        attrs = call.attrs
+        out = relax.op.nn.attention(*args, scale=attrs.scale, causal_mask=attrs.causal_mask,
+                                    window_size=attrs.window_size)
+        return relax.op.astype(out, dtype)
+
+
+def flash_attention(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The pass: every `relax.nn.attention` becomes a call of our kernel, laid out for the
+    target (GPU layout for targets with the "gpu" key, the one-thread layout otherwise)."""
+    gpu = "gpu" in [str(key) for key in target.keys]
+
+    @tvm.transform.module_pass(opt_level=0, name="wsd.FlashAttention")
+    def run(mod, _ctx):
+        rewriter = _Rewriter(mod, gpu)
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return run
