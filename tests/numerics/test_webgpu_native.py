@@ -1,0 +1,187 @@
+"""WebGPU-native per-layer numerics: the WGSL of the browser build, run on a native WebGPU
+(wgpu-py; Mesa's lavapipe on a machine without a GPU), block by block against fp32 PyTorch,
+with the bars of the native checks (fp32 >= 60 dB, fp16 >= 35 dB).
+
+By default one block of each (part, kind) is verified in fp32 and fp16 (`verify.one_per_kind`:
+22 blocks, CLIP, UNet and VAE); the full sweeps (59 blocks each) are marked slow. lavapipe
+compiles every new shader pipeline on the CPU, which is most of the time here.
+Skipped, with the reason, where wgpu-py or a WebGPU adapter is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import tvm
+
+from wsd import verify, webgpu_native
+from wsd.models import load_model
+
+TARGET = webgpu_native.TARGET_NAME
+
+SWEEPS = [
+    pytest.param(("float32", "subset"), id="float32-one-per-kind"),
+    pytest.param(("float16", "subset"), id="float16-one-per-kind"),
+    pytest.param(("float32", "full"), id="float32-full", marks=pytest.mark.slow),
+    pytest.param(("float16", "full"), id="float16-full", marks=pytest.mark.slow),
+]
+
+# Every (part, kind) of the tiny model, as the llvm sweep finds them.
+KINDS = {
+    ("clip", "embeddings"), ("clip", "layer"), ("clip", "norm"),
+    ("unet", "timesteps"), ("unet", "time-embedding"), ("unet", "conv"), ("unet", "norm"),
+    ("unet", "down-block"), ("unet", "mid-block"), ("unet", "up-block"),
+    ("unet", "resnet"), ("unet", "transformer"), ("unet", "attention"),
+    ("unet", "downsample"), ("unet", "upsample"),
+    ("vae", "conv"), ("vae", "norm"), ("vae", "mid-block"), ("vae", "up-block"),
+    ("vae", "resnet"), ("vae", "attention"), ("vae", "upsample"),
+}
+
+_model = None
+
+
+def _tiny():
+    global _model
+    if _model is None:
+        _model = load_model("tiny")
+    return _model
+
+
+@pytest.fixture(scope="module")
+def webgpu():
+    """The WebGPU device, or a skip saying why there is none."""
+    reason = webgpu_native.available()
+    if reason is not None:
+        pytest.skip(reason)
+    return webgpu_native.gpu()
+
+
+@pytest.fixture(scope="module", params=SWEEPS)
+def sweep(request, webgpu):
+    dtype, scope = request.param
+    if dtype == "float16" and not webgpu.shader_f16:
+        pytest.skip(f"the WebGPU adapter ({webgpu.adapter}) has no shader-f16")
+    blocks = verify.one_per_kind() if scope == "subset" else None
+    rows = verify.verify_layers(_tiny(), target=TARGET, dtype=dtype, blocks=blocks, log=None)
+    print(f"\ntiny {TARGET} {dtype} {scope} on {webgpu.adapter}\n{verify.format_report(rows)}")
+    return request.param, rows
+
+
+def test_every_block_passes_its_bar(sweep):
+    (dtype, scope), rows = sweep
+    failed = [r for r in rows if not r.passed]
+    assert not failed, verify.format_report(failed)
+    assert all(r.psnr >= verify.BARS[dtype] and r.error is None for r in rows)
+    assert all(r.dtype == dtype and r.target == TARGET for r in rows)
+    assert {(r.part, r.kind) for r in rows} == KINDS
+    if scope == "subset":
+        assert len(rows) == len(KINDS)
+    else:
+        assert len(rows) == 59  # every block of the tiny model (as on llvm)
+
+
+# ---- the check can fail --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet(webgpu):
+    """The first UNet resnet, captured and exported (fp32), with its compiled program."""
+    first = verify.one_per_kind()
+    _, _, found = next(verify.capture(
+        _tiny(), ["unet"], blocks=lambda part, path, kind: kind == "resnet"
+        and first(part, path, kind)))
+    assert len(found) == 1
+    exported = verify.export_block(found[0], "float32", "resnet")
+    assert exported.error is None, exported.error
+    mod = tvm.IRModule({"resnet": exported.relax_func})
+    return exported, webgpu_native.compile_program(mod)
+
+
+def _psnr(exported, executor, inputs=None, weights=None) -> float:
+    outputs = verify.run_block(executor, exported, inputs=inputs, weights=weights)
+    return verify.psnr(outputs, [r.numpy() for r in exported.block.reference])[0]
+
+
+def test_unperturbed_block_passes_and_runs_the_generated_wgsl(resnet):
+    exported, program = resnet
+    executor = webgpu_native.WebGPUExecutor(program)
+    launched = []
+    executor.after_dispatch = lambda name, args: launched.append(name)
+    assert _psnr(exported, executor) >= verify.FP32_BAR_DB
+    assert launched and set(launched) <= set(program.kernels)
+    for name in set(launched):  # TVM's WGSL, as the bundle carries it
+        kernel = program.kernels[name]
+        assert f"fn {name}(" in kernel.wgsl and "@compute @workgroup_size(" in kernel.wgsl
+
+
+def test_perturbed_weight_fails(resnet):
+    exported, program = resnet
+    executor = webgpu_native.WebGPUExecutor(program)
+    weights = [w.copy() for w in exported.weights]
+    index = exported.weight_names.index("block.conv2.weight")  # the last conv's kernel
+    typical = float(np.abs(weights[index]).mean())
+    weights[index].flat[0] += 10 * typical  # ONE element of one weight
+    assert _psnr(exported, executor, weights=weights) < verify.FP32_BAR_DB
+    weights[index] *= 1.5  # the whole kernel 50 % off fails the fp16 bar too
+    assert _psnr(exported, executor, weights=weights) < verify.FP16_BAR_DB
+
+
+def test_perturbed_wgsl_fails(resnet):
+    """Edit the WGSL of the kernel that writes the block's output: its workgroups past the
+    first half return early. The PSNR drops below both bars, so the table measures the WGSL."""
+    exported, program = resnet
+    launched = []
+    executor = webgpu_native.WebGPUExecutor(program)
+    executor.after_dispatch = lambda name, args: launched.append((name, args))
+    _psnr(exported, executor)
+    last, args = launched[-1]
+    kernel = program.kernels[last]
+    grid_x = args[len(kernel.arg_types) + kernel.launch_tags.index("blockIdx.x")]
+    assert grid_x > 1  # more than one workgroup along x
+    wgsl, count = re.subn(r"> (\w+)\.packGridDimX\)", r"> \1.packGridDimX / 2u)", kernel.wgsl)
+    assert count == 1
+    broken = dataclasses.replace(program, kernels={
+        **program.kernels, last: dataclasses.replace(kernel, wgsl=wgsl)})
+    value = _psnr(exported, webgpu_native.WebGPUExecutor(broken))
+    assert value < verify.FP16_BAR_DB
+
+
+def test_perturbed_kernel_output_fails(resnet):
+    """Overwrite one element of the block's output buffer right after the kernel that
+    writes it: a single wrong value is enough to fail the fp32 bar."""
+    exported, program = resnet
+    executor = webgpu_native.WebGPUExecutor(program)
+    launched = []
+    executor.after_dispatch = lambda name, args: launched.append(name)
+    _psnr(exported, executor)
+    last = launched[-1]
+    out_index = program.kernels[last].write_access.index(True)
+    peak = float(np.max(np.abs(exported.block.reference[0].numpy())))
+
+    def corrupt(name, args):
+        if name == last:
+            executor.flush()
+            bad = np.array([4 * peak], np.float32).tobytes()
+            executor.device.queue.write_buffer(args[out_index].buffer, 0, bad)
+
+    executor.after_dispatch = corrupt
+    assert _psnr(exported, executor) < verify.FP32_BAR_DB
+
+
+# ---- pieces --------------------------------------------------------------------------------
+
+def test_split_sources():
+    sep = "//" + "-" * 40 + "\n"
+    text = (f"// Function: a_kernel\n{sep}// Function: a_kernel\n{sep}fn a_kernel() {{}}\n\n"
+            f"// Function: b_kernel\n{sep}enable f16;\nfn b_kernel() {{}}\n")
+    parts = webgpu_native.split_sources(text)
+    assert list(parts) == ["a_kernel", "b_kernel"]
+    assert "".join(parts.values()) == text
+    assert "fn a_kernel()" in parts["a_kernel"] and "b_kernel" not in parts["a_kernel"]
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(Exception, match="unknown target"):
+        verify.verify_layers(_tiny(), target="webgpu-nowhere", log=None)
