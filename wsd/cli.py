@@ -14,13 +14,16 @@ from wsd.models import ModelError
 SCHEDULER_NAMES = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
 
 
-def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False) -> None:
+def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False,
+                   webgpu_native: bool = False) -> None:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
                              "weights) or the path of a diffusers-format model folder")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--target", default="llvm", help="llvm (CPU) or cuda"
-                        + (", or webgpu (a browser bundle, with --out DIR)" if webgpu else ""))
+                        + (", or webgpu (a browser bundle, with --out DIR)" if webgpu else "")
+                        + (", or webgpu-native (the browser build's WGSL kernels on a native "
+                           "WebGPU through wgpu-py, e.g. Mesa lavapipe)" if webgpu_native else ""))
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
                         "(default: the model's native size)")
     parser.add_argument("--height", type=int, help="image height, a multiple of 8")
@@ -154,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=cmd_serve)
 
     ver = sub.add_parser("verify", help="compare every block with PyTorch, print PSNR table")
-    _model_options(ver)
+    _model_options(ver, webgpu_native=True)
     ver.set_defaults(func=cmd_verify)
     return p
 
