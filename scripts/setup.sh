@@ -20,3 +20,14 @@ fi
 if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('open_clip') is None)"; then
     "$PY" -m pip install --quiet --no-deps open_clip_torch
 fi
+
+# WebGPU-native verification (`wsd verify --target webgpu-native`, tests/numerics/
+# test_webgpu_native.py): wgpu-py comes with the test extra (pinned in pyproject.toml); it
+# needs a Vulkan driver, and on a machine without a GPU that is Mesa's lavapipe (CPU).
+# Installed only when absent.
+for pkg in libvulkan1 mesa-vulkan-drivers; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends libvulkan1 mesa-vulkan-drivers
+        break
+    fi
+done
