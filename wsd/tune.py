@@ -136,49 +136,65 @@ def workloads(mod: tvm.IRModule) -> list[Workload]:
     return sorted(found.values(), key=lambda w: -w.flops * max(1, sum(w.calls.values())))
 
 
+def record_workloads(db: dict) -> list[Workload]:
+    """The kernels of a records database, from the TIR stored with each record."""
+    works = []
+    for key, record in db["records"].items():
+        func = records.record_func(record)
+        if records.workload_key(func) != key:
+            raise ValueError(f"record {record['name']}: its TIR no longer hashes to {key}")
+        traits = tiled_matmul.matmul_traits(func)
+        works.append(Workload(record["name"], func, key, traits, dict(record.get("calls", {}))))
+    return works
+
+
 # --------------------------------------------------------------------------- candidates
 
-def candidates(work: Workload, limit: int = 8) -> list[tiled_matmul.Config]:
-    """Parameter sets worth measuring for one kernel: tiles that fit WebGPU's portable
-    limits, ordered by a simple preference (work per invocation, then enough workgroups)."""
+# (bm, bn, bk, tm, tn, x_is_j, pad, pipeline): the shapes tried, in order of preference.
+SHAPES = [
+    (128, 128, 8, 8, 8, True, 4, False), (128, 128, 8, 8, 8, True, 0, True),
+    (128, 128, 8, 8, 8, False, 4, False), (128, 64, 16, 8, 4, True, 4, False),
+    (128, 64, 8, 8, 4, True, 4, True), (64, 128, 8, 4, 8, True, 4, True),
+    (64, 128, 16, 4, 8, True, 4, False), (128, 128, 16, 8, 8, True, 0, False),
+    (64, 64, 16, 4, 4, True, 4, False), (64, 64, 8, 4, 4, False, 4, True),
+    (64, 32, 16, 4, 4, True, 4, False), (32, 64, 16, 4, 4, True, 4, False),
+    (32, 32, 16, 4, 4, True, 4, False),
+]
+
+
+def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
+               units: int = 132) -> list[tiled_matmul.Config]:
+    """Parameter sets worth measuring for one kernel: tiles inside WebGPU's portable limits,
+    at most a quarter of padding per axis, and (for the larger tiles) at least `waves`
+    workgroups per compute unit of a large GPU (an H100 has 132), in SHAPES' order."""
     e = work.traits["extents"]
     ebytes = 2 if work.dtype == "float16" else 4
     out = []
-    for bm, bn, tm, tn in [(128, 128, 8, 8), (128, 64, 8, 4), (64, 128, 4, 8),
-                           (64, 64, 4, 4), (128, 64, 8, 8), (64, 128, 8, 8),
-                           (64, 64, 8, 4), (64, 64, 4, 8), (32, 64, 4, 4), (64, 32, 4, 4),
-                           (32, 32, 4, 4)]:
-        for bk in (8, 16, 32):
-            cfg = tiled_matmul.Config(bm=bm, bn=bn, bk=bk, tm=tm, tn=tn,
-                                      tm_vec=min(4, tm), tn_vec=min(4, tn))
-            try:
-                cfg.check()
-            except ValueError:
-                continue
-            if cfg.workgroup_bytes(ebytes, ebytes) > tiled_matmul.MAX_WORKGROUP_BYTES:
-                continue
-            if (bm * bk) % cfg.threads or (bn * bk) % cfg.threads:
-                continue
-            # no tile more than a quarter padding on either axis
-            pad_i = -e["I"] % bm / max(e["I"], 1)
-            pad_j = -e["J"] % bn / max(e["J"], 1)
-            if pad_i > 0.25 or pad_j > 0.25 or e["K"] < bk:
-                continue
-            groups = e["S"] * -(-e["I"] // bm) * -(-e["J"] // bn)
-            out.append((cfg, groups))
-    # Prefer big register tiles, but with >= 2 waves of workgroups on a large GPU.
-    def score(item):
-        cfg, groups = item
-        work_per_thread = cfg.tm * cfg.tn
-        occupancy = min(1.0, groups / 264)
-        return -(work_per_thread * occupancy) - 0.01 * cfg.bk
-    out.sort(key=score)
-    return [cfg for cfg, _ in out[:limit]]
+    for bm, bn, bk, tm, tn, x_is_j, pad, pipeline in SHAPES:
+        cfg = tiled_matmul.Config(bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, tm_vec=min(4, tm),
+                                  tn_vec=min(4, tn), x_is_j=x_is_j, pad=pad,
+                                  pipeline=pipeline)
+        try:
+            cfg.check()
+        except ValueError:
+            continue
+        if cfg.workgroup_bytes(ebytes, ebytes) > tiled_matmul.MAX_WORKGROUP_BYTES:
+            continue
+        if (bm * bk) % cfg.threads or (bn * bk) % cfg.threads or e["K"] < bk:
+            continue
+        if -e["I"] % bm > 0.25 * e["I"] or -e["J"] % bn > 0.25 * e["J"]:
+            continue
+        groups = e["S"] * -(-e["I"] // bm) * -(-e["J"] // bn)
+        if bm * bn > 32 * 32 and groups < waves * units:
+            continue
+        out.append(cfg)
+    return out[:limit]
 
 
 def label_of(cfg: tiled_matmul.Config) -> str:
     return (f"{tiled_matmul.NAME}:{cfg.bm}x{cfg.bn}x{cfg.bk}/{cfg.tm}x{cfg.tn}"
-            f"/v{cfg.tm_vec}{cfg.tn_vec}/{'xj' if cfg.x_is_j else 'xi'}/p{cfg.pad}")
+            f"/v{cfg.tm_vec}{cfg.tn_vec}/{'xj' if cfg.x_is_j else 'xi'}/p{cfg.pad}"
+            + ("/pipe" if cfg.pipeline else ""))
 
 
 # --------------------------------------------------------------------------- compiling
@@ -312,8 +328,8 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
     for work in works:
         start = time.time()
         specs = buffer_specs(work.func)
-        entry = {"key": work.key, "name": work.name, "flops": work.flops,
-                 "workload": work.describe(), "buffers": specs,
+        entry = {"key": work.key, "name": work.name, "flops": work.flops, "calls": work.calls,
+                 "workload": work.describe(), "tir": work.func.script(), "buffers": specs,
                  "reference": f"refs/{work.key}.npz", "variants": []}
         variants = [("default", None)] + list(configs.get(work.key, []))
         for label, cfg in variants:
@@ -331,8 +347,8 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
                 if cfg is None:
                     break
                 continue
-            fname = f"wgsl/{work.key}_{len(entry['variants'])}.wgsl"
-            (out / fname).write_text(compiled["source"])
+            fname = f"wgsl/{work.key}_{len(entry['variants'])}.wgsl.gz"
+            (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
             entry["variants"].append({"label": label, "wgsl": fname,
                                       "params": None if cfg is None else cfg.to_json(),
                                       "rule": None if cfg is None else tiled_matmul.NAME,
@@ -340,7 +356,9 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
         if not entry["variants"] or entry["variants"][0]["label"] != "default":
             log(f"{work.name}: default schedule does not compile; skipped")
             continue
-        np.savez_compressed(out / entry["reference"], **reference_samples(work.func, specs))
+        if not (out / entry["reference"]).is_file():  # a re-export keeps its references
+            np.savez_compressed(out / entry["reference"],
+                                **reference_samples(work.func, specs))
         manifest["kernels"].append(entry)
         log(f"{work.name} [{work.key}] {work.flops / 1e9:.1f} GFLOP, "
             f"{len(entry['variants']) - 1} candidates ({time.time() - start:.1f} s)")
@@ -379,7 +397,7 @@ def admit(results: dict, manifest: dict, db: dict, margin: float = 0.05,
         variant, r = best
         db["records"][key] = {
             "name": kernel["name"], "rule": variant["rule"], "params": variant["params"],
-            "workload": kernel["workload"],
+            "workload": kernel["workload"], "calls": kernel.get("calls", {}),
             "measured": {"date": results["date"], "device": adapter["device"],
                          "backend": adapter["backend"], "default_ms": round(base["ms"], 5),
                          "tuned_ms": round(r["ms"], 5),
@@ -388,6 +406,7 @@ def admit(results: dict, manifest: dict, db: dict, margin: float = 0.05,
                          "tflops_tuned": round(r["tflops"], 3),
                          "err_ref": r["err_ref"], "err_default": r["err_default"],
                          "timing": r["times"][0]["method"]},
+            "tir": kernel["tir"],
         }
         log(f"{kernel['name']}: admitted {variant['label']} "
             f"{base['ms']:.3f} -> {r['ms']:.3f} ms (x{base['ms'] / r['ms']:.2f})")
@@ -434,6 +453,12 @@ def main(argv=None) -> int:
                   f"({len(db['records'])} records)")
         return 0
 
+    if args.command == "export" and args.records:
+        works = record_workloads(records.load("webgpu"))
+        configs = {w.key: [("record", records.config_of(records.load("webgpu")["records"][w.key]))]
+                   for w in works}
+        export(works, args.out, configs)
+        return 0
     mod = optimized_module(args.model, args.dtype, args.height, args.width)
     works = _select(workloads(mod), args.top, args.min_gflop)
     if args.command == "list":
@@ -445,14 +470,8 @@ def main(argv=None) -> int:
                   f"A:{w.traits['a_fast']} B:{w.traits['b_fast']} "
                   f"{w.flops / 1e9:7.2f} GFLOP x{w.calls}")
         return 0
-    if args.records:
-        db = records.load("webgpu")["records"]
-        works = [w for w in works if w.key in db]
-        configs = {w.key: [("record", tiled_matmul.Config.from_json(db[w.key]["params"]))]
-                   for w in works}
-    else:
-        configs = {w.key: [(label_of(c), c) for c in candidates(w, args.max_candidates)]
-                   for w in works}
+    configs = {w.key: [(label_of(c), c) for c in candidates(w, args.max_candidates)]
+               for w in works}
     export(works, args.out, configs)
     return 0
 

@@ -23,6 +23,7 @@ numbers wherever numpy runs, so the reference samples computed elsewhere apply h
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import platform
 import statistics
@@ -200,6 +201,12 @@ def _np_dtype(dtype: str):
     return {"float32": np.float32, "float16": np.float16, "int32": np.int32}[dtype]
 
 
+def read_source(path: Path) -> str:
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes()).decode()
+    return path.read_text()
+
+
 def load_manifest(folder: Path) -> dict:
     manifest = json.loads((folder / "manifest.json").read_text())
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
@@ -208,7 +215,7 @@ def load_manifest(folder: Path) -> dict:
 
 
 def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
-                 rounds: int = 2, log=print, labels=None) -> dict:
+                 rounds: int = 2, log=print, labels=None, budget_ms: float = 100.0) -> dict:
     """Run, check and time every variant of one kernel (default first). Returns
     {label: {"ok", "err_ref", "err_default", "ms", ...}}."""
     buffers, arrays = {}, {}
@@ -228,7 +235,7 @@ def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
     for variant in variants:
         label = variant["label"]
         try:
-            source = (folder / variant["wgsl"]).read_text()
+            source = read_source(folder / variant["wgsl"])
             launches[label] = [
                 (pipe := runner.pipeline(source, launch["entry"]),
                  runner.bind(pipe, [buffers[n] for n in launch["bindings"]], launch["grid"][0]),
@@ -258,12 +265,17 @@ def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
         err_def = max(errs_def) if errs_def else 0.0
         results[label] = {"ok": err_ref <= tol and err_def <= tol, "err_ref": err_ref,
                           "err_default": err_def, "tol": tol, "times": []}
-    # Time in rounds, variants interleaved, so that drift affects all alike.
+    # Time in rounds, variants interleaved, so that drift affects all alike; each variant
+    # repeated about budget_ms worth (at least 3, at most `repeat` times).
     sync = buffers[outputs[0]["name"]]
+    reps = {}
+    for label, launch in launches.items():
+        if results[label]["ok"]:
+            once = runner.time(launch, 2, sync)["ms"]
+            reps[label] = max(3, min(repeat, int(budget_ms / max(once, 1e-3))))
     for _ in range(rounds):
-        for label, launch in launches.items():
-            if results[label]["ok"]:
-                results[label]["times"].append(runner.time(launch, repeat, sync))
+        for label in reps:
+            results[label]["times"].append(runner.time(launches[label], reps[label], sync))
     for label, res in results.items():
         if res.get("times"):
             res["ms"] = min(t["ms"] for t in res["times"])
@@ -272,31 +284,60 @@ def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
 
 
 def run_folder(folder: Path, repeat: int = 30, rounds: int = 2, portable: bool = True,
-               only=None, log=print) -> dict:
+               only=None, log=print, out: Path | None = None,
+               budget_ms: float = 100.0) -> dict:
+    """Check and time every kernel of a bench folder; the report is rewritten to `out` after
+    each kernel, so a run cut short still leaves its results."""
     manifest = load_manifest(folder)
     runner = Runner(portable=portable)
     report = {"format": FORMAT + "-results", "version": VERSION, "adapter": runner.info,
               "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "target": manifest.get("target"), "kernels": {}}
+              "target": manifest.get("target"), "portable_limits": portable, "kernels": {}}
     log(f"adapter: {runner.info['device']} ({runner.info['backend']}, "
         f"{runner.info['adapter_type']})")
     for kernel in manifest["kernels"]:
         if only and kernel["key"] not in only and kernel["name"] not in only:
             continue
         log(f"{kernel['name']} ({kernel['flops'] / 1e9:.1f} GFLOP)")
-        res = check_kernel(runner, folder, kernel, repeat, rounds, log)
+        try:
+            res = check_kernel(runner, folder, kernel, repeat, rounds, log,
+                               budget_ms=budget_ms)
+        except Exception as err:  # noqa: BLE001 - one broken kernel must not stop the run
+            log(f"  error: {type(err).__name__}: {err}")
+            res = {"default": {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}}
         report["kernels"][kernel["key"]] = {"name": kernel["name"], "flops": kernel["flops"],
                                             "variants": res}
         base = res.get("default", {}).get("ms")
         for label, r in res.items():
             if "ms" in r:
                 speed = f" x{base / r['ms']:.2f}" if base else ""
-                log(f"  {label:40s} {r['ms']:8.3f} ms {r['tflops']:6.2f} TFLOP/s "
+                log(f"  {label:44s} {r['ms']:8.3f} ms {r['tflops']:6.2f} TFLOP/s "
                     f"err {r['err_ref']:.1e}{speed}")
             elif not r.get("ok"):
-                log(f"  {label:40s} FAILED {r.get('error', '')[:80]} "
+                log(f"  {label:44s} FAILED {r.get('error', '')[:80]} "
                     f"err_ref {r.get('err_ref')} err_default {r.get('err_default')}")
+        if out is not None:
+            out.write_text(json.dumps(report, indent=1))
+    summary(report, log)
     return report
+
+
+def summary(report: dict, log=print) -> None:
+    """One line per kernel: default vs best correct variant."""
+    log(f"{'kernel':48s} {'GFLOP':>7s} {'default':>16s} {'best':>16s} {'x':>5s}  variant")
+    for res in report["kernels"].values():
+        v = res["variants"]
+        base = v.get("default", {})
+        timed = [(r["ms"], label) for label, r in v.items()
+                 if label != "default" and r.get("ok") and "ms" in r]
+        if "ms" not in base:
+            log(f"{res['name'][:48]:48s} default failed")
+            continue
+        best_ms, best = min(timed) if timed else (float("nan"), "-")
+        log(f"{res['name'][:48]:48s} {res['flops'] / 1e9:7.1f} "
+            f"{base['ms']:7.3f} ms {base['tflops']:5.1f}T "
+            f"{best_ms:7.3f} ms {res['flops'] / best_ms / 1e9 if timed else 0:5.1f}T "
+            f"{base['ms'] / best_ms if timed else 0:5.2f}  {best}")
 
 
 def main(argv=None) -> int:
@@ -309,10 +350,13 @@ def main(argv=None) -> int:
     parser.add_argument("--adapter-limits", action="store_true",
                         help="use the adapter's workgroup limits instead of the portable ones")
     parser.add_argument("--only", nargs="*", help="kernel names or keys")
+    parser.add_argument("--budget-ms", type=float, default=100.0,
+                        help="about this much GPU time per variant per round")
     args = parser.parse_args(argv)
-    report = run_folder(args.folder, args.repeat, args.rounds, not args.adapter_limits,
-                        set(args.only) if args.only else None)
     out = args.out or args.folder / "results.json"
+    report = run_folder(args.folder, args.repeat, args.rounds, not args.adapter_limits,
+                        set(args.only) if args.only else None, out=out,
+                        budget_ms=args.budget_ms)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -67,10 +67,22 @@ def save(db: dict, target, root: Path | None = None) -> Path:
     return path
 
 
+def config_of(record: dict):
+    config_cls, _ = RULES[record["rule"]]
+    return config_cls.from_json(record["params"])
+
+
+def record_func(record: dict) -> tirx.PrimFunc:
+    """The unscheduled kernel a record was measured on (stored as TVMScript)."""
+    import tvm.script
+
+    return tvm.script.from_source(record["tir"])
+
+
 def schedule_record(func: tirx.PrimFunc, record: dict):
     """Schedule `func` as the record says; returns the s_tir.Schedule (or None)."""
-    config_cls, apply = RULES[record["rule"]]
-    return apply(func, config_cls.from_json(record["params"]))
+    _, apply = RULES[record["rule"]]
+    return apply(func, config_of(record))
 
 
 def ApplyRecords(target: tvm.target.Target, root: Path | None = None,  # noqa: N802

@@ -58,13 +58,15 @@ class Config:
     x_is_j: bool = True  # threadIdx.x runs along J (else along I)
     pad: int = 4        # words of padding per workgroup-memory row (bank conflicts)
     unroll: int = 256
+    pipeline: bool = False  # double-buffered tiles: copy step k+1 while computing step k
 
     @property
     def threads(self) -> int:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
     def workgroup_bytes(self, a_bytes: int = 4, b_bytes: int = 4) -> int:
-        return self.bk * ((self.bm + self.pad) * a_bytes + (self.bn + self.pad) * b_bytes)
+        one = self.bk * ((self.bm + self.pad) * a_bytes + (self.bn + self.pad) * b_bytes)
+        return one * (2 if self.pipeline else 1)
 
     def check(self) -> None:
         for name in ("bm", "bn", "bk", "tm", "tn", "tm_vec", "tn_vec"):
@@ -219,6 +221,11 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     auto_inline_producers(sch, b_sh)
     auto_inline_consumer_chain(sch, acc)
     sch.decompose_reduction(main, ko)
+    if config.pipeline:
+        # ko's body: [copy A, copy B, the ki loop]; the copies of step k+1 go ahead of
+        # the compute of step k, in a second buffer (TVM's InjectSoftwarePipeline).
+        sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
+        sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
     return sch
 
 

@@ -1,0 +1,30 @@
+#!/bin/bash
+# Time a wsd.tune bench folder on the GPU machine's WebGPU (wgpu-native over Vulkan).
+# No TVM needed there: wsd.wgsl_bench uses numpy and wgpu only.
+#
+#   bash scripts/device_wgsl_bench.sh BENCH_DIR [wsd.wgsl_bench options]
+#   bash scripts/device_wgsl_bench.sh --pytest BENCH_DIR   (pytest tests/perf/test_records.py)
+#
+# Expects, carried with the working tree (both in .git/info/exclude):
+#   .gl/        the Vulkan/GL loader debs (see the device README: libvulkan1 libegl1 ...)
+#   .wgpuwhl/   cp312 wheels of wgpu, cffi, pycparser, rendercanvas
+# Results go to $OUT (the device tool's return folder) when set, else to BENCH_DIR.
+set -euo pipefail
+mode=bench
+if [ "${1:-}" = "--pytest" ]; then mode=pytest; shift; fi
+dir=$1; shift
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .wgpuwhl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu \
+    --format=csv || true
+out=${OUT:-$dir}
+if [ $mode = pytest ]; then
+    WSD_BENCH_DIR=$dir python3 -m pytest -q -p no:cacheprovider tests/perf/test_records.py \
+        -k "earns_its_place or admitted or database" "$@" 2>&1 | tee "$out/pytest.log"
+else
+    python3 -m wsd.wgsl_bench "$dir" --out "$out/results.json" "$@" 2>&1 | tee "$out/bench.log"
+fi

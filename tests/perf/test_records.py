@@ -1,0 +1,163 @@
+"""Every stored tuned-schedule record must still earn its place (wsd/tuned/<target>.json).
+
+- well formed, inside WebGPU's portable limits, admitted with a measured win (anywhere);
+- its stored kernel still hashes to its key, the rule still schedules it, and the WGSL it
+  builds declares no more workgroup storage or invocations than the portable limits (TVM);
+- the model still has that kernel (slow: traces SD v1.5);
+- on a GPU WebGPU adapter: the tuned kernel matches the llvm reference and dlight's output,
+  and runs faster than dlight's default schedule in the same run.
+
+The last check runs where a WebGPU adapter on a GPU exists. On a machine without TVM (the
+GPU machine), point WSD_BENCH_DIR at a folder made here by
+`python -m wsd.tune export --records --out DIR` and run `pytest tests/perf/test_records.py`
+there. On a CPU adapter (Mesa's lavapipe) timings say nothing about GPUs: that check skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DB_DIR = ROOT / "wsd" / "tuned"
+MAX_INVOCATIONS = 256
+MAX_WORKGROUP_BYTES = 16384
+ADMISSION_MARGIN = 0.05
+
+
+def _databases() -> dict:
+    out = {}
+    for path in sorted(DB_DIR.glob("*.json")):
+        out[path.stem] = json.loads(path.read_text())
+    return out
+
+
+DATABASES = _databases()
+RECORDS = [(target, key, rec) for target, db in DATABASES.items()
+           for key, rec in db["records"].items()]
+IDS = [f"{t}:{r['name']}:{k}" for t, k, r in RECORDS]
+
+
+def test_database_files():
+    assert DATABASES, f"no tuned-records database in {DB_DIR}"
+    for target, db in DATABASES.items():
+        assert db["format"] == "wsd-tuned" and db["version"] == 1, target
+        assert db["target"] == target
+        for key in db["records"]:
+            assert re.fullmatch(r"[0-9a-f]{16}", key), key
+
+
+@pytest.mark.parametrize("target,key,record", RECORDS, ids=IDS)
+def test_record_admitted_on_evidence(target, key, record):
+    """The record carries the measurement it was admitted on: correct and faster."""
+    m = record["measured"]
+    assert m["tuned_ms"] > 0 and m["default_ms"] > 0
+    assert m["tuned_ms"] <= m["default_ms"] * (1 - ADMISSION_MARGIN) + 1e-9, m
+    tol = 2e-3 if "float16" in record["workload"]["dtypes"] else 1e-4
+    assert m["err_ref"] <= tol and m["err_default"] <= tol, m
+    p = record["params"]
+    if record["rule"] == "tiled_matmul":
+        threads = (p["bm"] // p["tm"]) * (p["bn"] // p["tn"])
+        ebytes = 2 if record["workload"]["dtypes"][0] == "float16" else 4
+        smem = p["bk"] * ((p["bm"] + p["pad"]) + (p["bn"] + p["pad"])) * ebytes
+        assert threads <= MAX_INVOCATIONS and smem <= MAX_WORKGROUP_BYTES, p
+    else:
+        pytest.fail(f"unknown rule {record['rule']}")
+
+
+@pytest.mark.parametrize("target,key,record", RECORDS, ids=IDS)
+def test_record_still_schedules(target, key, record):
+    """Stored kernel -> same key; the rule applies; the WGSL stays inside portable limits."""
+    pytest.importorskip("tvm")
+    from wsd import tune
+    from wsd.schedules import records
+
+    func = records.record_func(record)
+    assert records.workload_key(func) == key
+    sch = records.schedule_record(func, record)
+    assert sch is not None, "the rule no longer matches this kernel"
+    if target != "webgpu":
+        pytest.skip(f"WGSL limits apply to webgpu records, not {target}")
+    source = tune.compile_wgsl(sch.mod["main"], tune.webgpu_target())["source"]
+    sizes = [int(x) for x in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", source)[0]]
+    assert sizes[0] * sizes[1] * sizes[2] <= MAX_INVOCATIONS
+    elem = {"f32": 4, "f16": 2, "i32": 4, "u32": 4}
+    words = sum(int(n) * elem[t] for t, n in
+                re.findall(r"var<workgroup>\s+\w+\s*:\s*array<(\w+),\s*(\d+)>", source))
+    assert words <= MAX_WORKGROUP_BYTES
+
+
+@pytest.mark.slow
+def test_records_match_the_model():
+    """Every webgpu record is a kernel of today's SD v1.5 build (else it is dead weight)."""
+    pytest.importorskip("tvm")
+    from wsd import tune
+
+    keys = {w.key for w in tune.workloads(tune.optimized_module("sd15"))}
+    stale = [(k, r["name"]) for t, k, r in RECORDS if t == "webgpu" and k not in keys]
+    assert not stale, f"records for kernels the model no longer has: {stale}"
+
+
+def _bench_folder(tmp_path_factory) -> Path:
+    folder = os.environ.get("WSD_BENCH_DIR")
+    if folder:
+        return Path(folder)
+    pytest.importorskip("tvm")
+    from wsd import tune
+    from wsd.schedules import records
+
+    db = records.load("webgpu")
+    works = tune.record_workloads(db)
+    out = tmp_path_factory.mktemp("records_bench")
+    tune.export(works, out, {w.key: [("record", records.config_of(db["records"][w.key]))]
+                             for w in works}, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpu_runner():
+    wgsl_bench = pytest.importorskip("wsd.wgsl_bench")
+    pytest.importorskip("wgpu")
+    try:
+        runner = wgsl_bench.Runner(portable=True)
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"no WebGPU adapter: {err}")
+    if runner.is_cpu():
+        pytest.skip(f"the WebGPU adapter here is a CPU ({runner.info['device']}): its "
+                    f"timings say nothing about GPUs; run this on a GPU machine")
+    return runner
+
+
+WEBGPU = [(k, r) for t, k, r in RECORDS if t == "webgpu"]
+
+
+@pytest.mark.parametrize("key,record", WEBGPU, ids=[f"{r['name']}:{k}" for k, r in WEBGPU])
+def test_record_earns_its_place(gpu_runner, tmp_path_factory, key, record):
+    from wsd import wgsl_bench
+
+    folder = _earn_folder(tmp_path_factory)
+    manifest = wgsl_bench.load_manifest(folder)
+    kernel = next((k for k in manifest["kernels"] if k["key"] == key), None)
+    assert kernel is not None, f"{folder} has no kernel {key}: re-export the records"
+    labels = [v["label"] for v in kernel["variants"] if v["params"] == record["params"]]
+    assert labels, f"{folder}: kernel {key} was exported with other parameters"
+    res = wgsl_bench.check_kernel(gpu_runner, folder, kernel, repeat=50, rounds=3,
+                                  log=lambda *_: None, labels=labels)
+    default, tuned = res["default"], res[labels[0]]
+    assert default.get("ok"), f"dlight's default is wrong here: {default}"
+    assert tuned.get("ok"), f"tuned kernel is wrong: {tuned}"
+    assert tuned["ms"] < default["ms"], (
+        f"tuned {tuned['ms']:.3f} ms is not faster than dlight's {default['ms']:.3f} ms")
+
+
+_FOLDER = {}
+
+
+def _earn_folder(tmp_path_factory) -> Path:
+    if "path" not in _FOLDER:
+        _FOLDER["path"] = _bench_folder(tmp_path_factory)
+    return _FOLDER["path"]

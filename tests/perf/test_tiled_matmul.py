@@ -1,0 +1,223 @@
+"""Our tiled GEMM rule and the admission gate, on small kernels (any WebGPU adapter: Mesa's
+lavapipe on a CPU is enough for correctness; timings there mean nothing and are not used).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from wsd import tune, wgsl_bench  # noqa: E402
+from wsd.schedules import records, tiled_matmul  # noqa: E402
+
+
+def _linear(m, k, n, batch=1):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch, m, k), "float32"))
+    w = relax.Var("w", relax.TensorType((n, k), "float32"))
+    b = relax.Var("b", relax.TensorType((n,), "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w)))
+            z = bb.emit_output(relax.op.add(y, b))
+        bb.emit_func_output(z)
+    return bb.get()
+
+
+def _conv(n, c, h, w_, f, k, stride=1, pad=1, residual=False):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((n, c, h, w_), "float32"))
+    w = relax.Var("w", relax.TensorType((f, c, k, k), "float32"))
+    b = relax.Var("b", relax.TensorType((1, f, 1, 1), "float32"))
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w_ + 2 * pad - k) // stride + 1
+    r = relax.Var("r", relax.TensorType((n, f, oh, ow), "float32"))
+    with bb.function("main", [x, w, b, r] if residual else [x, w, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(x, w, strides=stride, padding=pad), b))
+            if residual:
+                y = bb.emit(relax.op.divide(relax.op.add(y, r), relax.const(2.0, "float32")))
+            z = bb.emit_output(y)
+        bb.emit_func_output(z)
+    return bb.get()
+
+
+def _works(mods):
+    out = []
+    for mod in mods:
+        mod = tvm.transform.Sequential(tune.optimize_passes(tune.webgpu_target()))(mod)
+        out += tune.workloads(mod)
+    return out
+
+
+CONFIGS = [
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4),
+    tiled_matmul.Config(bm=64, bn=64, bk=16, tm=4, tn=4, x_is_j=False),
+    tiled_matmul.Config(bm=64, bn=32, bk=8, tm=8, tn=4, tm_vec=4, tn_vec=2),  # 2 chunks
+    tiled_matmul.Config(bm=32, bn=64, bk=8, tm=2, tn=8, tm_vec=1, tn_vec=4, pad=0),
+]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    pytest.importorskip("wgpu")
+    try:
+        return wgsl_bench.Runner(portable=True)
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"no WebGPU adapter: {err}")
+
+
+@pytest.fixture(scope="module")
+def small_bench(tmp_path_factory):
+    works = _works([
+        _linear(77, 64, 96),                        # I not a tile multiple (CLIP-like)
+        _linear(128, 64, 128, batch=2),             # batched
+        _conv(1, 16, 16, 16, 32, 3, residual=True),  # 3x3, fused residual epilogue
+        _conv(1, 4, 8, 8, 32, 3),                   # K = 36: padded reduction
+        _conv(1, 16, 16, 16, 32, 3, stride=2),      # downsampling
+        _conv(2, 32, 8, 8, 64, 1, pad=0),           # 1x1
+    ])
+    assert len(works) == 6
+    out = tmp_path_factory.mktemp("small_bench")
+    manifest = tune.export(works, out, {w.key: [(tune.label_of(c), c) for c in CONFIGS]
+                                        for w in works}, log=lambda *_: None)
+    return out, manifest
+
+
+def test_conv_is_implicit_gemm():
+    """A legalized NCHW conv2d is a GEMM for the rule: I = (n, y, x), J = f, K = (c, ky, kx);
+    the im2col operand is read in its contiguous direction (x), the weights along K."""
+    (work,) = _works([_conv(2, 8, 8, 8, 16, 3)])
+    e = work.traits["extents"]
+    assert (e["S"], e["I"], e["J"], e["K"]) == (1, 2 * 8 * 8, 16, 8 * 9)
+    assert work.traits["a_fast"] == "I" and work.traits["b_fast"] == "K"
+    (lin,) = _works([_linear(8, 16, 32)])
+    assert lin.traits["a_fast"] == "K" and lin.traits["b_fast"] == "J"
+
+
+def test_config_limits():
+    with pytest.raises(ValueError):
+        tiled_matmul.Config(bm=256, bn=128, tm=4, tn=4).check()  # 2048 invocations
+    with pytest.raises(ValueError):
+        tiled_matmul.Config(bm=64, bn=64, tm=3, tn=4).check()  # tm does not divide bm
+    for work in _works([_conv(2, 320, 64, 64, 320, 3)]):
+        for cfg in tune.candidates(work, limit=20):
+            assert cfg.threads <= tiled_matmul.MAX_INVOCATIONS
+            assert cfg.workgroup_bytes() <= tiled_matmul.MAX_WORKGROUP_BYTES
+
+
+def test_rule_matches_reference(runner, small_bench):
+    """Every candidate of every small kernel equals the llvm reference and dlight's output."""
+    folder, manifest = small_bench
+    bad = []
+    for kernel in manifest["kernels"]:
+        assert len(kernel["variants"]) == 1 + len(CONFIGS), kernel["name"]
+        res = wgsl_bench.check_kernel(runner, folder, kernel, repeat=3, rounds=1,
+                                      log=lambda *_: None, budget_ms=1)
+        bad += [(kernel["name"], label, r) for label, r in res.items() if not r.get("ok")]
+    assert not bad
+
+
+def test_gate_rejects_wrong_kernels(runner, small_bench, tmp_path):
+    """A kernel that leaves outputs unwritten, or computes something else, fails the check."""
+    folder, manifest = small_bench
+    kernel = copy.deepcopy(manifest["kernels"][2])  # the conv with a residual
+    tuned = kernel["variants"][1]
+    half = copy.deepcopy(tuned)
+    half["label"] = "half-grid"
+    half["launches"][0]["grid"][1] = max(1, half["launches"][0]["grid"][1] // 2)
+    swapped = copy.deepcopy(tuned)
+    swapped["label"] = "swapped-operands"
+    b = swapped["launches"][0]["bindings"]
+    i, j = b.index("b"), b.index("r")  # bias and residual change places
+    b[i], b[j] = b[j], b[i]
+    kernel["variants"] += [half, swapped]
+    res = wgsl_bench.check_kernel(runner, folder, kernel, repeat=3, rounds=1,
+                                  log=lambda *_: None, budget_ms=1)
+    assert res["default"]["ok"] and res[tuned["label"]]["ok"]
+    assert not res["half-grid"]["ok"]
+    assert not res["swapped-operands"]["ok"]
+
+
+def _fake_results(manifest, times, ok=None):
+    ok = ok or {}
+    kernels = {}
+    for kernel in manifest["kernels"]:
+        variants = {}
+        for v in kernel["variants"]:
+            ms = times.get(v["label"], 1.0)
+            good = ok.get(v["label"], True)
+            variants[v["label"]] = {"ok": good, "err_ref": 0.0 if good else 1.0,
+                                    "err_default": 0.0, "ms": ms,
+                                    "tflops": kernel["flops"] / ms / 1e9,
+                                    "times": [{"method": "test", "ms": ms}]}
+        kernels[kernel["key"]] = {"name": kernel["name"], "flops": kernel["flops"],
+                                  "variants": variants}
+    return {"adapter": {"device": "test", "backend": "test"}, "date": "today",
+            "kernels": kernels}
+
+
+def test_admission(small_bench):
+    """Admit only a correct candidate that beats the default by the margin; drop a stored
+    record once it stops winning."""
+    _, manifest = small_bench
+    labels = [v["label"] for v in manifest["kernels"][0]["variants"]]
+    empty = {"format": records.FORMAT, "version": records.VERSION, "target": "webgpu",
+             "records": {}}
+    # fastest candidate is wrong -> the next correct one that wins is taken
+    db = tune.admit(_fake_results(manifest, {labels[1]: 0.5, labels[2]: 0.8},
+                                  ok={labels[1]: False}), manifest,
+                    copy.deepcopy(empty), log=lambda *_: None)
+    assert len(db["records"]) == len(manifest["kernels"])
+    rec = db["records"][manifest["kernels"][0]["key"]]
+    assert rec["params"] == manifest["kernels"][0]["variants"][2]["params"]
+    assert rec["tir"] and records.workload_key(records.record_func(rec)) == \
+        manifest["kernels"][0]["key"]
+    # within the margin: nothing admitted, and an existing record is dropped
+    db2 = tune.admit(_fake_results(manifest, {labels[2]: 0.97}), manifest,
+                     copy.deepcopy(db), log=lambda *_: None)
+    assert db2["records"] == {}
+    # a default that fails its own check admits nothing
+    db3 = tune.admit(_fake_results(manifest, {labels[2]: 0.5}, ok={"default": False}),
+                     manifest, copy.deepcopy(empty), log=lambda *_: None)
+    assert db3["records"] == {}
+
+
+def test_records_pass(small_bench, tmp_path):
+    """The schedule stage applies a record to its kernel (and only to it) before dlight."""
+    _, manifest = small_bench
+    results = _fake_results(manifest, {manifest["kernels"][0]["variants"][1]["label"]: 0.5})
+    results["kernels"] = {k: v for k, v in list(results["kernels"].items())[:1]}
+    db = tune.admit(results, manifest, {"format": records.FORMAT, "version": records.VERSION,
+                                        "target": "webgpu", "records": {}},
+                    log=lambda *_: None)
+    records.save(db, "webgpu", root=tmp_path)
+    assert json.loads((tmp_path / "webgpu.json").read_text())["records"].keys() == \
+        db["records"].keys()
+    mod = tvm.transform.Sequential(tune.optimize_passes(tune.webgpu_target()))(
+        _linear(77, 64, 96))
+    other = tvm.transform.Sequential(tune.optimize_passes(tune.webgpu_target()))(
+        _linear(64, 64, 96))
+    seen = []
+    with tune.webgpu_target():
+        out = records.ApplyRecords(tune.webgpu_target(), root=tmp_path, log=seen.append)(mod)
+        untouched = records.ApplyRecords(tune.webgpu_target(), root=tmp_path)(other)
+    tuned = [f for f in out.functions.values()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled")]
+    assert len(tuned) == 1 and len(seen) == 1
+    assert "vthread" in tuned[0].script()  # our rule's chunks; dlight's default has none
+    assert not any(isinstance(f, tvm.tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled")
+                   for f in untouched.functions.values())
+
+
+def test_hash_inputs_are_deterministic():
+    a = wgsl_bench.hash_inputs((3, 5), "float32", 7)
+    assert a.dtype == np.float32 and a.shape == (3, 5)
+    assert np.array_equal(a, wgsl_bench.hash_inputs((3, 5), "float32", 7))
+    assert not np.array_equal(a, wgsl_bench.hash_inputs((3, 5), "float32", 8))
+    assert -1 <= a.min() and a.max() < 1 and abs(float(a.mean())) < 0.5
