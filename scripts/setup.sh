@@ -21,13 +21,31 @@ if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('op
     "$PY" -m pip install --quiet --no-deps open_clip_torch
 fi
 
-# WebGPU-native verification (`wsd verify --target webgpu-native`, tests/numerics/
-# test_webgpu_native.py): wgpu-py comes with the test extra (pinned in pyproject.toml); it
-# needs a Vulkan driver, and on a machine without a GPU that is Mesa's lavapipe (CPU).
-# Installed only when absent.
-for pkg in libvulkan1 mesa-vulkan-drivers; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends libvulkan1 mesa-vulkan-drivers
-        break
+# Debian packages, installed only when absent (one apt run for all that are missing).
+apt_missing() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
-done
+}
+# - Vulkan loader + Mesa's lavapipe (a CPU Vulkan driver): WebGPU-native verification
+#   (wgpu-py, `wsd verify --target webgpu-native`) and the fp16 end-to-end test (Deno's wgpu).
+# - chromium: the browser tests (Playwright drives Debian's Chromium; WebGPU on SwiftShader).
+# - firefox-esr: the Firefox check of the page. node/npm: the web app's packages.
+apt_missing libvulkan1 mesa-vulkan-drivers chromium firefox-esr nodejs npm
+
+# The web app's npm packages (web/package.json, versions locked in package-lock.json:
+# tvmjs from the same TVM release as the wheel, web-tokenizers, esbuild, deno,
+# puppeteer-core). Reinstalled only when the lock file is newer than the install.
+if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# TVM's wasm runtime for web bundles, compiled with emscripten from the wheel's own sources
+# (web/runtime/build.sh installs emscripten if needed; does nothing when up to date).
+bash web/runtime/build.sh > /dev/null

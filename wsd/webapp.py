@@ -41,20 +41,24 @@ def ensure_packages() -> None:
                           f"installed yet?):\n{proc.stderr[-2000:]}")
 
 
-def build_app(out_dir, log=print) -> list[str]:
-    """Bundle the app into out_dir; returns the file names written."""
+def bundle_script(entry, outfile) -> None:
+    """esbuild: `entry` and everything it imports -> one ES module for browsers (and Deno)."""
     ensure_packages()
-    out = Path(out_dir)
-    esbuild = NODE_MODULES / ".bin" / "esbuild"
-    cmd = [str(esbuild), str(WEB / "src" / "app.js"), "--bundle", "--format=esm",
-           "--target=es2022", "--minify", "--legal-comments=eof", f"--outfile={out / 'app.js'}",
+    cmd = [str(NODE_MODULES / ".bin" / "esbuild"), str(entry), "--bundle", "--format=esm",
+           "--target=es2022", "--minify", "--legal-comments=eof", f"--outfile={outfile}",
            # tvmjs and web-tokenizers carry node-only branches they never take in a browser
-           "--platform=browser", "--external:perf_hooks", "--external:fs", "--external:path",
-           "--external:crypto", "--external:url", "--external:ws", "--external:module",
-           "--log-level=warning"]
+           "--platform=browser", "--log-level=warning",
+           *(f"--external:{m}" for m in ("perf_hooks", "fs", "path", "crypto", "url", "ws",
+                                         "module"))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise WebAppError(f"esbuild failed:\n{proc.stderr[-3000:]}")
+
+
+def build_app(out_dir, log=print) -> list[str]:
+    """Bundle the app into out_dir; returns the file names written."""
+    out = Path(out_dir)
+    bundle_script(WEB / "src" / "app.js", out / "app.js")
     for name in PAGE_FILES:
         shutil.copyfile(WEB / "app" / name, out / name)
     log(f"  app              {(out / 'app.js').stat().st_size / (1 << 20):8.2f} MiB "

@@ -25,91 +25,9 @@ if importlib.util.find_spec("open_clip") is None:
     pytest.skip("needs open_clip_torch: pip install --no-deps open_clip_torch", allow_module_level=True)
 transformers = pytest.importorskip("transformers")
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+from tests.cases import BOS, EOS, LONG, PROMPTS  # noqa: E402
 LONG = ", ".join(["a highly detailed oil painting of a majestic castle on a hill at sunset"] * 8)
 
-PROMPTS = [
-    # plain English
-    "a photo of a cat",
-    "a photograph of an astronaut riding a horse",
-    "A beautiful landscape with mountains and a lake, trending on artstation",
-    "portrait of a woman, 4k, highly detailed, sharp focus, octane render",
-    "cyberpunk city street at night with neon lights and rain",
-    "an oil painting of a bowl of fruit in the style of Cezanne",
-    "masterpiece, best quality, ultra-detailed, 8k wallpaper",
-    "a corgi wearing sunglasses on the beach",
-    # case
-    "A PHOTO OF A DOG",
-    "MiXeD CaSe PrOmPt WiTh CamelCaseWords",
-    "iPhone macOS GitHub TensorFlow",
-    # punctuation runs / brackets / weights
-    "wow!!! really??? yes...",
-    "((masterpiece)), [[blurry]], {sharp}, (cat:1.2)",
-    "--ar 16:9 --v 5 ::: ;;; ,,, ---",
-    "email@example.com https://example.com/a?b=c&d=e#frag",
-    "C++ / C# / F#; `code` ~tilde~ ^caret^ |pipe|",
-    "\"quoted\" 'single' `back`",
-    "!",
-    "! !! !!!",
-    # numbers
-    "1234567890",
-    "3.14159 and 2,718 and -42 and 1e-5",
-    "the year 1999 and 2024, 100% sure, $5.99",
-    "4k 8K 1080p 60fps",
-    # contractions
-    "it's a dog's life, isn't it? we're here, they've gone, I'm fine, you'll see, he'd go",
-    "IT'S DON'T WE'RE I'M YOU'LL HE'D THEY'VE",
-    "rock'n'roll o'clock 'tis y'all",
-    "'s 't 're 've 'm 'll 'd",
-    "it’s a curly apostrophe",
-    # emojis and symbols
-    "a cute cat 🐱 with a hat 🎩",
-    "👍🏽 thumbs up, family 👨‍👩‍👧‍👦, flag 🇯🇵",
-    "♥ ★ ☆ © ® ™ € £ ¥ → ← ∞ ≈ ≠ ± ×",
-    # accented letters / European scripts
-    "café crème brûlée, naïve façade, Ångström",
-    "Ærøskøbing, Straße, œuvre, ĳssel",
-    "e\u0301 (combining acute) vs \u00e9 (precomposed)",
-    "Ῥόδος ΟΔΟΣ Σίσυφος",
-    "İstanbul, ǅemal, ﬁne ligature",
-    # CJK / Cyrillic / Arabic / others
-    "一只可爱的猫坐在窗台上",
-    "富士山と桜、日本の風景",
-    "고양이가 잔디밭에 앉아 있다",
-    "Красивый закат над морем",
-    "ПРИВЕТ МИР",
-    "قطة جميلة في الحديقة",
-    "שלום עולם",
-    "नमस्ते दुनिया",
-    "สวัสดีชาวโลก",
-    "mixed 中文 and English 和 日本語",
-    "ｆｕｌｌｗｉｄｔｈ　ｔｅｘｔ１２３",
-    # whitespace
-    "tabs\tand\nnewlines\r\nand   multiple    spaces",
-    "   leading and trailing   ",
-    "\u00a0non\u2003breaking\u3000spaces\u200b zero width",
-    "\x1c\x1d\x1e\x1f unit separators",
-    "\t\n",
-    "",
-    " ",
-    # special tokens literally in text
-    EOS,
-    BOS,
-    f"a cat{EOS}a dog",
-    f"{BOS} a cat {EOS} {EOS}",
-    "<|ENDOFTEXT|> and <|StartOfText|>",
-    "!!<|STARTOFTEXT|>!!",
-    "<|endoftext",
-    "<|notatoken|>",
-    # HTML entities / markup (transformers does NOT unescape them)
-    "fish &amp; chips &lt;b&gt; &quot;bold&quot; &#39; &nbsp;",
-    "<b>bold</b> <i>italic</i>",
-    # long prompts (truncation)
-    LONG,
-    "word " * 200,
-    "🙂" * 100,
-    "antidisestablishmentarianism supercalifragilisticexpialidocious",
-]
 
 
 def _write_vocab_files(tok: CLIPTokenizer, directory: Path) -> Path:

@@ -2,7 +2,7 @@
 model.wasm runs under node with tvmjs on WebGPU: the `ddim_step` scheduler kernel, called
 through the Relax VM, equals numpy's evaluation of the same formula.
 
-Needs emscripten (web/runtime/build.sh), node + web/runtime/node_modules (tvmjs, and the
+Needs emscripten (web/runtime/build.sh), node + web/node_modules (tvmjs, and the
 optional npm `webgpu`, Dawn, with SwiftShader from apt `chromium` on CPU-only machines);
 the node part is skipped with the reason when something is missing.
 """
@@ -24,7 +24,8 @@ from wsd.models import load_model
 from wsd.params import read_manifest, verify_tensor_cache
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME = ROOT / "web" / "runtime"
+WEB = ROOT / "web"
+RUNTIME = WEB / "runtime"
 SWIFTSHADER_ICD = "/usr/lib/chromium/vk_swiftshader_icd.json"
 
 pytestmark = pytest.mark.slow  # compile + link ~30 s, the first web runtime build minutes
@@ -65,16 +66,8 @@ const tvmjs = require("@mlc-ai/web-runtime");
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    proc = subprocess.run(["bash", str(RUNTIME / "build.sh")], capture_output=True, text=True)
-    if proc.returncode == 77:
-        pytest.skip("emscripten unavailable (bash web/runtime/build.sh exits 77)")
-    t0 = time.time()
-    code = main(["build", "--target", "webgpu", "--out", str(out)])
-    print(f"wsd build --target webgpu (tiny): {time.time() - t0:.1f} s")
-    assert code == 0
-    return out
+def bundle(tiny_bundle) -> Path:
+    return tiny_bundle  # tests/web/conftest.py: built once per session
 
 
 def test_files_and_manifest(bundle):
@@ -128,10 +121,10 @@ def test_cli_errors(capsys, tmp_path):
 def _node_env():
     if shutil.which("node") is None:
         pytest.skip("node not installed")
-    if not (RUNTIME / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
-        pytest.skip("tvmjs not installed: run `npm install` in web/runtime")
-    if not (RUNTIME / "node_modules" / "webgpu").is_dir():
-        pytest.skip("npm package `webgpu` (optional dependency of web/runtime) not installed")
+    if not (WEB / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
+        pytest.skip("tvmjs not installed: run `npm ci` in web/ (scripts/setup.sh does)")
+    if not (WEB / "node_modules" / "webgpu").is_dir():
+        pytest.skip("npm package `webgpu` (optional dependency of web/) not installed")
     env = dict(os.environ)
     if "VK_ICD_FILENAMES" not in env and os.path.exists(SWIFTSHADER_ICD):
         env["VK_ICD_FILENAMES"] = SWIFTSHADER_ICD  # Dawn rejects lavapipe; SwiftShader works

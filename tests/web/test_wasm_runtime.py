@@ -3,7 +3,7 @@ TVM-compiled WebAssembly under node with tvmjs, and its numbers equal numpy's.
 
 Steps: build.sh (emscripten from apt; the first build compiles the runtime, ~2 min on 2
 cores, then it is cached per machine), smoke_build.py (tiny Relax module -> .wasm with
-create_tvmjs_wasm), `npm install` in web/runtime (tvmjs), smoke.cjs under node.
+create_tvmjs_wasm), `npm ci` in web/ (tvmjs), smoke.cjs under node.
 The WebGPU variant also needs a WebGPU implementation for node (npm `webgpu`, Dawn, with a
 Vulkan driver it accepts: SwiftShader from apt `chromium`, or a real GPU); skipped otherwise.
 """
@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME = ROOT / "web" / "runtime"
+WEB = ROOT / "web"
+RUNTIME = WEB / "runtime"
 SWIFTSHADER_ICD = "/usr/lib/chromium/vk_swiftshader_icd.json"
 
 pytestmark = pytest.mark.slow  # first build of the runtime takes minutes
@@ -47,8 +48,8 @@ def runtime_dir() -> str:
         pytest.skip(f"emscripten unavailable: {proc.stderr.strip().splitlines()[-1:]}")
     assert proc.returncode == 0, f"build.sh failed:\n{proc.stderr[-4000:]}"
     print(f"build.sh: {time.time() - t0:.1f} s")
-    if not (RUNTIME / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
-        npm = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=RUNTIME,
+    if not (WEB / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
+        npm = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB,
                              capture_output=True, text=True)
         if npm.returncode != 0:
             pytest.skip(f"npm install failed (offline?): {npm.stderr[-500:]}")
@@ -94,7 +95,7 @@ def test_wasm_cpu(wasm_modules):
 
 
 def test_wasm_webgpu(wasm_modules):
-    if not (RUNTIME / "node_modules" / "webgpu").is_dir():
+    if not (WEB / "node_modules" / "webgpu").is_dir():
         pytest.skip("npm package `webgpu` (optional dependency) not installed")
     env = dict(os.environ)
     if "VK_ICD_FILENAMES" not in env and os.path.exists(SWIFTSHADER_ICD):

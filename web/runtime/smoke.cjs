@@ -1,5 +1,5 @@
 // Smoke test of the wasm runtime built by build.sh, under node with tvmjs
-// (@mlc-ai/web-runtime 0.27.0-dev0, installed next to this file by `npm install`).
+// (@mlc-ai/web-runtime 0.27.0-dev0, installed in web/node_modules by `npm ci` in web/).
 //
 //   node web/runtime/smoke.cjs MODULE.wasm [cpu|webgpu]
 //

@@ -48,9 +48,11 @@ const SHOWN = {
 
 // First time each stage was reported, in ms since the page started (window.wsd.timeline).
 const timeline = {};
+const latest = {}; // the latest report of each stage (window.wsd.progress)
 
 function onProgress(p) {
   if (!(p.stage in timeline)) timeline[p.stage] = Math.round(performance.now());
+  latest[p.stage] = p;
   if (p.stage === "preview") {
     $("image").src = p.image;
     $("image").hidden = false;
@@ -126,6 +128,7 @@ async function main() {
     ready,
     generate,
     timeline,
+    progress: latest,
     get config() { return engine && engine.config; },
     get engine() { return engine; }, // internals, for debugging and tests
     get last() { return engine && engine.last; },

@@ -243,12 +243,12 @@ export class Engine {
         if (s.preview && done < timesteps.length && done % every === 0) {
           const p = await this._toPixels(latents);
           onProgress({ stage: "preview", step: done, steps: timesteps.length,
-                       image: pngDataURL(p.rgba, p.height, p.width) });
+                       image: await pngDataURL(p.rgba, p.height, p.width) });
         }
       }
       onProgress({ stage: "decode" });
       const { rgba, height, width } = await this._toPixels(latents);
-      const dataURL = pngDataURL(rgba, height, width);
+      const dataURL = await pngDataURL(rgba, height, width);
       this.last = { ms: performance.now() - t0, warnings, settings: { ...s, seed: String(s.seed),
                     onProgress: undefined }, height, width };
       onProgress({ stage: "done", ms: this.last.ms });

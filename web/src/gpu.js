@@ -55,7 +55,13 @@ export function deviceDescriptor(adapter, requirements) {
 /** An adapter, retried: right after start some browsers fail the first request. */
 async function requestAdapter(gpu, attempts = 5) {
   for (let i = 0; i < attempts; i++) {
-    const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    let adapter;
+    try {
+      adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    } catch (err) { // e.g. Firefox release builds: WebGPU present but switched off
+      throw new WebGPUError(`this browser refuses to give a WebGPU adapter: ${err.message} ` +
+                            "(see the README's browser section)");
+    }
     if (adapter) return adapter;
     await new Promise((resolve) => setTimeout(resolve, 500));
   }

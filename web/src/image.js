@@ -1,6 +1,8 @@
 // The decoded image (float32 RGB in [0, 1], as the compiled `decode` returns it) to pixels,
 // with the rounding diffusers uses (numpy: (x * 255).round(), half to even, in float32),
-// so that the browser's PNG has the same bytes as `wsd generate`'s.
+// so that the browser's PNG has the same pixels as `wsd generate`'s.
+
+import { dataURL, encodePNG } from "./png.js";
 
 /** numpy's np.round: half to even. */
 export function roundHalfEven(x) {
@@ -24,12 +26,7 @@ export function toRGBA(rgb, height, width) {
   return rgba;
 }
 
-/** RGBA pixels -> "data:image/png;base64,..." (lossless: every pixel is opaque). */
-export function pngDataURL(rgba, height, width) {
-  const canvas = document.createElement("canvas");
-  canvas.width = width;
-  canvas.height = height;
-  const ctx = canvas.getContext("2d");
-  ctx.putImageData(new ImageData(rgba, width, height), 0, 0);
-  return canvas.toDataURL("image/png");
+/** RGBA pixels -> "data:image/png;base64,..." (lossless; no canvas, so any engine). */
+export async function pngDataURL(rgba, height, width) {
+  return dataURL(await encodePNG(rgba, height, width));
 }

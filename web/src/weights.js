@@ -174,8 +174,14 @@ export async function loadWeights(tvm, device, baseUrl, onProgress) {
       }
       tvm.beginScope();
       const tensor = tvm.detachFromCurrentScope(tvm.empty(rec.shape, rec.dtype, device));
+      if (bytes.length % 4 === 0) {
+        tensor.copyFromRawBytes(bytes);
+      } else {
+        // Direct GPU writes must be whole 4-byte words (an odd count of float16 values is
+        // not); tvmjs' copy from a CPU tensor pads the write.
+        tensor.copyFrom(tvm.empty(rec.shape, rec.dtype, tvm.cpu()).copyFromRawBytes(bytes));
+      }
       tvm.endScope();
-      tensor.copyFromRawBytes(bytes);
       tensors.set(rec.name, tensor);
     }
   }, onProgress);

@@ -1,0 +1,87 @@
+"""Fixtures of the web suites: the tiny model's web bundles (built once per session, fp32
+and fp16) and a local `wsd serve` server that records what it was asked for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "golden"
+ARTIFACTS = ROOT / "artifacts" / "web"  # screenshots and images the tests keep (ignored)
+
+
+def _build(tmp_path_factory, dtype: str) -> Path:
+    from wsd.cli import main
+
+    proc = subprocess.run(["bash", str(ROOT / "web" / "runtime" / "build.sh")],
+                          capture_output=True, text=True)
+    if proc.returncode == 77:
+        pytest.skip("emscripten unavailable (bash web/runtime/build.sh exits 77)")
+    out = tmp_path_factory.mktemp(f"bundle-{dtype}") / "tiny"
+    assert main(["build", "--target", "webgpu", "--dtype", dtype, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """`wsd build --target webgpu --out DIR` of the embedded tiny model (float32)."""
+    return _build(tmp_path_factory, "float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_fp16(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "float16")
+
+
+@contextmanager
+def serving(directory):
+    """`wsd serve DIR` on a free port in this process: yields (base URL, request log), the
+    log being a list of (path, status) in arrival order."""
+    from wsd.serve import make_server
+
+    log: list[tuple[str, int]] = []
+    server = make_server(directory, port=0, quiet=True,
+                         on_request=lambda path, code: log.append((path, code)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def golden(name: str):
+    """(settings for window.wsd.generate, golden RGB array) of golden/<name>.png."""
+    import numpy as np
+    from PIL import Image
+
+    meta = json.loads((GOLDEN / f"{name}.json").read_text())
+    s = meta["settings"]
+    settings = {"prompt": s["prompt"], "negativePrompt": s["negative_prompt"],
+                "steps": s["steps"], "guidanceScale": s["guidance_scale"],
+                "scheduler": s["scheduler"], "seed": s["seed"]}
+    return settings, np.asarray(Image.open(GOLDEN / f"{name}.png").convert("RGB"))
+
+
+def decode_png(data_url: str):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    assert data_url.startswith("data:image/png;base64,"), data_url[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))))
+
+
+def ssim(a, b) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
