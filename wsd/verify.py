@@ -24,7 +24,9 @@ How one sweep works, per model part (CLIP text encoder, UNet, VAE decoder):
    block); if that fails, blocks are compiled one by one so that a failure is pinned to its
    block.
 5. Run each block with its weights through `wsd.executor.Executor` and compare all its
-   outputs (cast to float32) with the fp32 PyTorch outputs.
+   outputs (cast to float32) with the fp32 PyTorch outputs. Target 'webgpu-native' compiles
+   as the browser bundle does and runs TVM's WGSL on a native WebGPU instead
+   (`wsd.webgpu_native`).
 
 PSNR of a block, in dB, over all of its outputs taken together (N elements in total):
 

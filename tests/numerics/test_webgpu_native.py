@@ -16,6 +16,7 @@ import re
 import numpy as np
 import pytest
 import tvm
+from tvm.script import relax as R
 
 from wsd import verify, webgpu_native
 from wsd.models import load_model
@@ -171,6 +172,31 @@ def test_perturbed_kernel_output_fails(resnet):
 
 
 # ---- pieces --------------------------------------------------------------------------------
+
+_N = 256 * 65537  # an element-wise kernel of 256 threads a workgroup: 65537 workgroups
+
+
+@tvm.script.ir_module
+class _Add:
+    @R.function
+    def main(x: R.Tensor((_N,), "float32"), y: R.Tensor((_N,), "float32")):
+        return R.add(x, y)
+
+
+def test_large_grid_spreads_over_z(webgpu):
+    """WebGPU allows 65535 workgroups a dimension: an x grid beyond that is spread over z
+    (the kernel recombines it from the packed x size), as tvmjs does (full-size VAE grids)."""
+    program = webgpu_native.compile_program(_Add)
+    executor = webgpu_native.WebGPUExecutor(program)
+    grids = []
+    executor.after_dispatch = lambda name, args: grids.append(
+        args[len(program.kernels[name].arg_types):])
+    x = np.arange(_N, dtype=np.float32)
+    y = np.full(_N, 0.5, np.float32)
+    out = executor("main", x, y).numpy()
+    assert grids == [[65537, 256]]
+    np.testing.assert_array_equal(out, x + y)
+
 
 def test_split_sources():
     sep = "//" + "-" * 40 + "\n"
