@@ -101,11 +101,13 @@ def test_generate_matches_golden(app):
 
 
 def test_other_seed_differs(app):
-    """The golden check can fail: another seed gives an image below the bar."""
+    """The bar can fail: with everything else equal, another seed is far below it."""
     page = app[0]
-    settings, expected = golden("tiny-ddim")
-    image = decode_png(page.evaluate("s => window.wsd.generate(s)", {**settings, "seed": 7}))
-    assert ssim(image[..., :3], expected) < SSIM_FP32
+    settings, _ = golden("tiny-ddim")
+    images = [decode_png(page.evaluate("s => window.wsd.generate(s)",
+                                       {**settings, "steps": 2, "seed": seed}))
+              for seed in (42, 7)]
+    assert ssim(images[0][..., :3], images[1][..., :3]) < SSIM_FP32
 
 
 def test_tokenizer_matches_python(app):
@@ -135,9 +137,7 @@ def test_bad_settings_rejected(app, settings, message):
 
 
 def test_reload_fetches_no_weights(app):
-    page, _, log, _ = app
-    settings, _ = golden("tiny-ddim")
-    page.evaluate("s => window.wsd.generate(s)", {**settings, "steps": 1})  # loaded, cached
+    page, _, log, _ = app  # loaded: every shard is in Cache Storage
     before = len(log)
     page.reload()
     # Weights load before the shaders compile: once shaders start, the weights are in.
@@ -180,9 +180,10 @@ def test_without_webgpu_the_page_says_so(playwright, tiny_bundle, tmp_path):
         disabled = page.is_disabled("#generate")
         page.screenshot(path=str(ARTIFACTS / "chromium-no-webgpu.png"))
         context.close()
-    if has_gpu:
-        pytest.skip("this Chromium keeps navigator.gpu with WebGPU disabled")
-    assert "WebGPU is not available in this browser" in ready["error"]
+    # Chromium 156 keeps navigator.gpu with WebGPU switched off, but gives no adapter
+    expected = ("WebGPU is present but no GPU adapter was found" if has_gpu
+                else "WebGPU is not available in this browser")
+    assert expected in ready["error"]
     assert shown == ready["error"] and disabled
 
 

@@ -74,6 +74,16 @@ function formSettings() {
   };
 }
 
+/** The form shows the settings of the image on the page, also when the API made it. */
+function showSettings(s) {
+  $("prompt").value = s.prompt;
+  $("negative").value = s.negativePrompt;
+  $("steps").value = s.steps;
+  $("guidance").value = s.guidanceScale;
+  $("scheduler").value = s.scheduler;
+  $("seed").value = String(s.seed);
+}
+
 function fillForm() {
   for (const name of Object.keys(SCHEDULERS)) {
     const option = document.createElement("option");
@@ -111,7 +121,7 @@ async function main() {
 
   const generate = async (options = {}) => {
     await ready;
-    checkSettings(options); // reject bad settings before queueing
+    showSettings(checkSettings(options)); // reject bad settings before queueing
     const user = options.onProgress;
     const url = await engine.generate({ ...options, onProgress: (p) => {
       onProgress(p);
