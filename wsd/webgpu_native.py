@@ -76,7 +76,7 @@ def gpu() -> Gpu:
         import wgpu
     except ImportError as err:
         raise TargetError(f"target '{TARGET_NAME}' needs wgpu-py (pip install wgpu; "
-                          "scripts/setup.sh installs it): {err}") from None
+                          f"scripts/setup.sh installs it): {err}") from None
     try:
         adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
     except Exception as err:  # noqa: BLE001 - wgpu raises several kinds
@@ -161,16 +161,25 @@ def _modules(module):
 
 
 def split_sources(source: str) -> dict[str, str]:
-    """The webgpu module's source (every kernel's WGSL, concatenated, each after a
-    `// Function: NAME` comment header) -> {name: that kernel's WGSL}."""
+    """The webgpu module's `inspect_source()` -> {kernel name: its WGSL}.
+
+    That source is, per kernel, a `// Function: NAME` line, the kernel's shader text and a
+    newline. The shader text (what the bundle stores and tvmjs compiles; checked byte for
+    byte against a bundle's model.wasm) begins with a comment header of its own: a dashed
+    line, `// Function: NAME`, a dashed line."""
     heads = list(_HEADER.finditer(source))
     starts = [m for i, m in enumerate(heads) if i == 0 or heads[i - 1].group(1) != m.group(1)]
     out = {}
     for i, m in enumerate(starts):
+        name = m.group(1)
         end = starts[i + 1].start() if i + 1 < len(starts) else len(source)
-        if m.group(1) in out:
-            raise ValueError(f"kernel {m.group(1)} appears twice in the webgpu source")
-        out[m.group(1)] = source[m.start():end]
+        if name in out:
+            raise ValueError(f"kernel {name} appears twice in the webgpu source")
+        text = source[m.start():end]
+        if text.split("\n", 2)[1].startswith("//-"):  # the lines inspect_source adds
+            text = text.split("\n", 1)[1]
+            text = text[:-1] if text.endswith("\n") else text
+        out[name] = text
     return out
 
 
@@ -197,7 +206,9 @@ def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None) 
                 kept["tir"] = m
 
     pipe = tvm.transform.Sequential([build.pipeline(target), keep])
-    with tvm.transform.PassContext(instruments=[KeepHostDevice()]):
+    outer = tvm.transform.PassContext.current()  # keep its settings, add the instrument
+    with tvm.transform.PassContext(opt_level=outer.opt_level, config=dict(outer.config),
+                                   instruments=[*outer.instruments, KeepHostDevice()]):
         executable = tvm.compile(mod, target, relax_pipeline=pipe)
     webgpu = [m for m in _modules(executable.mod) if m.kind == "webgpu"]
     if len(webgpu) != 1:

@@ -198,14 +198,42 @@ def test_large_grid_spreads_over_z(webgpu):
     np.testing.assert_array_equal(out, x + y)
 
 
+def _shaders_in_wasm(wasm: bytes) -> dict[str, str]:
+    """The WGSL a bundle's model.wasm carries: TVM serializes each kernel's text as a
+    64-bit little-endian length and the bytes; each text starts with its comment header."""
+    found = {}
+    for m in re.finditer(rb"//-{40}\n// Function: (\w+)\n//-{40}\n", wasm):
+        size = int.from_bytes(wasm[m.start() - 8:m.start()], "little")
+        found[m.group(1).decode()] = wasm[m.start():m.start() + size].decode()
+    return found
+
+
+@pytest.mark.slow
+def test_kernels_are_the_bundles(tmp_path):
+    """The WGSL the executor runs is, byte for byte, the WGSL in the browser bundle."""
+    from wsd.build import add_scheduler_functions
+    from wsd.bundle import BundleError, build_bundle
+    from wsd.trace import resolve_size, trace_model
+
+    model = _tiny()
+    try:
+        build_bundle(model, tmp_path, "float32", log=lambda *_: None)
+    except BundleError as err:
+        pytest.skip(str(err))
+    stored = _shaders_in_wasm((tmp_path / "model.wasm").read_bytes())
+    traced = trace_model(model, *resolve_size(model, None, None), "float32")
+    program = webgpu_native.compile_program(add_scheduler_functions(traced.mod))
+    assert len(stored) > 50 and set(stored) == set(program.kernels)
+    differ = [k for k, text in stored.items() if program.kernels[k].wgsl != text]
+    assert not differ
+
+
 def test_split_sources():
     sep = "//" + "-" * 40 + "\n"
-    text = (f"// Function: a_kernel\n{sep}// Function: a_kernel\n{sep}fn a_kernel() {{}}\n\n"
-            f"// Function: b_kernel\n{sep}enable f16;\nfn b_kernel() {{}}\n")
-    parts = webgpu_native.split_sources(text)
-    assert list(parts) == ["a_kernel", "b_kernel"]
-    assert "".join(parts.values()) == text
-    assert "fn a_kernel()" in parts["a_kernel"] and "b_kernel" not in parts["a_kernel"]
+    a = f"{sep}// Function: a_kernel\n{sep}fn a_kernel() {{}}\n\n"
+    b = f"{sep}// Function: b_kernel\n{sep}enable f16;\n\nfn b_kernel() {{}}\n\n"
+    text = f"// Function: a_kernel\n{a}\n// Function: b_kernel\n{b}\n"  # as inspect_source
+    assert webgpu_native.split_sources(text) == {"a_kernel": a, "b_kernel": b}
 
 
 def test_unknown_target_is_refused():
