@@ -369,6 +369,9 @@ def make_target(name: str) -> tvm.target.Target:
     if name == "webgpu-native":
         from wsd import webgpu_native
         return webgpu_native.make_target()
+    if name not in build.TARGETS:
+        raise build.TargetError(f"unknown target {name!r}; verify runs on "
+                                f"{', '.join(build.TARGETS)} or webgpu-native")
     return build.make_target(name)
 
 

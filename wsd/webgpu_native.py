@@ -91,8 +91,9 @@ def gpu() -> Gpu:
     limits = {k: adapter.limits[k] for k in _LIMITS if k in adapter.limits}
     device = adapter.request_device_sync(required_features=features, required_limits=limits)
     info = adapter.info
-    name = f"{info.get('device', '?')} ({info.get('backend_type', '?')}, {info.get('description', '')})"
-    _GPU = Gpu(device, name.replace(", )", ")"), bool(features), dict(device.limits))
+    details = ", ".join(str(info[k]) for k in ("backend_type", "description") if info.get(k))
+    name = f"{info.get('device') or '?'} ({details})" if details else info.get("device") or "?"
+    _GPU = Gpu(device, name, bool(features), dict(device.limits))
     return _GPU
 
 

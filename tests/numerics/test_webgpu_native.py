@@ -179,7 +179,7 @@ _N = 256 * 65537  # an element-wise kernel of 256 threads a workgroup: 65537 wor
 @tvm.script.ir_module
 class _Add:
     @R.function
-    def main(x: R.Tensor((_N,), "float32"), y: R.Tensor((_N,), "float32")):
+    def main(x: R.Tensor((_N,), dtype="float32"), y: R.Tensor((_N,), dtype="float32")):
         return R.add(x, y)
 
 
