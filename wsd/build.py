@@ -24,7 +24,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from wsd import optimize, schedule
+from wsd import memory, optimize, schedule
 from wsd.models import Model
 from wsd.trace import Traced, check_dtype, resolve_size, trace_model
 
@@ -78,9 +78,13 @@ def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return run
 
 
-def compile_module(mod: tvm.IRModule, target: tvm.target.Target):
-    """Relax module -> executable for the target."""
-    return tvm.compile(mod, target, relax_pipeline=pipeline(target))
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target, observe=()):
+    """Relax module -> executable for the target. `observe`: passes that look at the lowered
+    module before code generation (e.g. wsd.memory.observer) and return it unchanged."""
+    relax_pipeline = pipeline(target)
+    if observe:
+        relax_pipeline = tvm.transform.Sequential([relax_pipeline, *observe])
+    return tvm.compile(mod, target, relax_pipeline=relax_pipeline)
 
 
 @dataclass
@@ -159,13 +163,16 @@ def build(model: Model, target: str = "llvm", dtype: str = "float32",
         traced = trace_model(model, height, width, dtype)
         mod = add_scheduler_functions(traced.mod)
         log(f"compiling for {tvm_target.kind.name} ...")
-        executable = compile_module(mod, tvm_target)
+        memory_report = {}  # weights + planned activations (wsd.memory)
+        executable = compile_module(
+            mod, tvm_target, [memory.observer(memory.weight_bytes(traced), memory_report)])
+        log(memory.describe(memory_report))
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"model.{os.getpid()}.so"
         executable.export_library(str(tmp))
         meta = {"model": model.name, "config_hash": model.config_hash(), "target": str(tvm_target),
                 "dtype": dtype, "height": height, "width": width,
-                "functions": function_meta(traced)}
+                "functions": function_meta(traced), "memory": memory_report}
         meta_path.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, lib_path)  # atomic: a crash never leaves a half-written library
         log(f"built {folder} in {time.time() - start:.1f} s")

@@ -128,6 +128,23 @@ def cmd_verify(args) -> int:
     return 0 if all(row.passed for row in rows) else 1
 
 
+def cmd_bench(args) -> int:
+    from wsd import bench
+
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    options = ["model", "target", "dtype", "parts", "height", "width", "repeat", "warmup",
+               "steps", "torch_compile"]
+    command = "wsd bench " + " ".join(f"--{o.replace('_', '-')} {getattr(args, o)}"
+                                      for o in options if getattr(args, o) is not None)
+    report = bench.run(
+        args.model, args.target, bench.parse_list(args.dtype, bench.DTYPES, "--dtype"),
+        bench.parse_list(args.parts, bench.PARTS, "--parts"), args.height, args.width,
+        args.repeat, args.warmup, args.steps, args.torch_compile, log=log, command=command)
+    print(report.text())
+    bench.write_outputs(report, args.json, args.markdown)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +176,25 @@ def parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="compare every block with PyTorch, print PSNR table")
     _model_options(ver, webgpu_native=True)
     ver.set_defaults(func=cmd_verify)
+
+    bch = sub.add_parser("bench", help="time the compiled model functions and a whole image "
+                                       "against PyTorch on the same device (docs/PERF.md)")
+    bch.add_argument("--model", default="tiny", help="tiny (default), sd15 or a model folder")
+    bch.add_argument("--target", default="llvm", choices=("llvm", "cuda"))
+    bch.add_argument("--dtype", default="float32,float16",
+                     help="float32, float16 or both, comma-separated (default both)")
+    bch.add_argument("--parts", default="clip,unet,vae,image,memory",
+                     help="comma-separated from clip, unet, vae, image, memory (default all)")
+    bch.add_argument("--height", type=int, help="image height (default: the model's)")
+    bch.add_argument("--width", type=int, help="image width (default: the model's)")
+    bch.add_argument("--repeat", type=int, default=5, help="timed calls per figure (median)")
+    bch.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    bch.add_argument("--steps", type=int, default=20, help="denoising steps of the image")
+    bch.add_argument("--torch-compile", default="auto", choices=("auto", "on", "off"),
+                     help="PyTorch's compiled baseline (auto: on for cuda, off on CPUs)")
+    bch.add_argument("--json", help="also write the results as JSON here")
+    bch.add_argument("--markdown", help="also write the results as markdown here")
+    bch.set_defaults(func=cmd_bench)
     return p
 
 
