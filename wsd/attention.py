@@ -93,38 +93,59 @@ class Config:
 
 
 def workgroup_bytes(shape: Shape, cfg: Config) -> int:
-    """Workgroup storage of the kernel: Q, K, V chunks in the input dtype, scores float32."""
+    """Workgroup storage of the kernel: the Q chunk, one buffer that holds the K chunk
+    (rows padded by one) and then the V chunk, in the input dtype; the scores in float32."""
     el = tvm.runtime.DataType(shape.dtype).bits // 8
-    staged = cfg.rows * cfg.dk + cfg.cols * (cfg.dk + 1) + cfg.cols * cfg.dvk
-    return staged * el + cfg.rows * cfg.cols * 4
+    kv = max(cfg.cols * (cfg.dk + 1), cfg.cols * cfg.dvk)
+    return (cfg.rows * cfg.dk + kv) * el + cfg.rows * cfg.cols * 4
+
+
+# Value chunks up to this many are unrolled on GPUs, so the output accumulators have constant
+# indices (registers, not an indexed private array).
+MAX_UNROLLED_VALUE_CHUNKS = 4
 
 
 def choose_config(shape: Shape, gpu: bool,
                   max_bytes: int = WEBGPU_MAX_WORKGROUP_STORAGE) -> Config:
-    """The layout for a shape: on GPUs 16 x 16 threads with 2 x 2 scores each, and the
-    widest head-dim / value-dim chunks that fit `max_bytes` of workgroup storage."""
+    """The layout for a shape. CPUs: one thread owns the whole 32 x 32 tile, no chunking.
+    GPUs: 16 x 16 threads with 2 x 2 scores each; of the head-dim / value-dim chunk widths
+    that fit `max_bytes` of workgroup storage, the one with the fewest value chunks beyond
+    what is unrolled, then the fewest barriers per key tile (two per head-dim chunk, one per
+    value chunk), then the widest head-dim chunk."""
     if not gpu:
         return Config(1, 1, TILE_Q, TILE_KV, shape.head_dim, shape.v_dim, gpu=False)
     ty = tx = 16
     ry, rx = TILE_Q // ty, TILE_KV // tx
+    best, best_cost = None, None
     for dk in _chunks(shape.head_dim):
         for dvk in _chunks(shape.v_dim, multiple=tx):
             cfg = Config(ty, tx, ry, rx, dk, dvk, gpu=True)
-            if workgroup_bytes(shape, cfg) <= max_bytes:
-                return cfg
-    raise ValueError(f"no attention layout fits {max_bytes} B of workgroup storage for {shape}")
+            if workgroup_bytes(shape, cfg) > max_bytes:
+                continue
+            nkc, nvc = -(-shape.head_dim // dk), -(-shape.v_dim // dvk)
+            cost = (nvc > MAX_UNROLLED_VALUE_CHUNKS, 2 * nkc + nvc, -dk)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = cfg, cost
+    if best is None:
+        raise ValueError(f"no attention layout fits {max_bytes} B of workgroup storage "
+                         f"for {shape}")
+    return best
 
 
 def _chunks(dim: int, multiple: int = 1) -> list[int]:
     """Chunk widths to try, widest first: the whole dimension (rounded up to `multiple`),
-    then powers of two."""
-    whole = -(-dim // multiple) * multiple
-    return [whole] + [c for c in (256, 128, 64, 32, 16, 8) if c < whole and c % multiple == 0]
+    its halves and quarters (rounded up likewise), then powers of two."""
+    up = lambda n: -(-n // multiple) * multiple  # noqa: E731
+    widths = {up(dim), up(-(-dim // 2)), up(-(-dim // 4))}
+    widths |= {c for c in (256, 128, 64, 32, 16, 8) if c < dim and c % multiple == 0}
+    return sorted(widths, reverse=True)
 
 
 def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
     """The PrimFunc `(q, k, v) -> out` for one shape and layout (see the module docstring).
-    GPU variants are marked scheduled, so dlight leaves them as written."""
+    GPU variants unroll the per-thread loops (register tiles; Mesa's lavapipe also caps a
+    loop's total iterations at 65535) and are marked scheduled, so dlight leaves them as
+    written."""
     B, SQ, SKV, H, D, DV = (shape.batch, shape.q_len, shape.kv_len, shape.heads,
                             shape.head_dim, shape.v_dim)
     dtype, scale = shape.dtype, float(shape.scale)
@@ -146,6 +167,11 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
     KLOAD = -(-BC * DK // NT)
     VLOAD = -(-BC * DVK // NT)
     KPAD = DK + 1  # padded K rows (1-D, so compaction keeps the pad): no bank conflicts
+    KVS = max(BC * KPAD, BC * DVK)  # one buffer: the K chunk, later the V chunk
+    # loops over a thread's own registers (and the head-dim chunk): unrolled on GPUs, plain
+    # loops on CPUs; loops over the key tile's columns stay loops (code size)
+    U = T.unroll if GPU else T.serial
+    UV = T.unroll if GPU and NVC <= MAX_UNROLLED_VALUE_CHUNKS else T.serial
 
     @T.macro
     def sync():
@@ -154,7 +180,7 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
 
     @T.macro
     def load_q(q, qs, b, h, q0, kc, tid):
-        for e in T.serial(QLOAD):
+        for e in U(QLOAD):
             idx: T.let[T.int32] = e * NT + tid
             if idx < BR * DK:
                 row: T.let[T.int32] = q0 + idx // DK
@@ -176,8 +202,7 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                                 v[0:B, 0:SKV, 0:H, 0:DV])
                         T.writes(out[0:B, 0:SQ, 0:H, 0:DV])
                         qs = T.sblock_alloc_buffer((BR, DK), dtype, scope=SMEM)
-                        ks = T.sblock_alloc_buffer((BC * KPAD,), dtype, scope=SMEM)
-                        vs = T.sblock_alloc_buffer((BC, DVK), dtype, scope=SMEM)
+                        kvs = T.sblock_alloc_buffer((KVS,), dtype, scope=SMEM)
                         ss = T.sblock_alloc_buffer((BR, BC), "float32", scope=SMEM)
                         s_loc = T.sblock_alloc_buffer((RY, RX), "float32", scope="local")
                         acc = T.sblock_alloc_buffer((RY, NV), "float32", scope="local")
@@ -190,88 +215,99 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                         b: T.let[T.int32] = bh // H
                         h: T.let[T.int32] = bh % H
                         q0: T.let[T.int32] = (bx % NQT) * BR
-                        for i in T.serial(RY):
+                        for i in U(RY):
                             m_loc[i] = T.float32(NEG)
                             l_loc[i] = T.float32(0)
-                            for n in T.serial(NV):
+                            for n in U(NV):
                                 acc[i, n] = T.float32(0)
                         if Q_ONCE:
                             load_q(q, qs, b, h, q0, 0, tid)
                         for kt in T.serial(NKT):
                             # scores of this key tile, accumulated over head-dim chunks
-                            for i, j in T.grid(RY, RX):
-                                s_loc[i, j] = T.float32(0)
+                            for i in U(RY):
+                                for j in U(RX):
+                                    s_loc[i, j] = T.float32(0)
                             for kc in T.serial(NKC):
                                 sync()
                                 if not Q_ONCE:
                                     load_q(q, qs, b, h, q0, kc, tid)
-                                for e in T.serial(KLOAD):
+                                for e in U(KLOAD):
                                     idx: T.let[T.int32] = e * NT + tid
                                     if idx < BC * DK:
                                         key: T.let[T.int32] = kt * BC + idx // DK
                                         col: T.let[T.int32] = kc * DK + idx % DK
                                         if key < SKV and col < D:
-                                            ks[idx // DK * KPAD + idx % DK] = k[b, key, h, col]
+                                            kvs[idx // DK * KPAD + idx % DK] = k[b, key, h, col]
                                         else:
-                                            ks[idx // DK * KPAD + idx % DK] = T.cast(0, dtype)
+                                            kvs[idx // DK * KPAD + idx % DK] = T.cast(0, dtype)
                                 sync()
-                                for dd, i, j in T.grid(DK, RY, RX):
-                                    s_loc[i, j] = s_loc[i, j] + (
-                                        T.cast(qs[ty + TY * i, dd], "float32")
-                                        * T.cast(ks[(tx + TX * j) * KPAD + dd], "float32"))
-                            for i, j in T.grid(RY, RX):
-                                if kt * BC + tx + TX * j < SKV:
-                                    ss[ty + TY * i, tx + TX * j] = s_loc[i, j] * T.float32(scale)
-                                else:
-                                    ss[ty + TY * i, tx + TX * j] = T.float32(NEG)
+                                for dd in U(DK):
+                                    for i in U(RY):
+                                        for j in U(RX):
+                                            s_loc[i, j] = s_loc[i, j] + (
+                                                T.cast(qs[ty + TY * i, dd], "float32")
+                                                * T.cast(kvs[(tx + TX * j) * KPAD + dd],
+                                                         "float32"))
+                            for i in U(RY):
+                                for j in U(RX):
+                                    if kt * BC + tx + TX * j < SKV:
+                                        ss[ty + TY * i, tx + TX * j] = (
+                                            s_loc[i, j] * T.float32(scale))
+                                    else:
+                                        ss[ty + TY * i, tx + TX * j] = T.float32(NEG)
                             sync()
                             # online softmax: new running max, rescale factor
-                            for i in T.serial(RY):
+                            for i in U(RY):
                                 a_loc[i] = m_loc[i]
                                 for c in T.serial(BC):
                                     a_loc[i] = T.max(a_loc[i], ss[ty + TY * i, c])
                             sync()  # every row max is read before P overwrites S
-                            for i, j in T.grid(RY, RX):
-                                if kt * BC + tx + TX * j < SKV:
-                                    ss[ty + TY * i, tx + TX * j] = T.exp(
-                                        s_loc[i, j] * T.float32(scale) - a_loc[i])
-                                else:
-                                    ss[ty + TY * i, tx + TX * j] = T.float32(0)
-                            for i in T.serial(RY):
+                            for i in U(RY):
+                                for j in U(RX):
+                                    if kt * BC + tx + TX * j < SKV:
+                                        ss[ty + TY * i, tx + TX * j] = T.exp(
+                                            s_loc[i, j] * T.float32(scale) - a_loc[i])
+                                    else:
+                                        ss[ty + TY * i, tx + TX * j] = T.float32(0)
+                            for i in U(RY):
                                 m_new: T.let[T.float32] = a_loc[i]
                                 a_loc[i] = T.exp(m_loc[i] - m_new)
                                 m_loc[i] = m_new
-                            sync()
-                            for i in T.serial(RY):
+                            sync()  # P complete; the K chunk is read, its buffer takes V
+                            for i in U(RY):
                                 l_loc[i] = l_loc[i] * a_loc[i]
                                 for c in T.serial(BC):
                                     l_loc[i] = l_loc[i] + ss[ty + TY * i, c]
-                                for n in T.serial(NV):
+                                for n in U(NV):
                                     acc[i, n] = acc[i, n] * a_loc[i]
                             # acc += P V, value chunk by value chunk
-                            for vc in T.serial(NVC):
+                            for vc in UV(NVC):
                                 if NVC > 1:
                                     sync()
-                                for e in T.serial(VLOAD):
+                                for e in U(VLOAD):
                                     idx: T.let[T.int32] = e * NT + tid
                                     if idx < BC * DVK:
                                         key: T.let[T.int32] = kt * BC + idx // DVK
                                         col: T.let[T.int32] = vc * DVK + idx % DVK
                                         if key < SKV and col < DV:
-                                            vs[idx // DVK, idx % DVK] = v[b, key, h, col]
+                                            kvs[idx] = v[b, key, h, col]
                                         else:
-                                            vs[idx // DVK, idx % DVK] = T.cast(0, dtype)
+                                            kvs[idx] = T.cast(0, dtype)
                                 sync()
-                                for c, i, n in T.grid(BC, RY, VPT):
-                                    acc[i, vc * VPT + n] = acc[i, vc * VPT + n] + (
-                                        ss[ty + TY * i, c]
-                                        * T.cast(vs[c, tx + TX * n], "float32"))
-                        for i, vc, n in T.grid(RY, NVC, VPT):
-                            row: T.let[T.int32] = q0 + ty + TY * i
-                            col: T.let[T.int32] = vc * DVK + tx + TX * n
-                            if row < SQ and col < DV:
-                                out[b, row, h, col] = T.cast(
-                                    acc[i, vc * VPT + n] / l_loc[i], dtype)
+                                for c in T.serial(BC):
+                                    for i in U(RY):
+                                        for n in U(VPT):
+                                            acc[i, vc * VPT + n] = acc[i, vc * VPT + n] + (
+                                                ss[ty + TY * i, c]
+                                                * T.cast(kvs[c * DVK + tx + TX * n], "float32"))
+                        for i in U(RY):
+                            for vc in UV(NVC):
+                                for n in U(VPT):
+                                    row: T.let[T.int32] = q0 + ty + TY * i
+                                    col: T.let[T.int32] = vc * DVK + tx + TX * n
+                                    if row < SQ and col < DV:
+                                        out[b, row, h, col] = T.cast(
+                                            acc[i, vc * VPT + n] / l_loc[i], dtype)
 
     func = main
     if GPU:
@@ -311,6 +347,13 @@ class _Rewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.gpu = gpu
         self.kernels: dict = {}
+
+    def visit_var_binding_(self, binding):
+        value = self.visit_expr(binding.value)
+        if isinstance(value, relax.Var) and not isinstance(binding.value, relax.Var):
+            self.set_var_remap(binding.var, value)  # a folded permute pair: no alias
+            return
+        super().visit_var_binding_(binding)
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)

@@ -8,11 +8,30 @@
     out_dir/wsd-config.json    what the app needs to drive the functions (see build_bundle)
     out_dir/index.html, app.js the web app (wsd.webapp): `wsd serve out_dir`, open the page
 
-`requirements` in wsd-config.json: `shader_f16` (the module computes in float16) and
-`max_buffer_bytes`, the largest GPU buffer the module binds: the larger of the largest weight
-tensor and the largest storage the compiled VM code allocates with a static size (read from
-the lowered Relax module, after memory planning). Scheduler kernels have symbolic shapes (their
-buffers are latent-sized) and are not counted there; `latent_bytes` covers them.
+`requirements` in wsd-config.json: what the adapter must offer (wsd.limits reads it from the
+lowered module, its kernels and the generated WGSL). The web app reads `shader_f16`,
+`max_buffer_bytes` and `max_storage_binding_bytes`:
+    shader_f16                  the module computes in float16
+    max_buffer_bytes            the largest GPU buffer: the largest of the planned activation
+                                storages (page-rounded, as the VM's pooled allocator allocates
+                                them), kernels' global scratch buffers, weights, and latents
+    max_storage_binding_bytes   the largest buffer bound to a kernel; buffers are bound whole,
+                                so the same number
+    max_workgroup_storage_bytes, max_invocations_per_workgroup,
+    max_storage_buffers_per_shader_stage
+                                the most any WGSL kernel uses (always recorded; WebGPU's
+                                defaults are 16384, 256, 8)
+    max_weight_bytes, max_storage_bytes, max_intermediate_bytes, latent_bytes
+                                the parts of max_buffer_bytes
+    weights_bytes, activation_pool_bytes, max_function_storage_bytes, peak_memory_bytes
+                                the memory plan: peak = all weights + the activation storages
+                                the VM's pooled allocator holds once every function has run (it
+                                reuses a freed buffer only for the same page-rounded size: per
+                                size, the most storages of that size any one function has) +
+                                kernel scratch (none with wsd.attention)
+    webgpu_defaults_ok          whether WebGPU's default limits suffice (wsd.limits.check)
+Scheduler kernels have symbolic shapes (their buffers are latent-sized) and are not counted
+in the storages; `latent_bytes` covers them.
 """
 
 from __future__ import annotations
@@ -28,6 +47,7 @@ import tvm
 from tvm import relax
 
 from wsd import build as wsd_build
+from wsd import limits
 from wsd.models import Model
 from wsd.params import collect_weights, write_tensor_cache
 from wsd.trace import check_dtype, resolve_size, trace_model
@@ -73,66 +93,37 @@ def _fcompile(link_opt: str = "-O1"):
     return fcompile
 
 
-def _static_nbytes(shape, dtype) -> int | None:
-    if not isinstance(shape, relax.ShapeExpr):
-        return None
-    dims = []
-    for d in shape.values:
-        if not isinstance(getattr(d, "value", None), int):
-            return None
-        dims.append(d.value)
-    bits = tvm.runtime.DataType(str(dtype)).bits * tvm.runtime.DataType(str(dtype)).lanes
-    return int(np.prod(dims, dtype=np.int64)) * bits // 8
-
-
 def storage_sizes(mod: tvm.IRModule) -> dict[str, dict]:
     """Per Relax function of a lowered module: the static storage allocations' sizes.
 
-    Memory planning leaves `R.vm.alloc_storage(shape, device_index, dtype, scope)` (or, before
-    VM lowering, `R.memory.alloc_storage`) calls; their size is shape x dtype. Returns
-    {function: {"max_bytes", "total_bytes", "count", "dynamic"}}, dynamic = allocations
-    whose size is not a constant."""
-    ops = {"relax.vm.alloc_storage", "relax.memory.alloc_storage"}
-    result = {}
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        sizes, dynamic = [], 0
-
-        def visit(expr):
-            nonlocal dynamic
-            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
-                    and expr.op.name in ops:
-                # R.memory.alloc_storage(bytes, device, scope, dtype hint): size in bytes;
-                # R.vm.alloc_storage(shape, device, dtype, scope): shape x dtype (uint8)
-                dtype = "uint8"
-                if expr.op.name == "relax.vm.alloc_storage":
-                    dtype = str(getattr(expr.args[2], "value", "uint8"))
-                size = _static_nbytes(expr.args[0], dtype)
-                if size is None:
-                    dynamic += 1
-                else:
-                    sizes.append(size)
-
-        relax.analysis.post_order_visit(func, visit)
-        result[gvar.name_hint] = {"max_bytes": max(sizes, default=0),
-                                  "total_bytes": sum(sizes), "count": len(sizes),
-                                  "dynamic": dynamic}
-    return result
+    Memory planning leaves `R.memory.alloc_storage` calls (`R.vm.alloc_storage` after VM
+    lowering), see wsd.limits.planned_storages. Returns {function: {"max_bytes",
+    "total_bytes", "count", "dynamic"}}, dynamic = allocations whose size is not a constant."""
+    return {name: {"max_bytes": max(info["sizes"], default=0),
+                   "total_bytes": sum(info["sizes"]), "count": len(info["sizes"]),
+                   "dynamic": info["dynamic"]}
+            for name, info in limits.planned_storages(mod).items()}
 
 
-def compile_web(mod: tvm.IRModule, target: tvm.target.Target):
+def compile_web(mod: tvm.IRModule, target: tvm.target.Target, report: dict | None = None):
     """wsd.build.compile_module's pipeline, plus a look at the lowered module's allocations.
-    Returns (executable, storage_sizes of the lowered module)."""
+    Returns (executable, storage_sizes of the lowered module). With `report`, also fills in
+    "storages" (wsd.limits.planned_storages), "intermediates" (kernels' global buffers,
+    wsd.limits.kernel_intermediates) and "kernels" (WGSL workgroup needs, wsd.limits)."""
     seen = {}
+    report = {} if report is None else report
 
     @tvm.transform.module_pass(opt_level=0, name="wsd_storage_sizes")
     def observe(m, _ctx):
         seen.update(storage_sizes(m))
+        report["storages"] = limits.planned_storages(m)
+        report["intermediates"] = limits.kernel_intermediates(m)
         return m
 
     pipe = tvm.transform.Sequential([wsd_build.pipeline(target), observe])
-    return tvm.compile(mod, target, relax_pipeline=pipe), seen
+    executable = tvm.compile(mod, target, relax_pipeline=pipe)
+    report["kernels"] = limits.wgsl_kernels(limits.webgpu_source(executable))
+    return executable, seen
 
 
 def _param_info(func: relax.Function, count: int) -> list[dict]:
@@ -169,7 +160,8 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     t0 = time.time()
     target = webgpu_target()
     log("compiling for webgpu (wasm32 host) ...")
-    executable, storage = compile_web(mod, target)
+    report = {}
+    executable, storage = compile_web(mod, target, report)
     times["compile_s"] = time.time() - t0
 
     t0 = time.time()
@@ -197,7 +189,6 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     latent_shape = [1, model.latent_channels, height // f, width // f]
     latent_bytes = int(np.prod(latent_shape)) * 4
     max_weight = manifest["metadata"]["max_tensor_bytes"]
-    max_alloc = max((s["max_bytes"] for s in storage.values()), default=0)
     functions = {}
     for name, params in inputs.items():
         entry = {"num_inputs": len(params), "inputs": params}
@@ -219,12 +210,14 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
         "functions": functions,
         "requirements": {
             "shader_f16": dtype == "float16",
-            "max_buffer_bytes": max(max_weight, max_alloc, latent_bytes),
-            "max_weight_bytes": max_weight,
-            "max_storage_bytes": max_alloc,
+            **limits.requirements(report["storages"], report["intermediates"],
+                                  report["kernels"], max_weight_bytes=max_weight,
+                                  weights_bytes=manifest["metadata"]["tensor_bytes"],
+                                  io_bytes=latent_bytes),
             "latent_bytes": latent_bytes,
         },
     }
+    config["requirements"]["webgpu_defaults_ok"] = not limits.check(config["requirements"])
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=1, default=str))
     build_app(out, log)
 
@@ -236,8 +229,6 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     log(f"  params/          {manifest['metadata']['total_bytes'] / mib:8.2f} MiB in "
         f"{len(manifest['records'])} shard(s), {manifest['metadata']['num_tensors']} tensors")
     log(f"  tokenizer.json   {(out / 'tokenizer.json').stat().st_size / mib:8.2f} MiB")
-    req = config["requirements"]
-    log(f"  largest buffer   {req['max_buffer_bytes'] / mib:8.2f} MiB (weights "
-        f"{max_weight / mib:.2f}, activations {max_alloc / mib:.2f}); "
-        f"shader-f16 {'required' if req['shader_f16'] else 'not needed'}")
+    for line in limits.describe(config["requirements"]):
+        log(f"  {line}")
     return config

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from wsd.cli import main
+from wsd.limits import page_round
 from wsd.models import load_model
 from wsd.params import read_manifest, verify_tensor_cache
 
@@ -107,8 +108,17 @@ def test_config(bundle):
     # decode allocates at least its output image, (1, H, W, 3) float32
     assert req["max_storage_bytes"] >= config["height"] * config["width"] * 3 * 4
     assert functions["decode"]["storage"]["dynamic"] == 0
-    assert req["max_buffer_bytes"] == max(req["max_weight_bytes"], req["max_storage_bytes"],
-                                          req["latent_bytes"])
+    # buffers are bound whole; planned storages are allocated in 4 KiB pages
+    assert req["max_storage_binding_bytes"] == req["max_buffer_bytes"] == max(
+        req["max_weight_bytes"], page_round(req["max_storage_bytes"]), req["latent_bytes"])
+    assert req["max_intermediate_bytes"] == 0  # no kernel keeps a global scratch buffer
+    assert req["weights_bytes"] == metadata["tensor_bytes"]
+    assert req["peak_memory_bytes"] == req["weights_bytes"] + req["activation_pool_bytes"]
+    assert req["activation_pool_bytes"] >= req["max_function_storage_bytes"] \
+        >= req["max_storage_bytes"]
+    assert 0 < req["max_invocations_per_workgroup"] <= 256
+    assert 0 < req["max_workgroup_storage_bytes"] <= 16384
+    assert req["webgpu_defaults_ok"] is True
 
 
 def test_cli_errors(capsys, tmp_path):
