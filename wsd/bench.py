@@ -1227,11 +1227,24 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         budget_s: float | None = 60.0, log=print, command: str | None = None) -> Report:
     """`wsd bench`: the per-model benchmarks; returns the report (printed by the CLI)."""
     from wsd.models import load_model
+    from wsd.trace import resolve_size
 
     model = load_model(model_spec)
     device = Device(target)
     report = Report(datetime.date.today().isoformat(), device.name, target,
                     command or " ".join(["wsd"] + sys.argv[1:]), versions())
+    timed = [p for p in parts if p != "memory"]
+    if not timed and not device.is_gpu:  # the plan alone: no code generation, no weights
+        from wsd import memory
+
+        for dtype in dtypes:
+            log(f"{model.name} {dtype}: planning memory for {target} ...")
+            h, w = resolve_size(model, height, width)
+            report.memory.append({
+                "dtype": dtype, "model": model.name, "size": [h, w], "measured": {},
+                "planned": memory.plan_model(model, dtype, device.tvm_target, h, w),
+                "goal_bytes": MEMORY_GOAL_BYTES if model.name == "sd15" else None})
+        return report
     report.peaks = [measure_peak(device, d) for d in dtypes]
     for p in report.peaks:
         log(f"peak {p.dtype}: {p.tflops:.3g} TFLOP/s ({p.label}, {p.ms:.3g} ms)")

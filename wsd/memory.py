@@ -180,3 +180,44 @@ def describe(report: dict) -> str:
             f"{report['peak_function']} activations {fn['storage_bytes'] / MIB:.1f} MiB "
             f"+ kernel workspace {fn['workspace_bytes'] / MIB:.1f} MiB = "
             f"{report['peak_bytes'] / MIB:.1f} MiB peak")
+
+
+def main(argv=None) -> int:
+    """`python -m wsd.memory --model sd15 --dtype float16 --target nvidia/nvidia-h100`: the
+    planned memory for any target (a TVM target string or tag), without code generation."""
+    import argparse
+    import json
+
+    from wsd.models import load_model
+
+    p = argparse.ArgumentParser(prog="python -m wsd.memory", description=main.__doc__)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--dtype", default="float16", choices=("float32", "float16"))
+    p.add_argument("--target", default="llvm", help="llvm, cuda (needs the GPU), or a TVM "
+                   "tag such as nvidia/nvidia-h100 (plans for it on any machine)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--json", help="also write the report here")
+    args = p.parse_args(argv)
+    if args.target in ("llvm", "cuda"):
+        from wsd.build import make_target
+
+        target = make_target(args.target)
+    else:
+        target = tvm.target.Target(args.target)
+    report = plan_model(load_model(args.model), args.dtype, target, args.height, args.width)
+    for name, info in report["functions"].items():
+        kernel = f" ({info['workspace_kernel']})" if info["workspace_kernel"] else ""
+        print(f"{name:12s} storage {info['storage_bytes'] / MIB:9.1f} MiB  workspace "
+              f"{info['workspace_bytes'] / MIB:7.1f} MiB{kernel}")
+    print(f"{'weights':12s} {report['weight_bytes'] / MIB:9.1f} MiB in {report['num_weights']} "
+          f"tensors (largest {report['largest_weight_bytes'] / MIB:.1f} MiB)")
+    print(describe(report) + f" ({report['peak_bytes'] / 1e9:.3f} GB)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

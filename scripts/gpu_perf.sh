@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The GPU half of the benchmarks (docs/PERF.md), on a lent GPU machine: `wsd bench` for SD v1.5
+# (fp32 and fp16, every part) and `pytest tests/perf` on CUDA, each figure side by side with
+# PyTorch (eager and torch.compile) in the same run. Everything goes to $OUT (logs, markdown
+# tables, JSON), one file per step.
+#
+#   gpu_perf.sh stage1             as gpu_check.sh: copy the first half of the TVM wheel aside
+#   gpu_perf.sh install            as gpu_check.sh install, plus pytest-benchmark (.whl/perf/)
+#   gpu_perf.sh bench DTYPE [PARTS]   wsd bench --model sd15 --target cuda (default: all parts)
+#   gpu_perf.sh layers DTYPE       tests/perf: single layers at every SD v1.5 shape (--perf-full)
+#   gpu_perf.sh fused DTYPE        tests/perf: the build's fused kernels, UNet and VAE (top 3)
+#   gpu_perf.sh models [ARGS]      tests/perf/test_models.py (default: --perf-model sd15
+#                                  --perf-dtype float16: per-model figures + the 3 GB goal)
+#   gpu_perf.sh records            tests/perf/test_records.py (tuned-schedule records)
+#   gpu_perf.sh all                every step above after install, one after another
+#
+# With one call limited to 10 minutes, run the steps as separate calls (the machine keeps /tmp
+# while it stays warm, so compiled libraries are reused through WSD_CACHE=/tmp/wsd-cache):
+#   stage1; install; bench float32; bench float16; layers float32; layers float16;
+#   fused float32; fused float16; models
+# Each step runs under `timeout` (STEP_TIMEOUT seconds, default 540) and a failing or
+# timed-out step does not stop the others; `all` prints a summary of the exit codes at the end.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+STEP_TIMEOUT=${STEP_TIMEOUT:-540}
+mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site:/tmp/site-bench:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export WSD_CACHE=${WSD_CACHE:-/tmp/wsd-cache}
+PY=${PYTHON:-python3}
+declare -a SUMMARY=()
+
+# step NAME LOGFILE CMD...: run one bounded step, everything tee'd to $OUT/LOGFILE
+step() {
+    local name=$1 log=$2
+    shift 2
+    echo "=== $name: $* ($(date -u +%FT%TZ))" | tee -a "$OUT/$log"
+    timeout -s INT -k 30 "$STEP_TIMEOUT" "$@" 2>&1 | tee -a "$OUT/$log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && echo "=== $name: timed out after $STEP_TIMEOUT s" | tee -a "$OUT/$log"
+    echo "=== $name: exit $rc" | tee -a "$OUT/$log"
+    SUMMARY+=("$name: exit $rc")
+    return 0
+}
+
+device_info() {
+    {
+        date -u +%FT%TZ
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+        $PY -c "import torch, tvm; print('torch', torch.__version__, 'tvm', tvm.__version__)"
+        git log -1 --format='commit %H %s' 2>/dev/null || true
+    } 2>&1 | tee "$OUT/device.txt"
+}
+
+install() {
+    bash scripts/gpu_check.sh install || return 1
+    # pytest-benchmark for tests/perf; only where this pytest is new enough for it (otherwise
+    # tests/perf/conftest.py times the figures itself).
+    if $PY -c "import pytest, sys; sys.exit(int(pytest.__version__.split('.')[0]) < 8)"; then
+        $PY -m pip install -q --no-index --no-deps --target /tmp/site-bench .whl/perf/*.whl \
+            || echo "pytest-benchmark not installed: tests/perf uses its own timing"
+    fi
+    $PY -c "import pytest_benchmark; print('pytest-benchmark', pytest_benchmark.__version__)" \
+        || true
+    device_info
+}
+
+bench() {
+    local dtype=${1:-float16} parts=${2:-clip,unet,vae,image,memory}
+    step "bench sd15 $dtype" "bench-sd15-$dtype.log" \
+        $PY -m wsd bench --model sd15 --target cuda --dtype "$dtype" --parts "$parts" \
+        --json "$OUT/bench-sd15-$dtype.json" --markdown "$OUT/bench-sd15-$dtype.md"
+}
+
+perf_pytest() {  # perf_pytest NAME FILE ARGS...: one tests/perf run, tables to $OUT
+    local name=$1 file=$2
+    shift 2
+    local extra=()
+    if $PY -c "import pytest_benchmark" 2>/dev/null; then
+        extra=(--benchmark-json "$OUT/pytest-$name-benchmark.json"
+               --benchmark-columns=min,median,max,rounds)
+    fi
+    step "pytest $name" "pytest-$name.log" \
+        $PY -m pytest "$file" -p no:cacheprovider -ra --perf-target cuda \
+        --perf-markdown "$OUT/pytest-$name.md" --perf-json "$OUT/pytest-$name.json" \
+        "${extra[@]}" "$@"
+}
+
+layers() {
+    local dtype=${1:-float32}
+    perf_pytest "layers-$dtype" tests/perf/test_kernels.py -k test_layer --perf-full \
+        --perf-dtype "$dtype"
+}
+
+fused() {
+    local dtype=${1:-float32}
+    perf_pytest "fused-$dtype" tests/perf/test_kernels.py -k test_fused --perf-full \
+        --perf-dtype "$dtype"
+}
+
+models() {
+    local args=("$@")
+    [ ${#args[@]} -eq 0 ] && args=(--perf-model sd15 --perf-dtype float16)
+    perf_pytest models tests/perf/test_models.py "${args[@]}"
+}
+
+records() {
+    step "pytest records" "pytest-records.log" \
+        $PY -m pytest tests/perf/test_records.py -p no:cacheprovider -ra
+}
+
+case "${1:-}" in
+stage1) bash scripts/gpu_check.sh stage1 ;;
+install) install ;;
+bench) shift; bench "$@" ;;
+layers) shift; layers "$@" ;;
+fused) shift; fused "$@" ;;
+models) shift; models "$@" ;;
+records) records ;;
+all)
+    install || echo "install failed: the steps below will say why"
+    device_info >/dev/null
+    for d in float32 float16; do bench "$d"; done
+    for d in float32 float16; do layers "$d"; fused "$d"; done
+    models
+    records
+    ;;
+*)
+    sed -n '2,25p' "$0"
+    exit 2
+    ;;
+esac
+if [ ${#SUMMARY[@]} -gt 0 ]; then
+    printf '%s\n' "${SUMMARY[@]}" | tee -a "$OUT/summary.txt"
+fi
