@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import tvm
+import tvm.script
 import tvm_ffi
 from tvm import relax, tirx
 
@@ -162,15 +163,48 @@ SHAPES = [
 ]
 
 
+# Few workgroups (mid-sized GEMMs): fewer invocations per workgroup, more work each.
+SHAPES_SMALL_GRID = [
+    (64, 64, 16, 8, 8, True, 4, False), (32, 64, 16, 4, 8, True, 4, False),
+    (64, 32, 16, 8, 4, True, 4, False), (32, 32, 32, 4, 4, True, 4, False),
+    (128, 64, 8, 8, 8, True, 4, False), (64, 128, 8, 8, 8, True, 4, False),
+    (32, 128, 16, 4, 8, True, 4, False), (64, 64, 8, 8, 8, False, 4, False),
+]
+SHAPE_SETS = {"default": SHAPES, "small-grid": SHAPES_SMALL_GRID}
+
+
+def bench_workloads(folder: Path, below_tflops: float | None = None) -> list[Workload]:
+    """The kernels of an earlier export (their stored TIR), optionally only those whose best
+    correct variant in that folder's results.json ran below `below_tflops`."""
+    manifest = wgsl_bench.load_manifest(folder)
+    slow = None
+    if below_tflops is not None:
+        results = json.loads((folder / "results.json").read_text())
+        slow = set()
+        for key, res in results["kernels"].items():
+            rates = [r["tflops"] for r in res["variants"].values() if r.get("ok") and
+                     "tflops" in r]
+            if rates and max(rates) < below_tflops:
+                slow.add(key)
+    works = []
+    for kernel in manifest["kernels"]:
+        if slow is not None and kernel["key"] not in slow:
+            continue
+        func = tvm.script.from_source(kernel["tir"])
+        works.append(Workload(kernel["name"], func, kernel["key"],
+                              tiled_matmul.matmul_traits(func), dict(kernel.get("calls", {}))))
+    return works
+
+
 def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
-               units: int = 132) -> list[tiled_matmul.Config]:
+               units: int = 132, shapes=None) -> list[tiled_matmul.Config]:
     """Parameter sets worth measuring for one kernel: tiles inside WebGPU's portable limits,
     at most a quarter of padding per axis, and (for the larger tiles) at least `waves`
     workgroups per compute unit of a large GPU (an H100 has 132), in SHAPES' order."""
     e = work.traits["extents"]
     ebytes = 2 if work.dtype == "float16" else 4
     out = []
-    for bm, bn, bk, tm, tn, x_is_j, pad, pipeline in SHAPES:
+    for bm, bn, bk, tm, tn, x_is_j, pad, pipeline in shapes or SHAPES:
         cfg = tiled_matmul.Config(bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, tm_vec=min(4, tm),
                                   tn_vec=min(4, tn), x_is_j=x_is_j, pad=pad,
                                   pipeline=pipeline)
@@ -437,15 +471,23 @@ def main(argv=None) -> int:
     exp.add_argument("--max-candidates", type=int, default=8)
     exp.add_argument("--records", action="store_true",
                      help="export the stored records (default vs record) instead of candidates")
+    exp.add_argument("--from-bench", type=Path,
+                     help="take the kernels (and references) of an earlier export, no tracing")
+    exp.add_argument("--below-tflops", type=float,
+                     help="with --from-bench and its results.json: only kernels whose best "
+                          "variant ran below this rate")
+    exp.add_argument("--shapes", default="default", choices=sorted(SHAPE_SETS))
     adm = sub.add_parser("admit")
     adm.add_argument("results", type=Path)
     adm.add_argument("--margin", type=float, default=0.05)
     adm.add_argument("--dry-run", action="store_true")
+    adm.add_argument("--bench", type=Path,
+                     help="the exported folder the results are of (default: their folder)")
     args = parser.parse_args(argv)
 
     if args.command == "admit":
         results = json.loads(args.results.read_text())
-        manifest = wgsl_bench.load_manifest(args.results.parent)
+        manifest = wgsl_bench.load_manifest(args.bench or args.results.parent)
         db = records.load(manifest["target"])
         db = admit(results, manifest, db, args.margin)
         if not args.dry_run:
@@ -453,10 +495,30 @@ def main(argv=None) -> int:
                   f"({len(db['records'])} records)")
         return 0
 
+    db = records.load("webgpu")
     if args.command == "export" and args.records:
-        works = record_workloads(records.load("webgpu"))
-        configs = {w.key: [("record", records.config_of(records.load("webgpu")["records"][w.key]))]
+        works = record_workloads(db)
+        configs = {w.key: [("record", records.config_of(db["records"][w.key]))]
                    for w in works}
+        export(works, args.out, configs)
+        return 0
+    if args.command == "export" and args.from_bench:
+        works = bench_workloads(args.from_bench, args.below_tflops)
+        configs = {}
+        for w in works:
+            found = candidates(w, args.max_candidates, shapes=SHAPE_SETS[args.shapes],
+                               waves=0.5)
+            if w.key in db["records"]:  # re-measure the incumbent beside the new ones
+                found = [records.config_of(db["records"][w.key])] + \
+                    [c for c in found if c != records.config_of(db["records"][w.key])]
+            configs[w.key] = [(label_of(c), c) for c in found]
+        works = [w for w in works if configs[w.key]]
+        # the references of the earlier export hold for the same kernels
+        (args.out / "refs").mkdir(parents=True, exist_ok=True)
+        for w in works:
+            src = args.from_bench / "refs" / f"{w.key}.npz"
+            if src.is_file():
+                (args.out / "refs" / src.name).write_bytes(src.read_bytes())
         export(works, args.out, configs)
         return 0
     mod = optimized_module(args.model, args.dtype, args.height, args.width)
