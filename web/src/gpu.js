@@ -20,6 +20,7 @@ const LIMITS = [
   ["max_storage_binding_bytes", "maxStorageBufferBindingSize", fmtMiB],
   ["max_workgroup_storage_bytes", "maxComputeWorkgroupStorageSize", (n) => `${n} bytes`],
   ["max_invocations_per_workgroup", "maxComputeInvocationsPerWorkgroup", String],
+  ["max_storage_buffers_per_shader_stage", "maxStorageBuffersPerShaderStage", String],
 ];
 
 /**
