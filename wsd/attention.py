@@ -18,11 +18,14 @@ float16 inputs (read as float16, converted on use).
 One program serves every target. It is written SPMD for a workgroup of TY x TX threads;
 thread (ty, tx) owns RY query rows (ty + TY i) and RX key columns (tx + TX j) of each score
 tile, and output columns tx + TX k of its rows. Q, K and V tiles are staged in workgroup
-memory in chunks of DK (head dim) and DVK (value dim) columns. On GPUs (webgpu, cuda) the
-workgroups are `blockIdx.x` and the threads `threadIdx.y/x`, with barriers between the
-phases; on CPUs the same program runs with one "thread" per workgroup (TY = TX = 1, so each
-owns the whole tile) and workgroups as a parallel loop. CPU tests therefore check the same
-tiling, masking and online-softmax arithmetic that the GPU kernel executes.
+memory in chunks of DK (head dim) and DVK (value dim) columns; K and V take turns in one
+buffer. On GPUs (webgpu, cuda) the workgroups are `blockIdx.x` and the threads
+`threadIdx.y/x`, with barriers between the phases and the per-thread loops unrolled; on CPUs
+the same program runs with one "thread" per workgroup (TY = TX = 1, so each owns the whole
+tile) and workgroups as a parallel loop. CPU tests therefore check the same tiling, masking
+and online-softmax arithmetic that the GPU kernel executes.
+
+The layout is WebGPU's on CUDA too (16 KiB of shared memory, 256 threads): portable, not tuned.
 
 WebGPU portability (the defaults every adapter offers): at most 256 invocations and
 16 KiB of workgroup storage per workgroup, no 64-bit integers, and no infinities in WGSL
