@@ -200,10 +200,14 @@ class Peak:
     n: int  # the square matmul's size
     ms: float
     device: str
+    measured_dtype: str = ""  # the matmul's dtype, when not `dtype` (see measure_peak)
 
     @property
     def label(self) -> str:
-        return f"torch matmul {self.n}^3 {self.dtype}"
+        label = f"torch matmul {self.n}^3 {self.measured_dtype or self.dtype}"
+        if self.measured_dtype and self.measured_dtype != self.dtype:
+            label += f" (faster than {self.dtype} here)"
+        return label
 
 
 _PEAKS: dict[tuple[str, str], Peak] = {}
@@ -230,7 +234,14 @@ def measure_peak(device: Device, dtype: str) -> Peak:
             break
         n *= 2
     timing = measure(lambda: torch.mm(a, b), device, warmup=0, repeat=5 if device.is_gpu else 3)
-    peak = Peak(dtype, 2 * n ** 3 / timing.best / 1e12, n, timing.best * 1e3, device.name)
+    peak = Peak(dtype, 2 * n ** 3 / timing.best / 1e12, n, timing.best * 1e3, device.name,
+                dtype)
+    if dtype != "float32" and not device.is_gpu:
+        # CPUs without half-precision arithmetic convert and compute in float32: their rate
+        # for float16 work is the float32 rate (PyTorch's float16 matmul is far slower).
+        f32 = measure_peak(device, "float32")
+        if f32.tflops > peak.tflops:
+            peak = Peak(dtype, f32.tflops, f32.n, f32.ms, device.name, "float32")
     _PEAKS[key] = peak
     return peak
 
@@ -428,6 +439,8 @@ def torch_compiled(fn: Callable, args: tuple, enabled: bool, reason: str = ""
         return None, reason
     import torch
 
+    if not torch.cuda.is_available():  # no pool of compile worker processes competing for
+        torch._inductor.config.compile_threads = 1  # a small CPU with the timed code
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
         torch._dynamo.config.accumulated_cache_size_limit = max(
@@ -957,17 +970,45 @@ def prepare_fused(kernel: FusedKernel, device: Device, compile_enabled: bool,
                     note=kernel.kind)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: Device | None = None,
+                        warmup: int = 1, repeat: int = 5, budget_s: float | None = None
+                        ) -> dict[str, Timing]:
+    """Time several implementations of one computation round-robin (one call of each per
+    round), so that load from elsewhere on a shared machine falls on all of them alike."""
+    sync = device.sync if device is not None else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+            sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+        if budget_s is not None and sum(map(sum, times.values())) >= budget_s * len(fns):
+            break
+    return {name: Timing(t) for name, t in times.items()}
+
+
 def time_prepared(prep: Prepared, device: Device, peak: Peak | None, warmup: int = 1,
                   repeat: int = 5, budget_s: float | None = None) -> Row:
-    """Time TVM, eager and compiled PyTorch of one prepared benchmark, in this order."""
-    tvm_t = measure(prep.tvm, device, warmup, repeat, budget_s) if prep.tvm else None
-    eager = measure(prep.eager, device, warmup, repeat, budget_s)
-    comp = measure(prep.compiled, device, warmup, repeat, budget_s) if prep.compiled else None
-    note = "; ".join(n for n in (prep.note, prep.compile_note if not comp else "") if n)
+    """Time TVM, eager and compiled PyTorch of one prepared benchmark, interleaved."""
+    fns = {"eager": prep.eager}
+    if prep.tvm:
+        fns["tvm"] = prep.tvm
+    if prep.compiled:
+        fns["compiled"] = prep.compiled
+    t = measure_interleaved(fns, device, warmup, repeat, budget_s)
+    note = "; ".join(n for n in (prep.note, prep.compile_note
+                                 if prep.compile_note.startswith("torch.compile failed")
+                                 else "") if n)
     return Row(prep.name, prep.dtype, prep.kind, prep.shape,
-               tvm_t.ms if tvm_t else None, eager.ms, comp.ms if comp else None,
+               t["tvm"].ms if "tvm" in t else None, t["eager"].ms,
+               t["compiled"].ms if "compiled" in t else None,
                prep.flops, prep.bytes, peak.tflops if peak else None, prep.error, note,
-               len(tvm_t.times) if tvm_t else None)
+               len(t["eager"].times))
 
 
 # --------------------------------------------------------------------------- whole models
@@ -1141,6 +1182,7 @@ class PerfSettings:
     compile_option: str
     repeat: int
     warmup: int = 1
+    budget_s: float | None = None  # about how long one figure may take (fewer rounds)
 
     @classmethod
     def from_pytest(cls, config) -> "PerfSettings":
@@ -1158,7 +1200,8 @@ class PerfSettings:
             model = list(DTYPES)
         repeat = opt("--perf-repeat", None) or (5 if target == "cuda" else 3)
         return cls(target, opt("--perf-model", "tiny"), kernel, model,
-                   bool(opt("--perf-full", False)), opt("--perf-torch-compile", "auto"), repeat)
+                   bool(opt("--perf-full", False)), opt("--perf-torch-compile", "auto"), repeat,
+                   budget_s=8.0 if target == "llvm" else 60.0)
 
     @property
     def max_work(self) -> float | None:
@@ -1229,6 +1272,7 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
     from wsd.models import load_model
     from wsd.trace import resolve_size
 
+    load_start = os.getloadavg()[0]
     model = load_model(model_spec)
     device = Device(target)
     report = Report(datetime.date.today().isoformat(), device.name, target,
@@ -1269,11 +1313,22 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         "(PyTorch FlopCounterMode FLOPs of the same computation) over the peak row's rate.",
         "PyTorch float32 without TF32. Model inputs/outputs are float32 in both dtypes "
         "(the fp16 functions cast inside, as wsd's compiled functions do).",
-        "image: prompt to uint8 pixels, PNDM, guidance 7.5, batch 2 UNet: wsd.runtime.Pipeline "
-        "against diffusers' StableDiffusionPipeline on the same weights; warm (no first call "
-        "timed for parts; image timed from its second run).",
+        f"image: prompt to uint8 pixels, PNDM, {steps} steps, guidance 7.5 (UNet batch 2): "
+        "wsd.runtime.Pipeline against diffusers' StableDiffusionPipeline on the same weights "
+        "(torch.compile: its UNet compiled). Every figure warm; implementations timed "
+        "round-robin; median.",
     ]
+    enabled, reason = compile_policy(compile_option, device)
+    if not enabled:
+        report.notes.append(reason)
+    report.notes.append(load_note(load_start))
     return report
+
+
+def load_note(start: float) -> str:
+    """The machine's load while the benchmarks ran (others' work shows up in every figure)."""
+    return (f"load average (1 min) {start:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+            f"end, on {os.cpu_count()} CPUs")
 
 
 def write_outputs(report: Report, json_path: str | None, markdown_path: str | None) -> None:

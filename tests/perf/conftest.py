@@ -18,6 +18,7 @@ PrimFunc against a reference, `wsd.bench.compare_kernel`.
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
 import time
 
@@ -64,6 +65,7 @@ class PerfSession:
         self.rows: dict[tuple, bench.Row] = {}
         self.memory: list[dict] = []
         self.cache: dict = {}
+        self.load_start = os.getloadavg()[0]
 
     @property
     def device(self) -> bench.Device:
@@ -112,7 +114,15 @@ class PerfSession:
             fn()
             device.sync()
 
-        benchmark.pedantic(call, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        # One untimed call first (the first warm-up round); slow figures get fewer rounds so
+        # that one figure takes about budget_s (a CPU runs SD-sized TVM kernels for seconds).
+        start = time.perf_counter()
+        call()
+        once = time.perf_counter() - start
+        budget = self.settings.budget_s
+        if budget and once * rounds > budget:
+            rounds = max(1, int(budget / once))
+        benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(0, warmup - 1), iterations=1)
         stats = getattr(benchmark, "stats", None)
         if stats is not None:
             median_ms = stats.stats.median * 1e3
@@ -166,6 +176,7 @@ class PerfSession:
                         "err: relative L2 of TVM's output against eager PyTorch's."]
         if not enabled and reason:
             report.notes.append(reason)
+        report.notes.append(bench.load_note(self.load_start))
         return report
 
 

@@ -58,9 +58,9 @@ def test_model(perf, benchmark, part, dtype, impl):
             if prep.compiled is None:
                 pytest.skip(prep.compile_note)
             fn = prep.compiled
-        # warm already (prepare ran each once): time 2 rounds, no warmup
+        # warm already (prepare ran each once): at most 2 rounds after one untimed run
         perf.record(benchmark, "model", prep, impl, fn, rounds=min(2, perf.settings.repeat),
-                    warmup=0)
+                    warmup=1)
         return
     prep = perf.cached(("part", part, dtype), lambda: mb.prepare_part(part))
     perf.run_impl(benchmark, "model", prep, impl)
