@@ -36,8 +36,11 @@ apt_missing() {
 # - Vulkan loader + Mesa's lavapipe (a CPU Vulkan driver): WebGPU-native verification
 #   (wgpu-py, `wsd verify --target webgpu-native`) and the fp16 end-to-end test (Deno's wgpu).
 # - chromium: the browser tests (Playwright drives Debian's Chromium; WebGPU on SwiftShader).
-# - firefox-esr: the Firefox check of the page. node/npm: the web app's packages.
-apt_missing libvulkan1 mesa-vulkan-drivers chromium firefox-esr nodejs npm
+# - firefox-esr: the Firefox check of the page.
+apt_missing libvulkan1 mesa-vulkan-drivers chromium firefox-esr
+# node/npm for the web app's packages: Debian's only where none is on PATH (a NodeSource
+# nodejs carries its own npm and conflicts with Debian's npm package).
+command -v npm > /dev/null || apt_missing nodejs npm
 
 # The web app's npm packages (web/package.json, versions locked in package-lock.json:
 # tvmjs from the same TVM release as the wheel, web-tokenizers, esbuild, deno,
