@@ -44,9 +44,11 @@ command -v npm > /dev/null || apt_missing nodejs npm
 
 # The web app's npm packages (web/package.json, versions locked in package-lock.json:
 # tvmjs from the same TVM release as the wheel, web-tokenizers, esbuild, deno,
-# puppeteer-core). Reinstalled only when the lock file is newer than the install.
+# puppeteer-core). Installed only when the lock file is newer than the install.
 if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
-    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+    # npm install, not npm ci: npm 11 writes lock files without the other platforms' entries
+    # of deno's optional binaries, which npm ci then rejects; versions still come from the lock.
+    (cd web && npm install --no-audit --no-fund --loglevel=error)
 fi
 
 # TVM's wasm runtime for web bundles, compiled with emscripten from the wheel's own sources
