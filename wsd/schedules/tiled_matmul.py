@@ -98,7 +98,7 @@ def _fast_axis(block: tirx.Block, read_index: int, kinds: dict) -> str:
     used = tirx.analysis.undefined_vars(last)
     run = {}
     for iv in block.iter_vars:
-        if iv.var in [u for u in used] and iv.var in kinds:
+        if any(u.same_as(iv.var) for u in used) and iv.var in kinds:
             kind = kinds[iv.var]
             extent = int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else 1 << 30
             run[kind] = max(run.get(kind, 0), extent)
