@@ -78,6 +78,15 @@ class Device:
 
             if not tvm.cuda(0).exist or not torch.cuda.is_available():
                 raise BenchError("target 'cuda' needs an NVIDIA GPU visible to TVM and PyTorch")
+        else:
+            # The same number of threads on both sides: TVM's (TVM_NUM_THREADS; by default
+            # its estimate of the physical cores). PyTorch would otherwise take every logical
+            # CPU, and on a loaded machine its OpenMP barriers stall (tiny models ran 100x
+            # slower with 2 threads than with 1 on this project's shared 2-core machine).
+            import torch
+            import tvm
+
+            torch.set_num_threads(max(1, int(tvm.get_global_func("runtime.NumThreads")())))
 
     @property
     def is_gpu(self) -> bool:
@@ -1326,9 +1335,15 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
 
 
 def load_note(start: float) -> str:
-    """The machine's load while the benchmarks ran (others' work shows up in every figure)."""
+    """The machine's load while the benchmarks ran (others' work shows up in every figure),
+    and the threads each side used (OMP_NUM_THREADS and TVM_NUM_THREADS set them)."""
+    import torch
+    import tvm
+
+    threads = tvm.get_global_func("runtime.NumThreads")()
     return (f"load average (1 min) {start:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
-            f"end, on {os.cpu_count()} CPUs")
+            f"end, on {os.cpu_count()} CPUs; threads: PyTorch {torch.get_num_threads()}, "
+            f"TVM {threads}")
 
 
 def write_outputs(report: Report, json_path: str | None, markdown_path: str | None) -> None:
