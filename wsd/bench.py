@@ -369,7 +369,7 @@ def format_rows(rows: Sequence[Row], markdown: bool = False) -> str:
 
 
 def format_peaks(peaks: Sequence[Peak], markdown: bool = False) -> str:
-    cells = [[p.dtype.replace("float", "fp"), p.label, f"{p.ms:.3g}", f"{p.tflops:.3g}"]
+    cells = [[p.dtype.replace("float", "fp"), p.label, _fmt(p.ms), f"{p.tflops:.3g}"]
              for p in peaks]
     return format_table(["dtype", "measured with", "ms", "TFLOP/s (peak)"], cells, markdown)
 
@@ -1022,6 +1022,21 @@ def time_prepared(prep: Prepared, device: Device, peak: Peak | None, warmup: int
 
 # --------------------------------------------------------------------------- whole models
 
+def _pipeline_from(model, library, modules):
+    """wsd.runtime.Pipeline with its weights taken from wrapped modules already loaded
+    (wsd.params.collect_weights(modules=...)) instead of loading the model again."""
+    from wsd.params import collect_weights
+    from wsd.runtime import Pipeline
+
+    class PipelineFrom(Pipeline):
+        def _upload_weights(self):
+            tensors, order = collect_weights(self.model, self.meta, modules=modules)
+            uploaded = {name: self.executor.upload(a) for name, a in tensors.items()}
+            return {function: [uploaded[n] for n in names] for function, names in order.items()}
+
+    return PipelineFrom(model, library)
+
+
 class ModelBench:
     """One model in one dtype on one device: the compiled library (wsd.build), its Pipeline,
     and the same PyTorch modules in diffusers' pipeline (wsd.reference)."""
@@ -1035,8 +1050,8 @@ class ModelBench:
 
         from wsd.build import build
         from wsd.reference import Reference
-        from wsd.runtime import Pipeline
-        from wsd.trace import GuidedUNet, TextEncoder, VaeDecoder, check_dtype, resolve_size
+        from wsd.trace import (GuidedUNet, PlainUNet, TextEncoder, VaeDecoder, check_dtype,
+                               resolve_size)
 
         check_dtype(dtype)
         strict_fp32()
@@ -1044,8 +1059,17 @@ class ModelBench:
         self.height, self.width = resolve_size(model, height, width)
         self.compile_enabled, self.compile_reason = compile_policy(compile_option, device)
         self.library = build(model, device.target, dtype, self.height, self.width, log=log)
+        # diffusers' pipeline first, on the CPU in the dtype; wsd's pipeline takes its weights
+        # from the same modules (one model load, not two: SD v1.5's takes ~30 s).
+        self.reference = Reference(model, "cpu")
+        pipe = self.reference.pipe
+        pipe.to(dtype=getattr(torch, dtype))
+        wrapped = {"encode_text": TextEncoder(pipe.text_encoder).eval(),
+                   "unet_guided": GuidedUNet(pipe.unet).eval(),
+                   "unet": PlainUNet(pipe.unet).eval(),
+                   "decode": VaeDecoder(pipe.vae).eval()}
         self.measured: dict = {}
-        if device.is_gpu:  # what the device has free before this pipeline exists
+        if device.is_gpu:  # what the device has free before wsd's pipeline exists
             import gc
 
             import tvm
@@ -1054,22 +1078,16 @@ class ModelBench:
             tvm.get_global_func("vm.builtin.memory_manager.clear")()  # pooled, unused blocks
             torch.cuda.empty_cache()
             free0 = torch.cuda.mem_get_info()[0]
-        self.pipe = Pipeline(model, self.library)
+        self.pipe = _pipeline_from(model, self.library, wrapped)
         if device.is_gpu:
             device.sync()
             self.measured["tvm_weight_bytes"] = free0 - torch.cuda.mem_get_info()[0]
             self.pipe.generate(self.PROMPT, steps=2, seed=0)  # every function, once
             device.sync()
             self.measured["tvm_after_image_bytes"] = free0 - torch.cuda.mem_get_info()[0]
-        self.reference = Reference(model, "cpu")
-        pipe = self.reference.pipe
-        pipe.to(dtype=getattr(torch, dtype))
-        if device.is_gpu:
             torch.cuda.reset_peak_memory_stats()
         pipe.to(device.torch)
-        self.torch_modules = {"encode_text": TextEncoder(pipe.text_encoder).eval(),
-                              "unet_guided": GuidedUNet(pipe.unet).eval(),
-                              "decode": VaeDecoder(pipe.vae).eval()}
+        self.torch_modules = {k: wrapped[k] for k in ("encode_text", "unet_guided", "decode")}
         self._flops: dict[str, int] = {}
 
     def inputs(self, function: str) -> tuple:

@@ -167,3 +167,22 @@ def test_random_arrays_are_seeded():
     a, b = bench.random_arrays(specs, 1), bench.random_arrays(specs, 1)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert a[0].dtype == np.float16 and not a[1].any()
+
+
+def test_editing_the_benchmarks_keeps_compiled_libraries(tmp_path, monkeypatch):
+    """wsd/bench.py is not compiler source: editing it must not invalidate the library cache
+    (a SD v1.5 CUDA build takes minutes); editing a compiler file must."""
+    import shutil
+    from pathlib import Path
+
+    import wsd.build as build
+
+    pkg = tmp_path / "wsd"
+    shutil.copytree(Path(build.__file__).parent, pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(build, "__file__", str(pkg / "build.py"))
+    before = build._compiler_fingerprint()
+    (pkg / "bench.py").write_text((pkg / "bench.py").read_text() + "\n# edited\n")
+    assert build._compiler_fingerprint() == before
+    (pkg / "memory.py").write_text((pkg / "memory.py").read_text() + "\n# edited\n")
+    assert build._compiler_fingerprint() != before
