@@ -6,9 +6,13 @@
 #
 #   gpu_perf.sh stage1             as gpu_check.sh: copy the first half of the TVM wheel aside
 #   gpu_perf.sh install            as gpu_check.sh install, plus pytest-benchmark (.whl/perf/)
+#   gpu_perf.sh build DTYPE        wsd build --model sd15 --target cuda (fills the cache: a
+#                                  SD v1.5 CUDA build takes 270-335 s, so it gets its own call)
 #   gpu_perf.sh bench DTYPE [PARTS]   wsd bench --model sd15 --target cuda (default: all parts)
-#   gpu_perf.sh layers DTYPE       tests/perf: single layers at every SD v1.5 shape (--perf-full)
-#   gpu_perf.sh fused DTYPE        tests/perf: the build's fused kernels, UNet and VAE (top 3)
+#   gpu_perf.sh layers DTYPE [conv|linear|attention|norm]   tests/perf: single layers at
+#                                  every SD v1.5 shape (--perf-full), optionally one group
+#   gpu_perf.sh fused DTYPE [unet_guided|decode]   tests/perf: the build's fused kernels, the
+#                                  top 2 of each kind (--perf-full), optionally one part
 #   gpu_perf.sh models [ARGS]      tests/perf/test_models.py (default: --perf-model sd15
 #                                  --perf-dtype float16: per-model figures + the 3 GB goal)
 #   gpu_perf.sh records            tests/perf/test_records.py (tuned-schedule records)
@@ -16,8 +20,11 @@
 #
 # With one call limited to 10 minutes, run the steps as separate calls (the machine keeps /tmp
 # while it stays warm, so compiled libraries are reused through WSD_CACHE=/tmp/wsd-cache):
-#   stage1; install; bench float32; bench float16; layers float32; layers float16;
-#   fused float32; fused float16; models
+#   stage1; install; build float32; bench float32 clip,unet; bench float32 vae,image,memory;
+#   build float16; bench float16 clip,unet; bench float16 vae,image,memory;
+#   layers float32 conv; layers float32 "not conv"; (same for float16);
+#   fused float32 unet_guided; fused float32 decode; (same for float16); models
+# (a library is reused only while wsd's compiler sources stay the same between calls).
 # Each step runs under `timeout` (STEP_TIMEOUT seconds, default 540) and a failing or
 # timed-out step does not stop the others; `all` prints a summary of the exit codes at the end.
 set -uo pipefail
@@ -65,11 +72,18 @@ install() {
     device_info
 }
 
+build() {
+    local dtype=${1:-float16}
+    step "build sd15 $dtype" "build-sd15-$dtype.log" \
+        $PY -m wsd build --model sd15 --target cuda --dtype "$dtype"
+}
+
 bench() {
     local dtype=${1:-float16} parts=${2:-clip,unet,vae,image,memory}
-    step "bench sd15 $dtype" "bench-sd15-$dtype.log" \
+    local name="bench-sd15-$dtype${2:+-${2//,/-}}"
+    step "bench sd15 $dtype $parts" "$name.log" \
         $PY -m wsd bench --model sd15 --target cuda --dtype "$dtype" --parts "$parts" \
-        --json "$OUT/bench-sd15-$dtype.json" --markdown "$OUT/bench-sd15-$dtype.md"
+        --json "$OUT/$name.json" --markdown "$OUT/$name.md"
 }
 
 perf_pytest() {  # perf_pytest NAME FILE ARGS...: one tests/perf run, tables to $OUT
@@ -86,16 +100,16 @@ perf_pytest() {  # perf_pytest NAME FILE ARGS...: one tests/perf run, tables to 
         "${extra[@]}" "$@"
 }
 
-layers() {
-    local dtype=${1:-float32}
-    perf_pytest "layers-$dtype" tests/perf/test_kernels.py -k test_layer --perf-full \
-        --perf-dtype "$dtype"
+layers() {  # layers DTYPE [FILTER]: FILTER narrows by name (conv, linear, attention, norm)
+    local dtype=${1:-float32} filter=${2:-}
+    perf_pytest "layers-$dtype${filter:+-$filter}" tests/perf/test_kernels.py \
+        -k "test_layer${filter:+ and $filter}" --perf-full --perf-dtype "$dtype"
 }
 
-fused() {
-    local dtype=${1:-float32}
-    perf_pytest "fused-$dtype" tests/perf/test_kernels.py -k test_fused --perf-full \
-        --perf-dtype "$dtype"
+fused() {  # fused DTYPE [PART]: PART unet_guided or decode (default both)
+    local dtype=${1:-float32} part=${2:-}
+    perf_pytest "fused-$dtype${part:+-$part}" tests/perf/test_kernels.py \
+        -k "test_fused${part:+ and $part}" --perf-full --perf-dtype "$dtype"
 }
 
 models() {
@@ -112,6 +126,7 @@ records() {
 case "${1:-}" in
 stage1) bash scripts/gpu_check.sh stage1 ;;
 install) install ;;
+build) shift; build "$@" ;;
 bench) shift; bench "$@" ;;
 layers) shift; layers "$@" ;;
 fused) shift; fused "$@" ;;
@@ -120,13 +135,13 @@ records) records ;;
 all)
     install || echo "install failed: the steps below will say why"
     device_info >/dev/null
-    for d in float32 float16; do bench "$d"; done
+    for d in float32 float16; do build "$d"; bench "$d"; done
     for d in float32 float16; do layers "$d"; fused "$d"; done
     models
     records
     ;;
 *)
-    sed -n '2,25p' "$0"
+    sed -n '2,30p' "$0"
     exit 2
     ;;
 esac
