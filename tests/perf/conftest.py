@@ -28,30 +28,35 @@ from wsd import bench
 
 IMPLS = ("torch", "torch.compile", "tvm")
 
-try:  # without the plugin (a bare GPU machine), a minimal stand-in keeps the suite running
-    import pytest_benchmark  # noqa: F401
-except ImportError:
-    class _Stats:
-        def __init__(self, times):
-            self.median = statistics.median(times)
+class _Stats:
+    def __init__(self, times):
+        self.median = statistics.median(times)
 
-    class _Fallback:
-        def __init__(self):
-            self.extra_info, self.group, self.stats = {}, None, None
 
-        def pedantic(self, fn, rounds=1, warmup_rounds=0, iterations=1, **_):
-            for _ in range(warmup_rounds):
-                fn()
-            times = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            self.stats = type("S", (), {"stats": _Stats(times)})()
+class _FallbackBenchmark:
+    """pytest-benchmark's `benchmark` as far as these tests use it, for machines without the
+    plugin (or with -p no:benchmark)."""
 
-    @pytest.fixture
-    def benchmark():
-        return _Fallback()
+    def __init__(self):
+        self.extra_info, self.group, self.stats = {}, None, None
+
+    def pedantic(self, fn, rounds=1, warmup_rounds=0, iterations=1, **_):
+        for _ in range(warmup_rounds):
+            fn()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        self.stats = type("Stats", (), {"stats": _Stats(times)})()
+
+
+@pytest.fixture
+def timer(request):
+    """pytest-benchmark's `benchmark` fixture where the plugin is active, else a stand-in."""
+    if request.config.pluginmanager.hasplugin("benchmark"):
+        return request.getfixturevalue("benchmark")
+    return _FallbackBenchmark()
 
 
 class PerfSession:

@@ -47,11 +47,11 @@ def pytest_generate_tests(metafunc):
                              ids=[f"{p}-{k}-{r}-{d}-{i}" for p, k, r, d, i in params])
 
 
-def test_layer(perf, benchmark, layer, dtype, impl):
+def test_layer(perf, timer, layer, dtype, impl):
     enabled, reason = perf.compile_policy
     prep = perf.cached(("layer", layer.name, dtype), lambda: bench.prepare_layer(
         layer, dtype, perf.device, enabled, reason))
-    perf.run_impl(benchmark, "layer", prep, impl)
+    perf.run_impl(timer, "layer", prep, impl)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def sd15():
     return load_model("sd15")
 
 
-def test_fused(perf, benchmark, sd15, part, kind, rank, dtype, impl):
+def test_fused(perf, timer, sd15, part, kind, rank, dtype, impl):
     kernels = perf.cached(("fused-kernels", part, dtype), lambda: bench.fused_kernels(
         sd15, part, dtype, perf.device.tvm_target))
     kernel = bench.dominant(kernels, kind, rank, perf.settings.max_work)
@@ -72,7 +72,7 @@ def test_fused(perf, benchmark, sd15, part, kind, rank, dtype, impl):
     enabled, reason = perf.compile_policy
     prep = perf.cached(("fused", part, kernel.name, dtype), lambda: bench.prepare_fused(
         kernel, perf.device, enabled, reason))
-    perf.run_impl(benchmark, f"fused {part}", prep, impl)
+    perf.run_impl(timer, f"fused {part}", prep, impl)
 
 
 def test_fused_kinds_cover_the_model(perf, sd15):

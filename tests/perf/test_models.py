@@ -46,7 +46,7 @@ def model_bench(perf, dtype: str) -> bench.ModelBench:
     return perf.cached(("model-bench", perf.settings.model, dtype), make)
 
 
-def test_model(perf, benchmark, part, dtype, impl):
+def test_model(perf, timer, part, dtype, impl):
     mb = model_bench(perf, dtype)
     if part == "image":
         prep = perf.cached(("image", dtype), mb.prepare_image)
@@ -63,11 +63,11 @@ def test_model(perf, benchmark, part, dtype, impl):
                 pytest.skip(prep.compile_note)
             fn = prep.compiled
         # warm already (prepare ran each once): at most 2 rounds after one untimed run
-        perf.record(benchmark, "model", prep, impl, fn, rounds=min(2, perf.settings.repeat),
+        perf.record(timer, "model", prep, impl, fn, rounds=min(2, perf.settings.repeat),
                     warmup=1)
         return
     prep = perf.cached(("part", part, dtype), lambda: mb.prepare_part(part))
-    perf.run_impl(benchmark, "model", prep, impl)
+    perf.run_impl(timer, "model", prep, impl)
 
 
 def test_memory(perf, mem_dtype):
