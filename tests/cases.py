@@ -119,3 +119,15 @@ PROMPTS = [
     "🙂" * 100,
     "antidisestablishmentarianism supercalifragilisticexpialidocious",
 ]
+
+# Every (part, kind) of block the per-layer sweeps must find in the tiny model
+# (tests/numerics/test_layers.py on llvm, test_webgpu_native.py on WebGPU).
+TINY_BLOCK_KINDS = frozenset({
+    ("clip", "embeddings"), ("clip", "layer"), ("clip", "norm"),
+    ("unet", "timesteps"), ("unet", "time-embedding"), ("unet", "conv"), ("unet", "norm"),
+    ("unet", "down-block"), ("unet", "mid-block"), ("unet", "up-block"),
+    ("unet", "resnet"), ("unet", "transformer"), ("unet", "attention"),
+    ("unet", "downsample"), ("unet", "upsample"),
+    ("vae", "conv"), ("vae", "norm"), ("vae", "mid-block"), ("vae", "up-block"),
+    ("vae", "resnet"), ("vae", "attention"), ("vae", "upsample"),
+})

@@ -18,6 +18,7 @@ import pytest
 import tvm
 from tvm.script import relax as R
 
+from tests.cases import TINY_BLOCK_KINDS
 from wsd import verify, webgpu_native
 from wsd.models import load_model
 
@@ -29,17 +30,6 @@ SWEEPS = [
     pytest.param(("float32", "full"), id="float32-full", marks=pytest.mark.slow),
     pytest.param(("float16", "full"), id="float16-full", marks=pytest.mark.slow),
 ]
-
-# Every (part, kind) of the tiny model, as the llvm sweep finds them.
-KINDS = {
-    ("clip", "embeddings"), ("clip", "layer"), ("clip", "norm"),
-    ("unet", "timesteps"), ("unet", "time-embedding"), ("unet", "conv"), ("unet", "norm"),
-    ("unet", "down-block"), ("unet", "mid-block"), ("unet", "up-block"),
-    ("unet", "resnet"), ("unet", "transformer"), ("unet", "attention"),
-    ("unet", "downsample"), ("unet", "upsample"),
-    ("vae", "conv"), ("vae", "norm"), ("vae", "mid-block"), ("vae", "up-block"),
-    ("vae", "resnet"), ("vae", "attention"), ("vae", "upsample"),
-}
 
 _model = None
 
@@ -77,9 +67,9 @@ def test_every_block_passes_its_bar(sweep):
     assert not failed, verify.format_report(failed)
     assert all(r.psnr >= verify.BARS[dtype] and r.error is None for r in rows)
     assert all(r.dtype == dtype and r.target == TARGET for r in rows)
-    assert {(r.part, r.kind) for r in rows} == KINDS
+    assert {(r.part, r.kind) for r in rows} == TINY_BLOCK_KINDS
     if scope == "subset":
-        assert len(rows) == len(KINDS)
+        assert len(rows) == len(TINY_BLOCK_KINDS)
     else:
         assert len(rows) == 59  # every block of the tiny model (as on llvm)
 

@@ -19,7 +19,7 @@ import { openDevice } from "./gpu.js";
 import { pngDataURL, toRGBA } from "./image.js";
 import { TorchGenerator } from "./rng.js";
 import { SCHEDULERS, makeScheduler } from "./schedulers/index.js";
-import { loadWeights } from "./weights.js";
+import { fetchOk, loadWeights } from "./weights.js";
 
 export const CONFIG_NAME = "wsd-config.json";
 export const FORMAT_VERSION = 1;
@@ -69,11 +69,7 @@ export function parseSeed(seed) {
 }
 
 async function fetchBytes(url, what) {
-  const response = await fetch(url, { cache: "no-cache" });
-  if (!response.ok) {
-    throw new Error(`cannot fetch ${what} (${url}): HTTP ${response.status}`);
-  }
-  return response.arrayBuffer();
+  return (await fetchOk(url, what)).arrayBuffer();
 }
 
 export class Engine {

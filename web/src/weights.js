@@ -26,7 +26,8 @@ export async function sha256Hex(bytes) {
   return hex(await crypto.subtle.digest("SHA-256", bytes));
 }
 
-async function fetchOk(url, what) {
+/** fetch() that revalidates and names `what` in the error on a network failure or HTTP error. */
+export async function fetchOk(url, what) {
   let response;
   try {
     response = await fetch(url, { cache: "no-cache" });
