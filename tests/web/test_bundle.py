@@ -132,7 +132,7 @@ def _node_env():
     if shutil.which("node") is None:
         pytest.skip("node not installed")
     if not (WEB / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
-        pytest.skip("tvmjs not installed: run `npm ci` in web/ (scripts/setup.sh does)")
+        pytest.skip("tvmjs not installed: run `npm install` in web/ (scripts/setup.sh does)")
     if not (WEB / "node_modules" / "webgpu").is_dir():
         pytest.skip("npm package `webgpu` (optional dependency of web/) not installed")
     env = dict(os.environ)

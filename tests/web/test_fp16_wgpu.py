@@ -40,7 +40,7 @@ def test_fp16_end_to_end_on_wgpu(tiny_bundle_fp16, tmp_path):
     from wsd.webapp import bundle_script
 
     if not DENO.exists():
-        pytest.skip("npm `deno` not installed in web/ (npm ci in web/)")
+        pytest.skip("npm `deno` not installed in web/ (npm install in web/)")
     if not Path(LAVAPIPE_ICD).exists():
         pytest.skip("Mesa lavapipe not installed (apt install mesa-vulkan-drivers)")
     runner = tmp_path / "headless.js"
@@ -67,7 +67,7 @@ def test_firefox(tiny_bundle_fp16, tmp_path):
     if not Path(FIREFOX).exists():
         pytest.skip(f"no Firefox at {FIREFOX} (apt install firefox-esr)")
     if not (WEB / "node_modules" / "puppeteer-core").is_dir() or shutil.which("node") is None:
-        pytest.skip("node + puppeteer-core (npm ci in web/) needed to drive Firefox")
+        pytest.skip("node + puppeteer-core (npm install in web/) needed to drive Firefox")
     settings, expected = golden("tiny-ddim")
     shot = ARTIFACTS / "firefox-tiny-fp16-page.png"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

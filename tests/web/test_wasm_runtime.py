@@ -3,7 +3,7 @@ TVM-compiled WebAssembly under node with tvmjs, and its numbers equal numpy's.
 
 Steps: build.sh (emscripten from apt; the first build compiles the runtime, ~2 min on 2
 cores, then it is cached per machine), smoke_build.py (tiny Relax module -> .wasm with
-create_tvmjs_wasm), `npm ci` in web/ (tvmjs), smoke.cjs under node.
+create_tvmjs_wasm), `npm install` in web/ (tvmjs), smoke.cjs under node.
 The WebGPU variant also needs a WebGPU implementation for node (npm `webgpu`, Dawn, with a
 Vulkan driver it accepts: SwiftShader from apt `chromium`, or a real GPU); skipped otherwise.
 """
