@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,26 +17,36 @@ GOLDEN = ROOT / "golden"
 ARTIFACTS = ROOT / "artifacts" / "web"  # screenshots and images the tests keep (ignored)
 
 
-def _build(tmp_path_factory, dtype: str) -> Path:
-    from wsd.cli import main
-
+@pytest.fixture(scope="session")
+def web_runtime() -> str:
+    """TVM's wasm runtime (web/runtime/build.sh: built once, then up to date in a second);
+    returns its directory (the TVM_HOME to link with). Skips where emscripten is missing."""
+    t0 = time.time()
     proc = subprocess.run(["bash", str(ROOT / "web" / "runtime" / "build.sh")],
                           capture_output=True, text=True)
     if proc.returncode == 77:
-        pytest.skip("emscripten unavailable (bash web/runtime/build.sh exits 77)")
+        pytest.skip(f"emscripten unavailable: {proc.stderr.strip().splitlines()[-1:]}")
+    assert proc.returncode == 0, f"build.sh failed:\n{proc.stderr[-4000:]}"
+    print(f"build.sh: {time.time() - t0:.1f} s")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def _build(tmp_path_factory, dtype: str) -> Path:
+    from wsd.cli import main
+
     out = tmp_path_factory.mktemp(f"bundle-{dtype}") / "tiny"
     assert main(["build", "--target", "webgpu", "--dtype", dtype, "--out", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory) -> Path:
+def tiny_bundle(web_runtime, tmp_path_factory) -> Path:
     """`wsd build --target webgpu --out DIR` of the embedded tiny model (float32)."""
     return _build(tmp_path_factory, "float32")
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle_fp16(tmp_path_factory) -> Path:
+def tiny_bundle_fp16(web_runtime, tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "float16")
 
 

@@ -39,21 +39,15 @@ def _load_smoke_build():
 
 
 @pytest.fixture(scope="module")
-def runtime_dir() -> str:
+def runtime_dir(web_runtime) -> str:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node/npm not installed")
-    t0 = time.time()
-    proc = subprocess.run(["bash", str(RUNTIME / "build.sh")], capture_output=True, text=True)
-    if proc.returncode == 77:
-        pytest.skip(f"emscripten unavailable: {proc.stderr.strip().splitlines()[-1:]}")
-    assert proc.returncode == 0, f"build.sh failed:\n{proc.stderr[-4000:]}"
-    print(f"build.sh: {time.time() - t0:.1f} s")
     if not (WEB / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
         npm = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=WEB,
                              capture_output=True, text=True)
         if npm.returncode != 0:
             pytest.skip(f"npm install failed (offline?): {npm.stderr[-500:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    return web_runtime
 
 
 @pytest.fixture(scope="module")
