@@ -50,6 +50,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from wsd import profile
+
 DTYPES = ("float32", "float16")
 PARTS = ("clip", "unet", "vae", "image", "memory")
 PART_FUNCTIONS = {"clip": "encode_text", "unet": "unet_guided", "vae": "decode"}
@@ -414,6 +416,12 @@ def format_memory(memory: dict, markdown: bool = False) -> str:
 def slug(text: str) -> str:
     """A benchmark name as a test id."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("->", "to")).strip("_")
+
+
+def image_psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of two uint8 images, dB (inf when equal)."""
+    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def rel_l2(actual, expected) -> float:
@@ -817,15 +825,29 @@ def _fused_reference(kind: str, ctx: dict) -> Callable | None:
             *x.chunk(2, dim=-1)),
         "attention": _sdpa_bsnh,
     }
+    for name in [k for k in refs if k.startswith("matmul")]:  # wsd.layout's, w as (N, K)
+        refs[f"NT_{name}"] = lambda x, w, *rest, _ref=refs[name]: _ref(x, w.t(), *rest)
     fn = refs.get(kind)
     if fn is None:
         return None
     out_dtype = getattr(torch, ctx["out_dtype"])
+    if ctx.get("layout") == "NHWC":  # channels-last kernels (wsd.layout): PyTorch's view
+        return lambda *args: _channels_last(fn(*map(_channels_first, args))).to(out_dtype)
     return lambda *args: fn(*args).to(out_dtype)
+
+
+def _channels_first(t):
+    """NHWC activations, OHWI weights and (1, 1, 1, C) biases -> NCHW, OIHW, (1, C, 1, 1)."""
+    return t.permute(0, 3, 1, 2) if t.ndim == 4 else t
+
+
+def _channels_last(t):
+    return t.permute(0, 2, 3, 1) if t.ndim == 4 else t
 
 
 FUSED_KINDS = ("conv2d_add_expand_dims_expand_dims_add", "conv2d_add_add_divide", "conv2d_add",
                "conv2d_add_add", "matmul_add", "matmul_add_add", "matmul", "matmul_add_silu",
+               "NT_matmul_add", "NT_matmul_add_add", "NT_matmul", "NT_matmul_add_silu",
                "attention",
                "group_norm_silu", "group_norm", "layer_norm", "split_gelu_multiply")
 
@@ -861,7 +883,7 @@ class FusedKernel:
         if self.kind.startswith("conv2d"):
             w = shapes[1]
             return int(np.prod(out)) * w[1] * w[2] * w[3]
-        if self.kind.startswith("matmul"):
+        if self.kind.startswith(("matmul", "NT_matmul")):
             return int(np.prod(out)) * shapes[0][-1]
         if self.kind == "attention":
             (b, sq, h, d), (_, skv, _, dv) = shapes[0], shapes[2]
@@ -898,11 +920,12 @@ def fused_kernels(model, part: str, dtype: str, target, height: int | None = Non
     import tvm
     from tvm import relax
 
-    from wsd import optimize
+    from wsd import layout, optimize
     from wsd.trace import resolve_size, trace_model
 
     height, width = resolve_size(model, height, width)
-    key = (model.name, model.config_hash(), part, dtype, str(target), height, width)
+    key = (model.name, model.config_hash(), part, dtype, str(target), height, width,
+           layout.conv_layout(target))
     if key in _FUSED_CACHE:
         return _FUSED_CACHE[key]
     traced = trace_model(model, height, width, dtype, names=(part,))
@@ -919,7 +942,7 @@ def fused_kernels(model, part: str, dtype: str, target, height: int | None = Non
             sites[name] = expr
 
     relax.analysis.post_order_visit(mod[part], visit)
-    base = part_context(model, part)
+    base = dict(part_context(model, part), layout=layout.conv_layout(target))
     found = []
     for gvar, func in mod.functions.items():
         name = gvar.name_hint
@@ -1132,6 +1155,17 @@ class ModelBench:
         return Prepared(f"{part} ({function})", self.dtype, "model", run_tvm, run_eager,
                         compiled, note, flops, None, error, shape=shape)
 
+    def profile(self, part: str) -> dict:
+        """The part's compiled function, each kernel call timed (wsd.profile)."""
+        from wsd import profile
+
+        function = PART_FUNCTIONS[part]
+        uploaded = [self.pipe.executor.upload(x.numpy()) for x in self.inputs(function)]
+        rows, total = profile.profile_calls(
+            self.pipe.executor.vm, lambda: self.pipe.call(function, *uploaded), self.device.sync)
+        return {"title": f"{part} ({function}) {self.dtype}", "total_ms": total,
+                "kernels": rows, "kinds": profile.group_by_kind(rows, kind_of)}
+
     def image_flops(self) -> int:
         from wsd.schedulers import make_scheduler
 
@@ -1168,8 +1202,22 @@ class ModelBench:
         theirs = run_torch("eager")
         if self.device.is_gpu:  # weights (live) + one image's activations
             self.measured["torch_peak_bytes"] = torch.cuda.max_memory_allocated()
-        mse = float(np.mean((ours.astype(np.float64) - theirs.astype(np.float64)) ** 2))
-        psnr = float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+        psnr = image_psnr(ours, theirs)
+        note = f"PSNR vs diffusers {psnr:.1f} dB"
+        extra = {"psnr": psnr}
+        if self.dtype != "float32":
+            # Half precision drifts over the steps on both sides: how far each lands from
+            # diffusers computing in float32 (on the same, rounded weights) says whether
+            # wsd's drift is PyTorch's or its own.
+            pipe.to(dtype=torch.float32)
+            try:
+                exact = run_torch("eager")
+            finally:
+                pipe.to(dtype=getattr(torch, self.dtype))
+            extra["psnr_vs_fp32"] = image_psnr(ours, exact)
+            extra["torch_psnr_vs_fp32"] = image_psnr(theirs, exact)
+            note += (f"; vs diffusers fp32: wsd {extra['psnr_vs_fp32']:.1f} dB, "
+                     f"diffusers {extra['torch_psnr_vs_fp32']:.1f} dB")
         compiled, note = None, self.compile_reason
         if self.compile_enabled:
             unets["compiled"] = torch.compile(unets["eager"])
@@ -1182,9 +1230,8 @@ class ModelBench:
                 note = f"torch.compile failed: {type(err).__name__}"
         prep = Prepared(f"image {self.steps} steps", self.dtype, "image", run_tvm,
                         lambda: run_torch("eager"), compiled, note, flops, None, None,
-                        shape=f"{self.height}x{self.width}",
-                        note=f"PSNR vs diffusers {psnr:.1f} dB")
-        prep.extra["psnr"] = psnr
+                        shape=f"{self.height}x{self.width}", note=note)
+        prep.extra.update(extra)
         return prep
 
     def memory(self) -> dict:
@@ -1251,6 +1298,8 @@ class Report:
     peaks: list[Peak] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     memory: list[dict] = field(default_factory=list)
+    profiles: list[dict] = field(default_factory=list)
+    profile_top: int = 0
     notes: list[str] = field(default_factory=list)
 
     def text(self, markdown: bool = False) -> str:
@@ -1269,6 +1318,13 @@ class Report:
             h, w = mem["size"]
             out += [f"Memory, {mem['model']} {mem['dtype']} {h}x{w} pipeline:", "",
                     format_memory(mem, markdown), ""]
+        for prof in self.profiles:
+            out += [f"Profile, {prof['title']}: {prof['total_ms']:.2f} ms instrumented "
+                    "(each call synchronised)", ""]
+            for key, label in (("kinds", "by kind"), ("kernels", "by kernel")):
+                cells = profile.table_cells(prof[key], prof["total_ms"], self.profile_top)
+                header = [label] + profile.HEADER[1:]
+                out += [format_table(header, cells, markdown), ""]
         out += [f"- {n}" if markdown else n for n in self.notes]
         return "\n".join(out).rstrip() + "\n"
 
@@ -1277,6 +1333,9 @@ class Report:
                 "command": self.command, "versions": self.versions,
                 "peaks": [asdict(p) for p in self.peaks],
                 "rows": [r.as_dict() for r in self.rows], "memory": self.memory,
+                "profiles": [dict(p, kernels=[asdict(k) for k in p["kernels"]],
+                                  kinds=[asdict(k) for k in p["kinds"]])
+                             for p in self.profiles],
                 "notes": self.notes}
 
 
@@ -1295,8 +1354,10 @@ def parse_list(value: str | Sequence[str], allowed: Sequence[str], what: str) ->
 def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = DTYPES,
         parts: Sequence[str] = PARTS, height: int | None = None, width: int | None = None,
         repeat: int = 5, warmup: int = 1, steps: int = 20, compile_option: str = "auto",
-        budget_s: float | None = 60.0, log=print, command: str | None = None) -> Report:
-    """`wsd bench`: the per-model benchmarks; returns the report (printed by the CLI)."""
+        budget_s: float | None = 60.0, log=print, command: str | None = None,
+        profile_top: int = 0) -> Report:
+    """`wsd bench`: the per-model benchmarks; returns the report (printed by the CLI). With
+    `profile_top`, also each timed part's kernels (wsd.profile), the top ones listed."""
     from wsd.models import load_model
     from wsd.trace import resolve_size
 
@@ -1304,7 +1365,8 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
     model = load_model(model_spec)
     device = Device(target)
     report = Report(datetime.date.today().isoformat(), device.name, target,
-                    command or " ".join(["wsd"] + sys.argv[1:]), versions())
+                    command or " ".join(["wsd"] + sys.argv[1:]), versions(),
+                    profile_top=profile_top)
     timed = [p for p in parts if p != "memory"]
     if not timed and not device.is_gpu:  # the plan alone: no code generation, no weights
         from wsd import memory
@@ -1333,6 +1395,8 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
                                 budget_s)
             report.rows.append(row)
             log(format_rows([row]).splitlines()[-1])
+            if profile_top and part != "image":
+                report.profiles.append(bench.profile(part))
         if "memory" in parts:
             report.memory.append(bench.memory())
         del bench

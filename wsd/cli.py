@@ -133,13 +133,14 @@ def cmd_bench(args) -> int:
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     options = ["model", "target", "dtype", "parts", "height", "width", "repeat", "warmup",
-               "steps", "torch_compile"]
+               "steps", "torch_compile", "profile"]
     command = "wsd bench " + " ".join(f"--{o.replace('_', '-')} {getattr(args, o)}"
                                       for o in options if getattr(args, o) is not None)
     report = bench.run(
         args.model, args.target, bench.parse_list(args.dtype, bench.DTYPES, "--dtype"),
         bench.parse_list(args.parts, bench.PARTS, "--parts"), args.height, args.width,
-        args.repeat, args.warmup, args.steps, args.torch_compile, log=log, command=command)
+        args.repeat, args.warmup, args.steps, args.torch_compile, log=log, command=command,
+        profile_top=args.profile)
     print(report.text())
     bench.write_outputs(report, args.json, args.markdown)
     return 0
@@ -192,6 +193,8 @@ def parser() -> argparse.ArgumentParser:
     bch.add_argument("--steps", type=int, default=20, help="denoising steps of the image")
     bch.add_argument("--torch-compile", default="auto", choices=("auto", "on", "off"),
                      help="PyTorch's compiled baseline (auto: on for cuda, off on CPUs)")
+    bch.add_argument("--profile", type=int, default=0, metavar="N",
+                     help="also time each kernel of every timed part, list the top N")
     bch.add_argument("--json", help="also write the results as JSON here")
     bch.add_argument("--markdown", help="also write the results as markdown here")
     bch.set_defaults(func=cmd_bench)

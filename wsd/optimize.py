@@ -2,7 +2,8 @@
 
 Attention first becomes our own kernel (wsd.attention: flash-style, it never writes the
 score matrix; its layout depends on whether the target is a GPU, its math does not). Then
-operators are lowered to TensorIR (legalize), constants folded (CLIP's causal mask, built
+each target's data layouts (wsd.layout: channels-last convolutions and NT linear layers on
+CUDA). Then operators are lowered to TensorIR (legalize), constants folded (CLIP's causal mask, built
 from int64 index arithmetic, folds away here), and element-wise work fused into the
 reductions and products that produce it, so each fused group becomes one kernel.
 """
@@ -10,6 +11,7 @@ reductions and products that produce it, so each fused group becomes one kernel.
 import tvm
 from tvm import relax
 
+from wsd import layout
 from wsd.attention import flash_attention
 
 
@@ -17,6 +19,7 @@ def passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return [
         flash_attention(target),
         relax.transform.DeadCodeElimination(),
+        *layout.passes(target),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

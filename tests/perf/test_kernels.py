@@ -80,7 +80,8 @@ def test_fused_kinds_cover_the_model(perf, sd15):
     other kernels (a new fusion, an op rename), this says which ones to add."""
     kernels = perf.cached(("fused-kernels", "unet_guided", "float32"), lambda: bench.fused_kernels(
         sd15, "unet_guided", "float32", perf.device.tvm_target))
-    heavy = [k for k in kernels if k.kind.startswith(("conv2d", "matmul", "attention"))]
+    heavy = [k for k in kernels
+             if k.kind.startswith(("conv2d", "matmul", "NT_matmul", "attention"))]
     missing = sorted({k.kind for k in heavy if k.kind not in bench.FUSED_KINDS})
     assert not missing, f"heavy kernel kinds without a benchmark: {missing}"
     assert {k.kind for k in kernels} & set(bench.FUSED_KINDS), "no known kernel kind found"

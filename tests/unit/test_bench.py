@@ -121,6 +121,23 @@ def test_fused_reference_matches_the_kernel_kind():
     assert prep.error < 1e-5 and prep.flops == 2 * 32 * 8 * 12
 
 
+@pytest.mark.parametrize("kind", ["conv2d_add_add", "NT_matmul_add"])
+def test_fused_reference_follows_cuda_layouts(monkeypatch, kind):
+    """With CUDA's layouts (wsd.layout, forced here on llvm) kernels read NHWC data, OHWI and
+    (N, K) weights: the PyTorch counterparts still compute the same thing."""
+    from wsd import layout
+    from wsd.models import load_model
+
+    monkeypatch.setitem(layout.CONV_LAYOUTS, "llvm", layout.CONV_LAYOUTS["cuda"])
+    device = bench.Device("llvm")
+    kernels = bench.fused_kernels(load_model("tiny"), "unet_guided", "float32",
+                                  device.tvm_target)
+    kernel = bench.dominant(kernels, kind)
+    assert kernel is not None and kernel.ctx["layout"] == "NHWC"
+    prep = bench.prepare_fused(kernel, device, False, "off")
+    assert prep.error < 1e-5
+
+
 def test_memory_workspace_and_plan():
     """A kernel that keeps a whole intermediate in device memory while it runs (as unscheduled
     CPU kernels do): the report counts it as workspace, next to the planned storage."""

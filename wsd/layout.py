@@ -1,0 +1,141 @@
+"""Stage 2a, layout: the data layouts each target's kernels read fastest.
+
+The traced graph is PyTorch's: convolutions in NCHW with OIHW weights, linear layers as
+`x @ permute_dims(w)` with w stored (N, K). Tensor-core GEMMs (dlight's CUDA rule) load
+their tiles along the reduction axis, so on CUDA:
+
+- convolutions go channels-last (NHWC data, OHWI weights): the implicit GEMM's reduction
+  (kernel row, kernel column, input channel) then runs along contiguous channels, and its
+  output rows along contiguous output channels. ConvertLayout carries the layout through the
+  element-wise ops and norms between convolutions; transposes that cancel are removed.
+- linear layers become one NT kernel reading w as stored, (N, K), instead of a transpose
+  kernel per weight and call followed by a GEMM reading (K, N) across rows.
+
+Other targets keep PyTorch's layouts: WebGPU's tuned records (wsd/tuned) were measured on
+the kernels as traced.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, te
+from tvm.relax.dpl import is_op, rewrite_call, wildcard
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+CONV_LAYOUTS = {"cuda": ("NHWC", "OHWI")}
+
+
+def conv_layout(target: tvm.target.Target) -> str:
+    """The data layout the target's convolutions run in."""
+    return CONV_LAYOUTS.get(target.kind.name, ("NCHW", "OIHW"))[0]
+
+
+def passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    layouts = CONV_LAYOUTS.get(target.kind.name)
+    return [] if layouts is None else rewrites(layouts)
+
+
+def rewrites(conv_layouts: tuple[str, str]) -> list[tvm.transform.Pass]:
+    """Convolutions to (data, kernel) layouts, and NT linear layers (any target)."""
+    return [
+        relax.transform.ConvertLayout({"relax.nn.conv2d": list(conv_layouts)}),
+        SimplifyPermutes(),
+        NTMatmul(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+@tvm.transform.module_pass(opt_level=0, name="wsd.SimplifyPermutes")
+class SimplifyPermutes:
+    """permute_dims(permute_dims(x, a), b) -> one permute_dims, or x where they cancel; a
+    permute_dims that only moves axes of extent 1 (a bias (1, C, 1, 1) to (1, 1, 1, C)) -> a
+    reshape, which costs nothing."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _simplify_permutes(mod)
+
+
+def _simplify_permutes(mod: tvm.IRModule) -> tvm.IRModule:
+    x = wildcard()
+    inner = is_op("relax.permute_dims")(x)
+    outer = is_op("relax.permute_dims")(inner)
+
+    def axes_of(call: relax.Call) -> list[int]:
+        ndim = call.args[0].ty.ndim
+        axes = call.attrs.axes
+        return list(range(ndim))[::-1] if axes is None else [int(a) for a in axes]
+
+    def rewrite(expr, matches):
+        first, second = axes_of(matches[inner]), axes_of(expr)
+        axes = [first[i] for i in second]
+        if axes == list(range(len(axes))):
+            return matches[x]
+        return relax.op.permute_dims(matches[x], axes)
+
+    identity = is_op("relax.permute_dims")(wildcard())
+
+    def drop_identity(expr, _matches):
+        axes = axes_of(expr)
+        if axes == list(range(len(axes))):
+            return expr.args[0]
+        shape = expr.args[0].ty.shape
+        if shape is None:
+            return expr
+        moved = [a for a in axes if not (isinstance(shape[a], tvm.tirx.IntImm)
+                                          and int(shape[a]) == 1)]
+        if moved == sorted(moved):
+            return relax.op.reshape(expr.args[0], expr.ty.shape)
+        return expr
+
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            func = rewrite_call(outer, rewrite, func)
+            mod[gvar] = rewrite_call(identity, drop_identity, func)
+    return mod
+
+
+def _nt_matmul(x: te.Tensor, w: te.Tensor, out_dtype: str) -> te.Tensor:
+    """x (..., K) times w (N, K) transposed, accumulated in out_dtype."""
+    k = te.reduce_axis((0, x.shape[-1]), name="k")
+    return te.compute(
+        (*x.shape[:-1], w.shape[0]),
+        lambda *i: te.sum(x[(*i[:-1], k)].astype(out_dtype) * w[i[-1], k].astype(out_dtype),
+                          axis=k),
+        name="NT_matmul")
+
+
+@tvm.transform.module_pass(opt_level=0, name="wsd.NTMatmul")
+class NTMatmul:
+    """matmul(x, permute_dims(w)) with a 2-D w -> one NT_matmul kernel reading w as (N, K)."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rewriter = _NTMatmulRewriter(mod)
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+
+@mutator
+class _NTMatmulRewriter(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.matmul = tvm.ir.Op.get("relax.matmul")
+        self.permute = tvm.ir.Op.get("relax.permute_dims")
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM's visitor name)
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(self.matmul)):
+            return call
+        x, w_t = call.args
+        w_t = self.lookup_binding(w_t) if isinstance(w_t, relax.Var) else w_t
+        if not (isinstance(w_t, relax.Call) and w_t.op.same_as(self.permute)):
+            return call
+        w = w_t.args[0]
+        if w.ty.ndim != 2 or (w_t.attrs.axes is not None
+                              and [int(a) for a in w_t.attrs.axes] != [1, 0]):
+            return call
+        out_dtype = str(call.attrs.out_dtype) or str(x.ty.dtype)
+        if out_dtype in ("", "void"):
+            out_dtype = str(x.ty.dtype)
+        return self.builder_.call_te(_nt_matmul, x, w, out_dtype, primfunc_name_hint="NT_matmul")
