@@ -8,7 +8,8 @@
 #   gpu_perf.sh install            as gpu_check.sh install, plus pytest-benchmark (.whl/perf/)
 #   gpu_perf.sh build DTYPE        wsd build --model sd15 --target cuda (fills the cache: a
 #                                  SD v1.5 CUDA build takes 270-335 s, so it gets its own call)
-#   gpu_perf.sh bench DTYPE [PARTS]   wsd bench --model sd15 --target cuda (default: all parts)
+#   gpu_perf.sh bench DTYPE [PARTS [OPTIONS]]   wsd bench --model sd15 --target cuda (default:
+#                                  all parts); OPTIONS go to wsd bench (--profile 15)
 #   gpu_perf.sh layers DTYPE [conv|linear|attention|norm]   tests/perf: single layers at
 #                                  every SD v1.5 shape (--perf-full), optionally one group
 #   gpu_perf.sh fused DTYPE [unet_guided|decode]   tests/perf: the build's fused kernels, the
@@ -78,12 +79,13 @@ build() {
         $PY -m wsd build --model sd15 --target cuda --dtype "$dtype"
 }
 
-bench() {
+bench() {  # bench DTYPE [PARTS [wsd bench options, e.g. --profile 15]]
     local dtype=${1:-float16} parts=${2:-clip,unet,vae,image,memory}
     local name="bench-sd15-$dtype${2:+-${2//,/-}}"
+    shift $(($# < 2 ? $# : 2))
     step "bench sd15 $dtype $parts" "$name.log" \
         $PY -m wsd bench --model sd15 --target cuda --dtype "$dtype" --parts "$parts" \
-        --json "$OUT/$name.json" --markdown "$OUT/$name.md"
+        --json "$OUT/$name.json" --markdown "$OUT/$name.md" "$@"
 }
 
 perf_pytest() {  # perf_pytest NAME FILE ARGS...: one tests/perf run, tables to $OUT

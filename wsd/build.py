@@ -106,10 +106,11 @@ NOT_COMPILER = {"bench.py"}
 
 
 def _compiler_fingerprint() -> str:
-    """Hash of this package's compiler sources: editing them invalidates cached libraries."""
+    """Hash of this package's compiler sources and tuned records (wsd/tuned): editing them
+    invalidates cached libraries."""
     digest = hashlib.sha256(tvm.__version__.encode())
     root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.glob("tuned/*.json")]):
         if path.relative_to(root).as_posix() in NOT_COMPILER:
             continue
         digest.update(path.relative_to(root).as_posix().encode())
