@@ -65,8 +65,8 @@ def _simplify_permutes(mod: tvm.IRModule) -> tvm.IRModule:
         axes = call.attrs.axes
         return list(range(ndim))[::-1] if axes is None else [int(a) for a in axes]
 
-    def rewrite(expr, matches):
-        first, second = axes_of(matches[inner]), axes_of(expr)
+    def rewrite(_expr, matches):
+        first, second = axes_of(matches[inner]), axes_of(matches[outer])
         axes = [first[i] for i in second]
         if axes == list(range(len(axes))):
             return matches[x]
@@ -74,7 +74,8 @@ def _simplify_permutes(mod: tvm.IRModule) -> tvm.IRModule:
 
     identity = is_op("relax.permute_dims")(wildcard())
 
-    def drop_identity(expr, _matches):
+    def drop_identity(_expr, matches):
+        expr = matches[identity]
         axes = axes_of(expr)
         if axes == list(range(len(axes))):
             return expr.args[0]

@@ -61,3 +61,20 @@ def test_cuda_graph_reads_weights_as_stored():
     transposes = sum(n for k, n in cuda.items() if "transpose" in k)
     assert transposes <= convs_3x3 + 3, cuda
     assert not [k for k in llvm if k.startswith("NT_")]
+
+
+def test_cuda_passes_take_every_function():
+    """The whole module the build compiles (every model part and the samplers' functions)
+    goes through CUDA's graph passes; the block sweep above sees only pieces of it."""
+    from wsd.build import add_scheduler_functions
+
+    model = load_model("tiny")
+    traced = trace_model(model, *resolve_size(model, None, None), "float16")
+    mod = add_scheduler_functions(traced.mod)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    with target:
+        out = tvm.transform.Sequential(optimize.passes(target))(mod)
+    relax_funcs = {gv.name_hint for gv, f in out.functions.items()
+                   if isinstance(f, relax.Function)}
+    assert {gv.name_hint for gv, f in mod.functions.items()
+            if isinstance(f, relax.Function)} <= relax_funcs
