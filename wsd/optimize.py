@@ -12,6 +12,7 @@ import tvm
 from tvm import relax
 
 from wsd import layout
+from wsd.group_norm import SplitGroupNorm
 from wsd.attention import flash_attention
 
 
@@ -20,6 +21,7 @@ def passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         flash_attention(target),
         relax.transform.DeadCodeElimination(),
         *layout.passes(target),
+        SplitGroupNorm(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
