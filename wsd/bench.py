@@ -1218,18 +1218,18 @@ class ModelBench:
             extra["torch_psnr_vs_fp32"] = image_psnr(theirs, exact)
             note += (f"; vs diffusers fp32: wsd {extra['psnr_vs_fp32']:.1f} dB, "
                      f"diffusers {extra['torch_psnr_vs_fp32']:.1f} dB")
-        compiled, note = None, self.compile_reason
+        compiled, compile_note = None, self.compile_reason
         if self.compile_enabled:
             unets["compiled"] = torch.compile(unets["eager"])
             start = time.perf_counter()
             try:
                 run_torch("compiled")
-                note = f"UNet compiled in {time.perf_counter() - start:.0f} s"
+                compile_note = f"UNet compiled in {time.perf_counter() - start:.0f} s"
                 compiled = lambda: run_torch("compiled")  # noqa: E731
             except Exception as err:  # noqa: BLE001
-                note = f"torch.compile failed: {type(err).__name__}"
+                compile_note = f"torch.compile failed: {type(err).__name__}"
         prep = Prepared(f"image {self.steps} steps", self.dtype, "image", run_tvm,
-                        lambda: run_torch("eager"), compiled, note, flops, None, None,
+                        lambda: run_torch("eager"), compiled, compile_note, flops, None, None,
                         shape=f"{self.height}x{self.width}", note=note)
         prep.extra.update(extra)
         return prep
