@@ -108,17 +108,33 @@ def workgroup_bytes(shape: Shape, cfg: Config) -> int:
 MAX_UNROLLED_VALUE_CHUNKS = 4
 
 
-def choose_config(shape: Shape, gpu: bool,
-                  max_bytes: int = WEBGPU_MAX_WORKGROUP_STORAGE) -> Config:
+@dataclass(frozen=True)
+class GPULayout:
+    """Threads (ty x tx) of a workgroup, scores each owns (ry x rx), and the workgroup
+    storage the chunk widths must fit."""
+
+    ty: int = 16
+    tx: int = 16
+    ry: int = TILE_Q // 16
+    rx: int = TILE_KV // 16
+    max_bytes: int = WEBGPU_MAX_WORKGROUP_STORAGE
+
+
+# WebGPU's portable layout is every GPU target's unless one is listed here.
+GPU_LAYOUTS: dict[str, GPULayout] = {}
+
+
+def choose_config(shape: Shape, gpu: bool, layout: GPULayout = GPULayout()) -> Config:
     """The layout for a shape. CPUs: one thread owns the whole 32 x 32 tile, no chunking.
-    GPUs: 16 x 16 threads with 2 x 2 scores each; of the head-dim / value-dim chunk widths
-    that fit `max_bytes` of workgroup storage, the one with the fewest value chunks beyond
-    what is unrolled, then the fewest barriers per key tile (two per head-dim chunk, one per
-    value chunk), then the widest head-dim chunk."""
+    GPUs: `layout`'s threads and scores per thread (WebGPU's default: 16 x 16 threads with
+    2 x 2 scores each); of the head-dim / value-dim chunk widths that fit its workgroup
+    storage, the one with the fewest value chunks beyond what is unrolled, then the fewest
+    barriers per key tile (two per head-dim chunk, one per value chunk), then the widest
+    head-dim chunk."""
     if not gpu:
         return Config(1, 1, TILE_Q, TILE_KV, shape.head_dim, shape.v_dim, gpu=False)
-    ty = tx = 16
-    ry, rx = TILE_Q // ty, TILE_KV // tx
+    ty, tx, ry, rx, max_bytes = (layout.ty, layout.tx, layout.ry, layout.rx,
+                                 layout.max_bytes)
     best, best_cost = None, None
     for dk in _chunks(shape.head_dim):
         for dvk in _chunks(shape.v_dim, multiple=tx):
@@ -346,9 +362,9 @@ class _Rewriter(relax.PyExprMutator):
     """relax.nn.attention -> call_tir of our kernel; permute_dims(permute_dims(x)) -> one
     permute (or x itself): the importer wraps SDPA in transposes that undo PyTorch's."""
 
-    def __init__(self, mod: tvm.IRModule, gpu: bool):
+    def __init__(self, mod: tvm.IRModule, gpu: bool, layout: GPULayout):
         super().__init__(mod)
-        self.gpu = gpu
+        self.gpu, self.layout = gpu, layout
         self.kernels: dict = {}
 
     def visit_var_binding_(self, binding):
@@ -394,7 +410,7 @@ class _Rewriter(relax.PyExprMutator):
         scale = call.attrs.scale
         shape = Shape(b, sq, skv, h, d, dv, dtype,
                       default_scale(d) if scale is None else float(scale.value))
-        cfg = choose_config(shape, self.gpu)
+        cfg = choose_config(shape, self.gpu, self.layout)
         key = (shape, cfg)
         if key not in self.kernels:
             self.kernels[key] = self.builder_.add_func(attention_func(shape, cfg),
@@ -418,10 +434,11 @@ def flash_attention(target: tvm.target.Target) -> tvm.transform.Pass:
     """The pass: every `relax.nn.attention` becomes a call of our kernel, laid out for the
     target (GPU layout for targets with the "gpu" key, the one-thread layout otherwise)."""
     gpu = "gpu" in [str(key) for key in target.keys]
+    layout = GPU_LAYOUTS.get(target.kind.name, GPULayout())
 
     @tvm.transform.module_pass(opt_level=0, name="wsd.FlashAttention")
     def run(mod, _ctx):
-        rewriter = _Rewriter(mod, gpu)
+        rewriter = _Rewriter(mod, gpu, layout)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
