@@ -58,7 +58,7 @@ def main() -> int:
         expected = torch.nn.functional.scaled_dot_product_attention(*tensors).transpose(1, 2)
         expected = expected.float().cpu().numpy()
         flops = 2 * b * h * sq * skv * (d + d)
-        args = [tvm.runtime.tensor(a, device.tvm) for a in arrays]
+        buffers = [tvm.runtime.tensor(a, device.tvm) for a in arrays]
         out = tvm.runtime.empty((b, sq, h, d), "float16", device.tvm)
         fns, errors = {}, {}
         for layout in LAYOUTS:
@@ -69,10 +69,10 @@ def main() -> int:
                 continue
             func = attention.attention_func(shape, cfg).with_attr("global_symbol", "main")
             lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
-            lib["main"](*args, out)
+            lib["main"](*buffers, out)
             device.sync()
             errors[layout] = bench.rel_l2(out.numpy().astype(np.float32), expected)
-            fns[layout] = (lambda f=lib["main"]: f(*args, out))
+            fns[layout] = (lambda f=lib["main"]: f(*buffers, out))
         fns["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(*tensors)
         times = bench.measure_interleaved(fns, device, warmup=2, repeat=20)
         base = times[LAYOUTS[0]].ms

@@ -171,13 +171,20 @@ def test_gpu_kernels_within_webgpu_defaults(dtype):
 
 
 def test_gpu_kernel_builds_for_cuda():
+    """Every SD v1.5 shape in CUDA's layout: built, within 48 KiB of static shared memory."""
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
                                 "thread_warp_size": 32})
+    layout = attention.GPU_LAYOUTS["cuda"]
     for dtype in ("float32", "float16"):
-        func = gpu_kernel(SD15["unet64-self"], dtype).with_attr("global_symbol", "main")
-        source = tvm.tirx.build(tvm.IRModule({"main": func}), target=target) \
-            .imports[0].inspect_source()
-        assert "__syncthreads()" in source and "__shared__" in source
+        for name, (b, sq, skv, h, d) in SD15.items():
+            shape = attention.Shape(b, sq, skv, h, d, d, dtype, attention.default_scale(d))
+            cfg = attention.choose_config(shape, True, layout)
+            assert cfg.threads == layout.ty * layout.tx
+            assert attention.workgroup_bytes(shape, cfg) <= 48 * 1024, name
+            func = attention.attention_func(shape, cfg).with_attr("global_symbol", "main")
+            source = tvm.tirx.build(tvm.IRModule({"main": func}), target=target) \
+                .imports[0].inspect_source()
+            assert "__syncthreads()" in source and "__shared__" in source
 
 
 def _lowered(mod, target):
@@ -242,10 +249,17 @@ def webgpu():
     return webgpu_native
 
 
+@pytest.mark.parametrize("layout", ["portable", "cuda"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_webgpu_matches_torch_and_llvm(webgpu, dtype):
+def test_webgpu_matches_torch_and_llvm(webgpu, dtype, layout, monkeypatch):
+    """WebGPU's layout, and CUDA's thread and register tiling (within WebGPU's storage
+    default, so that lavapipe runs it): the same program logic the CUDA build runs."""
     if dtype == "float16" and not webgpu.gpu().shader_f16:
         pytest.skip("adapter without shader-f16")
+    if layout == "cuda":
+        cuda = attention.GPU_LAYOUTS["cuda"]
+        monkeypatch.setitem(attention.GPU_LAYOUTS, "webgpu", attention.GPULayout(
+            cuda.ty, cuda.tx, cuda.ry, cuda.rx, attention.WEBGPU_MAX_WORKGROUP_STORAGE))
     mod = attention_module(WEBGPU_CASES, dtype)
     gpu = webgpu.load(mod)
     cpu = relax.VirtualMachine(build.compile_module(mod, build.make_target("llvm")), tvm.cpu())
