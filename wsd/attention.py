@@ -42,6 +42,8 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
+from wsd.layout import fold_permutes
+
 # A masked or not-yet-seen score. Finite: WGSL has no infinity literals, and exp(NEG - m)
 # must be exactly 0 for any finite m, never inf - inf = NaN.
 NEG = -1.0e30
@@ -392,11 +394,7 @@ class _Rewriter(relax.PyExprMutator):
         if outer is None or not isinstance(inner, relax.Call) \
                 or not inner.op.same_as(_PERMUTE) or _axes(inner) is None:
             return call
-        first = _axes(inner)
-        axes = [first[a] for a in outer]
-        if axes == list(range(len(axes))):
-            return inner.args[0]
-        return relax.op.permute_dims(inner.args[0], axes)
+        return fold_permutes(inner.args[0], _axes(inner), outer)
 
     def _attention(self, call):
         q, k, v = call.args

@@ -55,6 +55,12 @@ class SimplifyPermutes:
         return _simplify_permutes(mod)
 
 
+def fold_permutes(x: relax.Expr, first: list[int], second: list[int]) -> relax.Expr:
+    """permute_dims(permute_dims(x, first), second) as one permute_dims, or x itself."""
+    axes = [first[i] for i in second]
+    return x if axes == list(range(len(axes))) else relax.op.permute_dims(x, axes)
+
+
 def _simplify_permutes(mod: tvm.IRModule) -> tvm.IRModule:
     x = wildcard()
     inner = is_op("relax.permute_dims")(x)
@@ -66,11 +72,7 @@ def _simplify_permutes(mod: tvm.IRModule) -> tvm.IRModule:
         return list(range(ndim))[::-1] if axes is None else [int(a) for a in axes]
 
     def rewrite(_expr, matches):
-        first, second = axes_of(matches[inner]), axes_of(matches[outer])
-        axes = [first[i] for i in second]
-        if axes == list(range(len(axes))):
-            return matches[x]
-        return relax.op.permute_dims(matches[x], axes)
+        return fold_permutes(matches[x], axes_of(matches[inner]), axes_of(matches[outer]))
 
     identity = is_op("relax.permute_dims")(wildcard())
 
