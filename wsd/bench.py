@@ -796,12 +796,6 @@ def _silu(x):
     return torch.nn.functional.silu(x)
 
 
-def _group_norm_of(ctx):
-    import torch
-
-    return lambda x, g, b: torch.nn.functional.group_norm(x, ctx["groups"], g, b, ctx["eps"])
-
-
 def _fused_reference(kind: str, ctx: dict) -> Callable | None:
     import torch
 
@@ -817,8 +811,6 @@ def _fused_reference(kind: str, ctx: dict) -> Callable | None:
         "matmul_add": lambda x, w, b: _linear_of(x, w, b),
         "matmul_add_add": lambda x, w, b, r: _linear_of(x, w, b) + r,
         "matmul_add_silu": lambda x, w, b: _silu(_linear_of(x, w, b)),
-        "group_norm": _group_norm_of(ctx),
-        "group_norm_silu": lambda x, g, b: _silu(_group_norm_of(ctx)(x, g, b)),
         "layer_norm": lambda x, g, b: torch.nn.functional.layer_norm(
             x, x.shape[-1:], g, b, 1e-5),
         "split_gelu_multiply": lambda x: (lambda h, gate: h * torch.nn.functional.gelu(gate))(
@@ -845,11 +837,12 @@ def _channels_last(t):
     return t.permute(0, 2, 3, 1) if t.ndim == 4 else t
 
 
+# Group norm is three kernels since wsd.group_norm (partial sums, totals, apply): it is
+# benchmarked whole, as a layer (layer_cases' group_norm rows), and per kernel by --profile.
 FUSED_KINDS = ("conv2d_add_expand_dims_expand_dims_add", "conv2d_add_add_divide", "conv2d_add",
                "conv2d_add_add", "matmul_add", "matmul_add_add", "matmul", "matmul_add_silu",
                "NT_matmul_add", "NT_matmul_add_add", "NT_matmul", "NT_matmul_add_silu",
-               "attention",
-               "group_norm_silu", "group_norm", "layer_norm", "split_gelu_multiply")
+               "attention", "layer_norm", "split_gelu_multiply")
 
 
 def kind_of(name: str) -> str:
