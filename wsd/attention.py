@@ -214,6 +214,20 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                 else:
                     qs[idx // DK, idx % DK] = T.cast(0, dtype)
 
+    @T.macro
+    def load_kv(src, kvs, b, h, key0, col0, width, row_stride, cols, rounds, tid):
+        """Key rows key0.. of src's columns col0..col0+width into kvs (rows row_stride
+        apart), zero past the sequence or the columns."""
+        for e in U(rounds):
+            idx: T.let[T.int32] = e * NT + tid
+            if idx < BC * width:
+                key: T.let[T.int32] = key0 + idx // width
+                col: T.let[T.int32] = col0 + idx % width
+                if key < SKV and col < cols:
+                    kvs[idx // width * row_stride + idx % width] = src[b, key, h, col]
+                else:
+                    kvs[idx // width * row_stride + idx % width] = T.cast(0, dtype)
+
     @T.prim_func(private=True, s_tir=True)
     def main(q: T.Buffer((B, SQ, H, D), dtype), k: T.Buffer((B, SKV, H, D), dtype),
              v: T.Buffer((B, SKV, H, DV), dtype), out: T.Buffer((B, SQ, H, DV), dtype)):
@@ -255,15 +269,8 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                                 sync()
                                 if not Q_ONCE:
                                     load_q(q, qs, b, h, q0, kc, tid)
-                                for e in U(KLOAD):
-                                    idx: T.let[T.int32] = e * NT + tid
-                                    if idx < BC * DK:
-                                        key: T.let[T.int32] = kt * BC + idx // DK
-                                        col: T.let[T.int32] = kc * DK + idx % DK
-                                        if key < SKV and col < D:
-                                            kvs[idx // DK * KPAD + idx % DK] = k[b, key, h, col]
-                                        else:
-                                            kvs[idx // DK * KPAD + idx % DK] = T.cast(0, dtype)
+                                load_kv(k, kvs, b, h, kt * BC, kc * DK, DK, KPAD, D, KLOAD,
+                                        tid)
                                 sync()
                                 for dd in U(DK):
                                     for i in U(RY):
@@ -308,15 +315,8 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                             for vc in UV(NVC):
                                 if NVC > 1:
                                     sync()
-                                for e in U(VLOAD):
-                                    idx: T.let[T.int32] = e * NT + tid
-                                    if idx < BC * DVK:
-                                        key: T.let[T.int32] = kt * BC + idx // DVK
-                                        col: T.let[T.int32] = vc * DVK + idx % DVK
-                                        if key < SKV and col < DV:
-                                            kvs[idx] = v[b, key, h, col]
-                                        else:
-                                            kvs[idx] = T.cast(0, dtype)
+                                load_kv(v, kvs, b, h, kt * BC, vc * DVK, DVK, DVK, DV, VLOAD,
+                                        tid)
                                 sync()
                                 for c in T.serial(BC):
                                     for i in U(RY):
