@@ -39,16 +39,21 @@ def _chunk(pixels: int) -> int:
     return next(d for d in range(min(target, pixels), pixels + 1) if pixels % d == 0)
 
 
+def _batch_axes(ndim: int, channel_axis: int, axes: list[int]) -> list[int]:
+    """The axes group norm neither reduces nor groups (the batch)."""
+    return [d for d in range(ndim) if d != channel_axis and d not in axes]
+
+
 def _layout(shape: list[int], channel_axis: int, axes: list[int]):
     """(batch axes, pixel count, index(batch, pixel, channel) -> x's index)."""
-    batch_axes = [d for d in range(len(shape)) if d != channel_axis and d not in axes]
+    batch_axes = _batch_axes(len(shape), channel_axis, axes)
     pixels = math.prod(shape[d] for d in axes)
+    strides, stride = {}, 1
+    for d in reversed(axes):
+        strides[d] = stride
+        stride *= shape[d]
 
     def index(batch, pixel, channel):
-        strides, stride = {}, 1
-        for d in reversed(axes):
-            strides[d] = stride
-            stride *= shape[d]
         it, out = iter(batch), []
         for d in range(len(shape)):
             if d == channel_axis:
@@ -97,10 +102,11 @@ def _normalize(x: te.Tensor, totals: te.Tensor, gamma: te.Tensor, beta: te.Tenso
                groups: int, channel_axis: int, axes: list[int], eps: float) -> te.Tensor:
     per_group = int(x.shape[channel_axis]) // groups
     count = per_group * math.prod(int(x.shape[d]) for d in axes)
+    batch_axes = _batch_axes(len(x.shape), channel_axis, axes)
 
     def value(*i):
         c = i[channel_axis]
-        batch = [v for d, v in enumerate(i) if d != channel_axis and d not in axes]
+        batch = [i[d] for d in batch_axes]
         mean = totals[(*batch, c // per_group, 0)] / count
         var = tirx.max(totals[(*batch, c // per_group, 1)] / count - mean * mean, 0.0)
         y = (x[i].astype("float32") - mean) * tirx.rsqrt(var + eps) * gamma[c].astype("float32")
@@ -111,7 +117,8 @@ def _normalize(x: te.Tensor, totals: te.Tensor, gamma: te.Tensor, beta: te.Tenso
 
 @tvm.transform.module_pass(opt_level=0, name="wsd.SplitGroupNorm")
 class SplitGroupNorm:
-    """Every relax.nn.group_norm with a static shape -> stats kernel + normalise kernel."""
+    """Every relax.nn.group_norm with a static shape -> partial sums (two kernels), group
+    totals, and the element-wise apply (fused with what follows)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _Rewriter(mod)

@@ -52,49 +52,46 @@ class SimplifyPermutes:
     reshape, which costs nothing."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _simplify_permutes(mod)
+        x = wildcard()
+        inner = is_op("relax.permute_dims")(x)
+        outer = is_op("relax.permute_dims")(inner)
+        single = is_op("relax.permute_dims")(wildcard())
+
+        def fold(_expr, matches):
+            return fold_permutes(matches[x], permute_axes(matches[inner]),
+                                 permute_axes(matches[outer]))
+
+        def drop(_expr, matches):
+            call = matches[single]
+            axes = permute_axes(call)
+            if axes == list(range(len(axes))):
+                return call.args[0]
+            shape = call.args[0].ty.shape
+            if shape is None:
+                return call
+            moved = [a for a in axes if not (isinstance(shape[a], tvm.tirx.IntImm)
+                                              and int(shape[a]) == 1)]
+            if moved == sorted(moved):
+                return relax.op.reshape(call.args[0], call.ty.shape)
+            return call
+
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gvar] = rewrite_call(single, drop, rewrite_call(outer, fold, func))
+        return mod
+
+
+def permute_axes(call: relax.Call) -> list[int]:
+    """A permute_dims call's axes (None in the op means reversed)."""
+    axes = call.attrs.axes
+    return (list(range(call.args[0].ty.ndim))[::-1] if axes is None
+            else [int(a) for a in axes])
 
 
 def fold_permutes(x: relax.Expr, first: list[int], second: list[int]) -> relax.Expr:
     """permute_dims(permute_dims(x, first), second) as one permute_dims, or x itself."""
     axes = [first[i] for i in second]
     return x if axes == list(range(len(axes))) else relax.op.permute_dims(x, axes)
-
-
-def _simplify_permutes(mod: tvm.IRModule) -> tvm.IRModule:
-    x = wildcard()
-    inner = is_op("relax.permute_dims")(x)
-    outer = is_op("relax.permute_dims")(inner)
-
-    def axes_of(call: relax.Call) -> list[int]:
-        ndim = call.args[0].ty.ndim
-        axes = call.attrs.axes
-        return list(range(ndim))[::-1] if axes is None else [int(a) for a in axes]
-
-    def rewrite(_expr, matches):
-        return fold_permutes(matches[x], axes_of(matches[inner]), axes_of(matches[outer]))
-
-    identity = is_op("relax.permute_dims")(wildcard())
-
-    def drop_identity(_expr, matches):
-        expr = matches[identity]
-        axes = axes_of(expr)
-        if axes == list(range(len(axes))):
-            return expr.args[0]
-        shape = expr.args[0].ty.shape
-        if shape is None:
-            return expr
-        moved = [a for a in axes if not (isinstance(shape[a], tvm.tirx.IntImm)
-                                          and int(shape[a]) == 1)]
-        if moved == sorted(moved):
-            return relax.op.reshape(expr.args[0], expr.ty.shape)
-        return expr
-
-    for gvar, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            func = rewrite_call(outer, rewrite, func)
-            mod[gvar] = rewrite_call(identity, drop_identity, func)
-    return mod
 
 
 def _nt_matmul(x: te.Tensor, w: te.Tensor, out_dtype: str) -> te.Tensor:
@@ -135,10 +132,9 @@ class _NTMatmulRewriter(PyExprMutator):
         if not (isinstance(w_t, relax.Call) and w_t.op.same_as(self.permute)):
             return call
         w = w_t.args[0]
-        if w.ty.ndim != 2 or (w_t.attrs.axes is not None
-                              and [int(a) for a in w_t.attrs.axes] != [1, 0]):
+        if w.ty.ndim != 2 or permute_axes(w_t) != [1, 0]:
             return call
-        out_dtype = str(call.attrs.out_dtype) or str(x.ty.dtype)
-        if out_dtype in ("", "void"):
+        out_dtype = str(call.attrs.out_dtype)
+        if out_dtype in ("", "void"):  # matmul without out_dtype: the input's
             out_dtype = str(x.ty.dtype)
         return self.builder_.call_te(_nt_matmul, x, w, out_dtype, primfunc_name_hint="NT_matmul")

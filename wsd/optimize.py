@@ -3,17 +3,19 @@
 Attention first becomes our own kernel (wsd.attention: flash-style, it never writes the
 score matrix; its layout depends on whether the target is a GPU, its math does not). Then
 each target's data layouts (wsd.layout: channels-last convolutions and NT linear layers on
-CUDA). Then operators are lowered to TensorIR (legalize), constants folded (CLIP's causal mask, built
-from int64 index arithmetic, folds away here), and element-wise work fused into the
-reductions and products that produce it, so each fused group becomes one kernel.
+CUDA), and group norm becomes partial sums, group totals and an element-wise apply
+(wsd.group_norm). Then operators are lowered to TensorIR (legalize), constants folded
+(CLIP's causal mask, built from int64 index arithmetic, folds away here), and element-wise
+work fused into the reductions and products that produce it, so each fused group becomes one
+kernel.
 """
 
 import tvm
 from tvm import relax
 
 from wsd import layout
-from wsd.group_norm import SplitGroupNorm
 from wsd.attention import flash_attention
+from wsd.group_norm import SplitGroupNorm
 
 
 def passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
