@@ -1142,8 +1142,6 @@ class ModelBench:
 
     def profile(self, part: str) -> dict:
         """The part's compiled function, each kernel call timed (wsd.profile)."""
-        from wsd import profile
-
         function = PART_FUNCTIONS[part]
         uploaded = [self.pipe.executor.upload(x.numpy()) for x in self.inputs(function)]
         rows, total = profile.profile_calls(

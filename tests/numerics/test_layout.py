@@ -8,8 +8,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from wsd import layout, optimize, verify
-from wsd.bench import kind_of
+from wsd import bench, layout, optimize, verify
 from wsd.models import load_model
 from wsd.trace import resolve_size, trace_model
 
@@ -29,19 +28,10 @@ def test_blocks_pass_with_cuda_layouts(cuda_layouts_on_llvm, dtype):
 
 
 def _kernel_kinds(target: tvm.target.Target, part: str = "unet_guided") -> dict[str, int]:
-    model = load_model("tiny")
-    traced = trace_model(model, *resolve_size(model, None, None), "float16", names=(part,))
-    with target:
-        mod = tvm.transform.Sequential(optimize.passes(target))(traced.mod)
+    """{kernel kind: calls} of one part as the build fuses it for the target."""
     kinds: dict[str, int] = {}
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
-            kind = kind_of(expr.args[0].name_hint)
-            kinds[kind] = kinds.get(kind, 0) + 1
-
-    relax.analysis.post_order_visit(mod[part], visit)
+    for kernel in bench.fused_kernels(load_model("tiny"), part, "float16", target):
+        kinds[kernel.kind] = kinds.get(kernel.kind, 0) + kernel.calls
     return kinds
 
 
