@@ -36,6 +36,7 @@ WebGPU portability (the defaults every adapter offers): at most 256 invocations 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import tvm
@@ -367,9 +368,9 @@ class _Rewriter(relax.PyExprMutator):
     """relax.nn.attention -> call_tir of our kernel; permute_dims(permute_dims(x)) -> one
     permute (or x itself): the importer wraps SDPA in transposes that undo PyTorch's."""
 
-    def __init__(self, mod: tvm.IRModule, gpu: bool, layout: GPULayout):
+    def __init__(self, mod: tvm.IRModule, gpu: bool, layout: GPULayout, tensor_cores: bool):
         super().__init__(mod)
-        self.gpu, self.layout = gpu, layout
+        self.gpu, self.layout, self.tensor_cores = gpu, layout, tensor_cores
         self.kernels: dict = {}
 
     def visit_var_binding_(self, binding):
@@ -411,13 +412,21 @@ class _Rewriter(relax.PyExprMutator):
         scale = call.attrs.scale
         shape = Shape(b, sq, skv, h, d, dv, dtype,
                       default_scale(d) if scale is None else float(scale.value))
-        cfg = choose_config(shape, self.gpu, self.layout)
-        key = (shape, cfg)
-        if key not in self.kernels:
-            self.kernels[key] = self.builder_.add_func(attention_func(shape, cfg),
-                                                       "wsd_attention")
-        return relax.call_tir(self.kernels[key], [q, k, v],
+        if shape not in self.kernels:
+            self.kernels[shape] = self.builder_.add_func(self._kernel(shape), "wsd_attention")
+        return relax.call_tir(self.kernels[shape], [q, k, v],
                               relax.TensorType([b, sq, h, dv], dtype))
+
+    def _kernel(self, shape: Shape) -> tvm.tirx.PrimFunc:
+        """The tensor-core kernel where the target has them and it covers the shape,
+        else the scalar flash kernel in this target's layout."""
+        if self.tensor_cores:
+            from wsd import attention_wmma  # it builds on this module's Shape
+
+            cfg = attention_wmma.choose_config(shape)
+            if cfg is not None:
+                return attention_wmma.attention_func(shape, cfg)
+        return attention_func(shape, choose_config(shape, self.gpu, self.layout))
 
     def _fallback(self, call, dtype):
         """What our kernel does not cover (masks, dynamic shapes) goes to TVM's lowering,
@@ -431,15 +440,23 @@ class _Rewriter(relax.PyExprMutator):
         return relax.op.astype(out, dtype)
 
 
+def _sm(target: tvm.target.Target) -> int:
+    """A CUDA target's compute capability as a number (sm_90a -> 90); 0 if it names none."""
+    arch = re.match(r"sm_(\d+)", str(target.attrs.get("arch", "")))
+    return int(arch.group(1)) if arch else 0
+
+
 def flash_attention(target: tvm.target.Target) -> tvm.transform.Pass:
     """The pass: every `relax.nn.attention` becomes a call of our kernel, laid out for the
-    target (GPU layout for targets with the "gpu" key, the one-thread layout otherwise)."""
+    target (GPU layout for targets with the "gpu" key, the one-thread layout otherwise;
+    tensor cores on CUDA GPUs that have them, sm_70 and later)."""
     gpu = "gpu" in [str(key) for key in target.keys]
     layout = GPU_LAYOUTS.get(target.kind.name, GPULayout())
+    tensor_cores = target.kind.name == "cuda" and _sm(target) >= 70
 
     @tvm.transform.module_pass(opt_level=0, name="wsd.FlashAttention")
     def run(mod, _ctx):
-        rewriter = _Rewriter(mod, gpu, layout)
+        rewriter = _Rewriter(mod, gpu, layout, tensor_cores)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))

@@ -9,6 +9,9 @@
 - The lowered GPU module for full SD shapes holds no buffer anywhere near the score matrix
   (and the same check finds TVM's default lowering's 1 GiB one).
 - The GPU kernels stay within WebGPU's default limits and build for CUDA.
+- CUDA's tensor-core kernel (wsd.attention_wmma): chosen for fp16 where it applies, built for
+  every SD v1.5 UNet shape here; on a CUDA GPU (marked gpu) the whole pass for CUDA, both
+  kernels, against torch at every case.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import tvm
 from tvm import relax
 
 import wsd.optimize
-from wsd import attention, build, limits
+from wsd import attention, attention_wmma, build, limits
 from wsd.bundle import webgpu_target
 
 # name: (batch, q_len, kv_len, heads, head_dim). SD v1.5 at 512x512: UNet self-attention over
@@ -38,6 +41,7 @@ CASES = {
     "unet8-cross": (2, 64, 77, 8, 160),
     "vae-mid": (1, 512, 4096, 1, 512),
     "ragged": (1, 100, 45, 3, 24),  # no length a multiple of a tile
+    "odd-dim": (2, 70, 33, 2, 20),  # a head dim not a multiple of 8 (no 16-byte loads)
 }
 # Full size, batch 2 (classifier-free guidance), 8 heads; the VAE's one head.
 SD15 = {
@@ -170,10 +174,13 @@ def test_gpu_kernels_within_webgpu_defaults(dtype):
     assert source.count("workgroupBarrier") >= len(SD15)
 
 
+CUDA_SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
+                                "thread_warp_size": 32})
+
+
 def test_gpu_kernel_builds_for_cuda():
     """Every SD v1.5 shape in CUDA's layout: built, within 48 KiB of static shared memory."""
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
-                                "thread_warp_size": 32})
+    target = CUDA_SM90
     layout = attention.GPU_LAYOUTS["cuda"]
     for dtype in ("float32", "float16"):
         for name, (b, sq, skv, h, d) in SD15.items():
@@ -185,6 +192,51 @@ def test_gpu_kernel_builds_for_cuda():
             source = tvm.tirx.build(tvm.IRModule({"main": func}), target=target) \
                 .imports[0].inspect_source()
             assert "__syncthreads()" in source and "__shared__" in source
+
+
+def test_tensor_core_kernel_builds_for_cuda():
+    """Every SD v1.5 UNet shape in fp16 gets the wmma kernel within 48 KiB of shared memory;
+    the VAE's 512-wide head and fp32 do not."""
+    for name, (b, sq, skv, h, d) in SD15.items():
+        shape = attention.Shape(b, sq, skv, h, d, d, "float16", attention.default_scale(d))
+        cfg = attention_wmma.choose_config(shape)
+        if name == "vae-mid":
+            assert cfg is None
+            continue
+        assert cfg is not None, name
+        assert attention_wmma.shared_bytes(shape, cfg) <= attention_wmma.MAX_SHARED
+        func = attention_wmma.attention_func(shape, cfg).with_attr("global_symbol", "main")
+        source = tvm.tirx.build(tvm.IRModule({"main": func}), target=CUDA_SM90) \
+            .imports[0].inspect_source()
+        assert "wmma::mma_sync" in source and "__shfl_xor_sync" in source, name
+        assert attention_wmma.choose_config(
+            attention.Shape(b, sq, skv, h, d, d, "float32", 1.0)) is None
+
+
+@pytest.mark.parametrize("arch, dtype, wmma", [("sm_90", "float16", True),
+                                               ("sm_90", "float32", False),
+                                               ("sm_61", "float16", False)])
+def test_pass_picks_tensor_cores_where_they_exist(arch, dtype, wmma):
+    target = tvm.target.Target({"kind": "cuda", "arch": arch})
+    mod = attention.flash_attention(target)(
+        attention_module({"unet32-self": CASES["unet32-self"]}, dtype))
+    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 1
+    assert ("tvm_mma_sync" in kernels[0].script()) == wmma
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cuda_matches_torch(dtype):
+    """The pass as the CUDA build runs it (tensor cores for fp16 where they apply, the
+    scalar kernel in CUDA's layout otherwise), every case against torch."""
+    target = build.make_target("cuda")
+    vm = relax.VirtualMachine(build.compile_module(attention_module(CASES, dtype), target),
+                              tvm.cuda())
+    for name, case in CASES.items():
+        q, k, v = inputs(case, dtype)
+        out = vm[name.replace("-", "_")](*[tvm.runtime.tensor(x, tvm.cuda()) for x in (q, k, v)])
+        check(out.numpy(), torch_sdpa(q, k, v), dtype, f"cuda {name}")
 
 
 def _lowered(mod, target):
