@@ -118,5 +118,5 @@ def main() -> int:
     return 0
 
 
-if __kernel_ == "__main__":
+if __name__ == "__main__":
     sys.exit(main())

@@ -66,8 +66,10 @@ def shared_bytes(shape: Shape, cfg: Config) -> int:
             + rows * (cfg.keys + SCORE_PAD) * 4 + rows * (cfg.keys + PROB_PAD) * 2)
 
 
-# Tried in this order; the first that fits the shared memory wins.
-CANDIDATES = (Config(4, 64), Config(4, 32), Config(2, 32), Config(2, 16))
+# Tried in this order; the first that fits the shared memory wins. Measured on an H100
+# (scripts/cuda_attention_layouts.py, docs/PERF.md): 4 x 64 fastest where it fits (head dims
+# 40 and 80), 2 x 32 next (head dim 160; 4 x 32 was slower there).
+CANDIDATES = (Config(4, 64), Config(2, 32), Config(2, 16))
 
 
 def choose_config(shape: Shape) -> Config | None:
@@ -168,7 +170,7 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                         h: T.let[T.int32] = bh % H
                         q0: T.let[T.int32] = (bx % NQT) * BR
                         row: T.let[T.int32] = warp * FRAG + lane // 2  # this lane's score row
-                        half: T.let[T.int32] = lane % 2  # its columns: 2c + half
+                        parity: T.let[T.int32] = lane % 2  # its columns: 2c + parity
 
                         load_rows(q, kq, b, h, q0, BR, SQ, D, DP, tid)
                         T.tvm_storage_sync("shared")
@@ -188,16 +190,16 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                             scores(kq, ss, qf, kf, sacc, warp)
                             st[2] = st[0]
                             for c in T.unroll(HALF):
-                                if kt * BC + 2 * c + half < SKV:
-                                    st[2] = T.max(st[2], ss[row * SS + 2 * c + half]
+                                if kt * BC + 2 * c + parity < SKV:
+                                    st[2] = T.max(st[2], ss[row * SS + 2 * c + parity]
                                                   * T.float32(scale))
                             st[2] = T.max(st[2], T.tvm_warp_shuffle_xor(FULL, st[2], 1, WARP,
                                                                         WARP))
                             st[1] = st[1] * T.exp(st[0] - st[2])
                             for c in T.unroll(HALF):
-                                if kt * BC + 2 * c + half < SKV:
+                                if kt * BC + 2 * c + parity < SKV:
                                     st[1] = st[1] + T.exp(
-                                        ss[row * SS + 2 * c + half] * T.float32(scale) - st[2])
+                                        ss[row * SS + 2 * c + parity] * T.float32(scale) - st[2])
                             st[0] = st[2]
                             T.tvm_storage_sync("warp")
                         st[1] = T.float32(1) / (
@@ -212,12 +214,12 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                             T.tvm_storage_sync("shared")
                             scores(kq, ss, qf, kf, sacc, warp)
                             for c in T.unroll(HALF):
-                                if kt * BC + 2 * c + half < SKV:
-                                    ps[row * PS + 2 * c + half] = T.cast(
-                                        T.exp(ss[row * SS + 2 * c + half] * T.float32(scale)
+                                if kt * BC + 2 * c + parity < SKV:
+                                    ps[row * PS + 2 * c + parity] = T.cast(
+                                        T.exp(ss[row * SS + 2 * c + parity] * T.float32(scale)
                                               - st[0]) * st[1], dtype)
                                 else:
-                                    ps[row * PS + 2 * c + half] = T.float16(0)
+                                    ps[row * PS + 2 * c + parity] = T.float16(0)
                             T.tvm_storage_sync("warp")
                             for kk in T.unroll(NSF):
                                 T.tvm_load_matrix_sync(
