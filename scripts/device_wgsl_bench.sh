@@ -5,20 +5,15 @@
 #   bash scripts/device_wgsl_bench.sh BENCH_DIR [wsd.wgsl_bench options]
 #   bash scripts/device_wgsl_bench.sh --pytest BENCH_DIR   (pytest tests/perf/test_records.py)
 #
-# Expects, carried with the working tree (both in .git/info/exclude):
-#   .gl/        the Vulkan/GL loader debs (see the device README: libvulkan1 libegl1 ...)
-#   .wgpuwhl/   cp312 wheels of wgpu, cffi, pycparser, rendercanvas
+# Expects .gl/ and .wgpuwhl/ carried with the working tree (scripts/webgpu_env.sh).
 # Results go to $OUT (the device tool's return folder) when set, else to BENCH_DIR.
 set -euo pipefail
 mode=bench
 if [ "${1:-}" = "--pytest" ]; then mode=pytest; shift; fi
 dir=$1; shift
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .wgpuwhl/*.whl
+source "$(dirname "$0")/webgpu_env.sh"
+webgpu_env
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu \
     --format=csv || true
 out=${OUT:-$dir}

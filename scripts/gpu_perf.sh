@@ -17,6 +17,11 @@
 #   gpu_perf.sh models [ARGS]      tests/perf/test_models.py (default: --perf-model sd15
 #                                  --perf-dtype float16: per-model figures + the 3 GB goal)
 #   gpu_perf.sh records            tests/perf/test_records.py (tuned-schedule records)
+#   gpu_perf.sh webgpu DTYPE [PARTS]   wsd bench --model sd15 --target webgpu-native: the
+#                                  browser build's WGSL on this GPU through wgpu-py (Vulkan),
+#                                  GPU time per call, next to PyTorch on CUDA (default parts
+#                                  clip,unet,vae); needs .gl/ and .wgpuwhl/ carried
+#                                  (scripts/webgpu_env.sh)
 #   gpu_perf.sh all                every step above after install, one after another
 #
 # With one call limited to 10 minutes, run the steps as separate calls (the machine keeps /tmp
@@ -24,7 +29,8 @@
 #   stage1; install; build float32; bench float32 clip,unet; bench float32 vae,image,memory;
 #   build float16; bench float16 clip,unet; bench float16 vae,image,memory;
 #   layers float32 conv; layers float32 "not conv"; (same for float16);
-#   fused float32 unet_guided; fused float32 decode; (same for float16); models
+#   fused float32 unet_guided; fused float32 decode; (same for float16); models;
+#   webgpu float16 unet; webgpu float32 unet; webgpu float16 clip,vae; ...
 # (a library is reused only while wsd's compiler sources stay the same between calls).
 # Each step runs under `timeout` (STEP_TIMEOUT seconds, default 540) and a failing or
 # timed-out step does not stop the others; `all` prints a summary of the exit codes at the end.
@@ -37,6 +43,7 @@ export PYTHONPATH=/tmp/site:/tmp/site-bench:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLI
 export WSD_CACHE=${WSD_CACHE:-/tmp/wsd-cache}
 PY=${PYTHON:-python3}
 declare -a SUMMARY=()
+source scripts/webgpu_env.sh
 
 # step NAME LOGFILE CMD...: run one bounded step, everything tee'd to $OUT/LOGFILE
 step() {
@@ -120,6 +127,21 @@ models() {
     perf_pytest models tests/perf/test_models.py "${args[@]}"
 }
 
+webgpu() {  # webgpu DTYPE [PARTS]
+    local dtype=${1:-float16} parts=${2:-clip,unet,vae}
+    local name="webgpu-sd15-$dtype${2:+-${2//,/-}}"
+    # Not under `step`: its exports (VK_DRIVER_FILES) must reach the bench below.
+    if ! webgpu_env >>"$OUT/$name.log" 2>&1; then
+        echo "=== webgpu: installing the Vulkan loaders or wgpu failed ($OUT/$name.log)" \
+            | tee -a "$OUT/$name.log"
+        SUMMARY+=("webgpu sd15 $dtype $parts: install failed")
+        return 0
+    fi
+    step "webgpu sd15 $dtype $parts" "$name.log" \
+        $PY -m wsd bench --model sd15 --target webgpu-native --dtype "$dtype" --parts "$parts" \
+        --torch-compile off --json "$OUT/$name.json" --markdown "$OUT/$name.md"
+}
+
 records() {
     step "pytest records" "pytest-records.log" \
         $PY -m pytest tests/perf/test_records.py -p no:cacheprovider -ra
@@ -134,6 +156,7 @@ layers) shift; layers "$@" ;;
 fused) shift; fused "$@" ;;
 models) shift; models "$@" ;;
 records) records ;;
+webgpu) shift; webgpu "$@" ;;
 all)
     install || echo "install failed: the steps below will say why"
     device_info >/dev/null
@@ -141,9 +164,10 @@ all)
     for d in float32 float16; do layers "$d"; fused "$d"; done
     models
     records
+    for d in float16 float32; do webgpu "$d"; done
     ;;
 *)
-    sed -n '2,30p' "$0"
+    sed -n '2,36p' "$0"
     exit 2
     ;;
 esac

@@ -53,6 +53,8 @@ import numpy as np
 from wsd import profile
 
 DTYPES = ("float32", "float16")
+WEBGPU_NATIVE = "webgpu-native"  # wsd.webgpu_native.TARGET_NAME (not imported: it loads TVM)
+TARGETS = ("llvm", "cuda", WEBGPU_NATIVE)
 PARTS = ("clip", "unet", "vae", "image", "memory")
 PART_FUNCTIONS = {"clip": "encode_text", "unet": "unet_guided", "vae": "decode"}
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -68,64 +70,90 @@ class BenchError(ValueError):
 # --------------------------------------------------------------------------- the device
 
 class Device:
-    """One device seen by both TVM and PyTorch: `llvm` (the CPU) or `cuda` (GPU 0)."""
+    """One device seen by both TVM and PyTorch: `llvm` (the CPU), `cuda` (GPU 0), or
+    `webgpu-native`: the browser build's WGSL on the WebGPU adapter through wgpu-py
+    (wsd.webgpu_native: Vulkan on a GPU machine, Mesa lavapipe on a CPU), next to PyTorch on
+    CUDA where there is one (on a one-GPU machine the same GPU), else on the CPU."""
 
     def __init__(self, target: str):
-        if target not in ("llvm", "cuda"):
-            raise BenchError(f"unknown target {target!r}: choose llvm or cuda")
+        if target not in TARGETS:
+            raise BenchError(f"unknown target {target!r}: choose {', '.join(TARGETS)}")
         self.target = target
-        if target == "cuda":
-            import torch
-            import tvm
+        import torch
+        import tvm
 
-            if not tvm.cuda(0).exist or not torch.cuda.is_available():
-                raise BenchError("target 'cuda' needs an NVIDIA GPU visible to TVM and PyTorch")
-        else:
+        if target == "cuda" and (not tvm.cuda(0).exist or not torch.cuda.is_available()):
+            raise BenchError("target 'cuda' needs an NVIDIA GPU visible to TVM and PyTorch")
+        if target == WEBGPU_NATIVE:
+            from wsd import webgpu_native
+
+            reason = webgpu_native.available()
+            if reason is not None:
+                raise BenchError(reason)
+        self.torch_cuda = target == "cuda" or (target == WEBGPU_NATIVE
+                                               and torch.cuda.is_available())
+        if not self.torch_cuda:
             # The same number of threads on both sides: TVM's (TVM_NUM_THREADS; by default
             # its estimate of the physical cores). PyTorch would otherwise take every logical
             # CPU, and on a loaded machine its OpenMP barriers stall (tiny models ran 100x
             # slower with 2 threads than with 1 on this project's shared 2-core machine).
-            import torch
-            import tvm
-
             torch.set_num_threads(max(1, int(tvm.get_global_func("runtime.NumThreads")())))
 
     @property
-    def is_gpu(self) -> bool:
+    def is_cuda(self) -> bool:
+        """TVM runs on CUDA (and PyTorch with it)."""
         return self.target == "cuda"
 
     @cached_property
     def tvm(self):
         import tvm
 
-        return tvm.cuda(0) if self.is_gpu else tvm.cpu()
+        if self.target == WEBGPU_NATIVE:
+            raise BenchError("target webgpu-native has no TVM runtime device: its kernels run "
+                             "through wsd.webgpu_native (wsd bench --parts clip,unet,vae)")
+        return tvm.cuda(0) if self.is_cuda else tvm.cpu()
 
     @cached_property
     def torch(self):
         import torch
 
-        return torch.device("cuda:0" if self.is_gpu else "cpu")
+        return torch.device("cuda:0" if self.torch_cuda else "cpu")
 
     @cached_property
     def tvm_target(self):
+        if self.target == WEBGPU_NATIVE:
+            from wsd import webgpu_native
+
+            return webgpu_native.make_target()
         from wsd.build import make_target
 
         return make_target(self.target)
 
     def sync(self) -> None:
-        if self.is_gpu:
+        """Wait for PyTorch's and TVM's device work (webgpu-native calls wait themselves)."""
+        if self.torch_cuda:
             import torch
 
             torch.cuda.synchronize()
+        if self.is_cuda:
             self.tvm.sync()
 
     @cached_property
-    def name(self) -> str:
-        if self.is_gpu:
+    def torch_name(self) -> str:
+        if self.torch_cuda:
             import torch
 
             return torch.cuda.get_device_name(0)
         return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+    @cached_property
+    def name(self) -> str:
+        if self.target == WEBGPU_NATIVE:
+            from wsd import webgpu_native
+
+            return (f"{webgpu_native.gpu().adapter} through WebGPU (wgpu-py); PyTorch on "
+                    f"{'cuda' if self.torch_cuda else 'cpu'}: {self.torch_name}")
+        return self.torch_name
 
 
 def cpu_model() -> str:
@@ -169,6 +197,12 @@ class Timing:
     """Seconds per call of each timed repeat."""
 
     times: list[float]
+    # Of a call that times itself (measure_interleaved): host seconds outside `times`
+    host_times: list[float] = field(default_factory=list)
+
+    @property
+    def host_ms(self) -> float | None:
+        return statistics.median(self.host_times) * 1e3 if self.host_times else None
 
     @property
     def median(self) -> float:
@@ -235,8 +269,8 @@ def measure_peak(device: Device, dtype: str) -> Peak:
 
     strict_fp32()
     tdtype = getattr(torch, dtype)
-    n, limit = (1024, 16384) if device.is_gpu else (256, 4096)
-    enough = 0.02 if device.is_gpu else 0.2
+    n, limit = (1024, 16384) if device.torch_cuda else (256, 4096)
+    enough = 0.02 if device.torch_cuda else 0.2
     torch.manual_seed(0)
     while True:
         a = torch.randn(n, n, device=device.torch, dtype=tdtype)
@@ -245,15 +279,16 @@ def measure_peak(device: Device, dtype: str) -> Peak:
         if one.best >= enough or n >= limit:
             break
         n *= 2
-    timing = measure(lambda: torch.mm(a, b), device, warmup=0, repeat=5 if device.is_gpu else 3)
-    peak = Peak(dtype, 2 * n ** 3 / timing.best / 1e12, n, timing.best * 1e3, device.name,
-                dtype)
-    if dtype != "float32" and not device.is_gpu:
+    timing = measure(lambda: torch.mm(a, b), device, warmup=0,
+                     repeat=5 if device.torch_cuda else 3)
+    peak = Peak(dtype, 2 * n ** 3 / timing.best / 1e12, n, timing.best * 1e3,
+                device.torch_name, dtype)
+    if dtype != "float32" and not device.torch_cuda:
         # CPUs without half-precision arithmetic convert and compute in float32: their rate
         # for float16 work is the float32 rate (PyTorch's float16 matmul is far slower).
         f32 = measure_peak(device, "float32")
         if f32.tflops > peak.tflops:
-            peak = Peak(dtype, f32.tflops, f32.n, f32.ms, device.name, "float32")
+            peak = Peak(dtype, f32.tflops, f32.n, f32.ms, device.torch_name, "float32")
     _PEAKS[key] = peak
     return peak
 
@@ -294,6 +329,9 @@ class Row:
     error: float | None = None  # relative L2 of TVM's output against eager PyTorch's
     note: str = ""
     repeats: int | None = None
+    # Host time of a TVM call outside tvm_ms (webgpu-native: Python interpreting the call and
+    # encoding its kernels; the GPU starts after it)
+    tvm_encode_ms: float | None = None
 
     @property
     def tvm_vs_eager(self) -> float | None:
@@ -345,9 +383,10 @@ COLUMNS = ["name", "dtype", "TVM ms", "eager ms", "compile ms", "TVM/eager", "TV
 
 def table_cells(row: Row) -> list[str]:
     name = f"{row.name} {row.shape}".strip()
-    note = row.note
-    if row.error is not None:
-        note = f"err {row.error:.1e}" + (f"; {note}" if note else "")
+    note = "; ".join(n for n in (
+        None if row.error is None else f"err {row.error:.1e}", row.note,
+        None if row.tvm_encode_ms is None else f"host encode {_fmt(row.tvm_encode_ms)} ms")
+        if n)
     return [name, row.dtype.replace("float", "fp"), _fmt(row.tvm_ms), _fmt(row.eager_ms),
             _fmt(row.compile_ms), _fmt(row.tvm_vs_eager, ".2f"), _fmt(row.tvm_vs_compile, ".2f"),
             _fmt(row.tvm_tflops, ".3g"), _fmt(row.pct_peak(row.tvm_ms), ".2g"),
@@ -438,13 +477,14 @@ def tolerance(dtype: str) -> float:
 # --------------------------------------------------------------------------- torch.compile
 
 def compile_policy(option: str, device: Device) -> tuple[bool, str]:
-    """(use torch.compile?, why not). auto: on GPUs yes; on CPUs no (inductor takes minutes
-    per model there, and on this project's 2-core machine longer than the benchmarks)."""
+    """(use torch.compile?, why not). auto: with PyTorch on CUDA yes; on CPUs no (inductor
+    takes minutes per model there, and on this project's 2-core machine longer than the
+    benchmarks)."""
     if option not in COMPILE_CHOICES:
         raise BenchError(f"torch.compile option must be one of {COMPILE_CHOICES}, got {option!r}")
     if option == "off":
         return False, "torch.compile off (--torch-compile off)"
-    if option == "auto" and not device.is_gpu:
+    if option == "auto" and not device.torch_cuda:
         return False, "torch.compile skipped on CPU (slow to compile; --torch-compile on)"
     return True, ""
 
@@ -716,6 +756,9 @@ class Prepared:
     shape: str = ""
     note: str = ""
     extra: dict = field(default_factory=dict)
+    # TVM timing itself: one call, returning (seconds to report, host seconds outside them);
+    # timed instead of `tvm` (webgpu-native: the GPU's time without Python's encoding)
+    tvm_timer: Callable[[], tuple[float, float]] | None = None
 
 
 def prepare_layer(case: LayerCase, dtype: str, device: Device, compile_enabled: bool,
@@ -989,25 +1032,35 @@ def prepare_fused(kernel: FusedKernel, device: Device, compile_enabled: bool,
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], device: Device | None = None,
-                        warmup: int = 1, repeat: int = 5, budget_s: float | None = None
-                        ) -> dict[str, Timing]:
+                        warmup: int = 1, repeat: int = 5, budget_s: float | None = None,
+                        self_timed: Sequence[str] = ()) -> dict[str, Timing]:
     """Time several implementations of one computation round-robin (one call of each per
-    round), so that load from elsewhere on a shared machine falls on all of them alike."""
+    round), so that load from elsewhere on a shared machine falls on all of them alike.
+    The functions named in `self_timed` time themselves: each call returns (seconds, host
+    seconds outside them), recorded instead of its wall-clock time."""
     sync = device.sync if device is not None else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
             sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    timings = {name: Timing([]) for name in fns}
+    elapsed = 0.0
     for _ in range(max(1, repeat)):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
+            out = fn()
             sync()
-            times[name].append(time.perf_counter() - start)
-        if budget_s is not None and sum(map(sum, times.values())) >= budget_s * len(fns):
+            wall = time.perf_counter() - start
+            elapsed += wall
+            if name in self_timed:
+                seconds, host = out
+                timings[name].times.append(seconds)
+                timings[name].host_times.append(host)
+            else:
+                timings[name].times.append(wall)
+        if budget_s is not None and elapsed >= budget_s * len(fns):
             break
-    return {name: Timing(t) for name, t in times.items()}
+    return timings
 
 
 def time_prepared(prep: Prepared, device: Device, peak: Peak | None, warmup: int = 1,
@@ -1015,10 +1068,11 @@ def time_prepared(prep: Prepared, device: Device, peak: Peak | None, warmup: int
     """Time TVM, eager and compiled PyTorch of one prepared benchmark, interleaved."""
     fns = {"eager": prep.eager}
     if prep.tvm:
-        fns["tvm"] = prep.tvm
+        fns["tvm"] = prep.tvm_timer or prep.tvm
     if prep.compiled:
         fns["compiled"] = prep.compiled
-    t = measure_interleaved(fns, device, warmup, repeat, budget_s)
+    t = measure_interleaved(fns, device, warmup, repeat, budget_s,
+                            ("tvm",) if prep.tvm_timer else ())
     note = "; ".join(n for n in (prep.note, prep.compile_note
                                  if prep.compile_note.startswith("torch.compile failed")
                                  else "") if n)
@@ -1026,7 +1080,7 @@ def time_prepared(prep: Prepared, device: Device, peak: Peak | None, warmup: int
                t["tvm"].ms if "tvm" in t else None, t["eager"].ms,
                t["compiled"].ms if "compiled" in t else None,
                prep.flops, prep.bytes, peak.tflops if peak else None, prep.error, note,
-               len(t["eager"].times))
+               len(t["eager"].times), t["tvm"].host_ms if "tvm" in t else None)
 
 
 # --------------------------------------------------------------------------- whole models
@@ -1034,14 +1088,11 @@ def time_prepared(prep: Prepared, device: Device, peak: Peak | None, warmup: int
 def _pipeline_from(model, library, modules):
     """wsd.runtime.Pipeline with its weights taken from wrapped modules already loaded
     (wsd.params.collect_weights(modules=...)) instead of loading the model again."""
-    from wsd.params import collect_weights
-    from wsd.runtime import Pipeline
+    from wsd.runtime import Pipeline, upload_weights
 
     class PipelineFrom(Pipeline):
         def _upload_weights(self):
-            tensors, order = collect_weights(self.model, self.meta, modules=modules)
-            uploaded = {name: self.executor.upload(a) for name, a in tensors.items()}
-            return {function: [uploaded[n] for n in names] for function, names in order.items()}
+            return upload_weights(self.executor, self.model, self.meta, modules)
 
     return PipelineFrom(model, library)
 
@@ -1051,13 +1102,13 @@ class ModelBench:
     and the same PyTorch modules in diffusers' pipeline (wsd.reference)."""
 
     PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+    tvm_note = ""  # what every TVM figure of a part says about itself
 
     def __init__(self, model, device: Device, dtype: str, height: int | None = None,
                  width: int | None = None, compile_option: str = "auto", steps: int = 20,
                  log=print):
         import torch
 
-        from wsd.build import build
         from wsd.reference import Reference
         from wsd.trace import (GuidedUNet, PlainUNet, TextEncoder, VaeDecoder, check_dtype,
                                resolve_size)
@@ -1067,7 +1118,7 @@ class ModelBench:
         self.model, self.device, self.dtype, self.steps, self.log = model, device, dtype, steps, log
         self.height, self.width = resolve_size(model, height, width)
         self.compile_enabled, self.compile_reason = compile_policy(compile_option, device)
-        self.library = build(model, device.target, dtype, self.height, self.width, log=log)
+        self._compile()
         # diffusers' pipeline first, on the CPU in the dtype; wsd's pipeline takes its weights
         # from the same modules (one model load, not two: SD v1.5's takes ~30 s).
         self.reference = Reference(model, "cpu")
@@ -1078,7 +1129,24 @@ class ModelBench:
                    "unet": PlainUNet(pipe.unet).eval(),
                    "decode": VaeDecoder(pipe.vae).eval()}
         self.measured: dict = {}
-        if device.is_gpu:  # what the device has free before wsd's pipeline exists
+        self._load(wrapped)
+        pipe.to(device.torch)
+        self.torch_modules = {k: wrapped[k] for k in ("encode_text", "unet_guided", "decode")}
+        self._flops: dict[str, int] = {}
+
+    def _compile(self) -> None:
+        from wsd.build import build
+
+        self.library = build(self.model, self.device.target, self.dtype, self.height,
+                             self.width, log=self.log)
+
+    def _load(self, wrapped: dict) -> None:
+        """wsd's pipeline, its weights taken from `wrapped` (the PyTorch side's modules, still
+        on the CPU); on CUDA, the device memory it takes."""
+        import torch
+
+        device = self.device
+        if device.is_cuda:  # what the device has free before wsd's pipeline exists
             import gc
 
             import tvm
@@ -1087,24 +1155,31 @@ class ModelBench:
             tvm.get_global_func("vm.builtin.memory_manager.clear")()  # pooled, unused blocks
             torch.cuda.empty_cache()
             free0 = torch.cuda.mem_get_info()[0]
-        self.pipe = _pipeline_from(model, self.library, wrapped)
-        if device.is_gpu:
+        self.pipe = _pipeline_from(self.model, self.library, wrapped)
+        if device.is_cuda:
             device.sync()
             self.measured["tvm_weight_bytes"] = free0 - torch.cuda.mem_get_info()[0]
             self.pipe.generate(self.PROMPT, steps=2, seed=0)  # every function, once
             device.sync()
             self.measured["tvm_after_image_bytes"] = free0 - torch.cuda.mem_get_info()[0]
             torch.cuda.reset_peak_memory_stats()
-        pipe.to(device.torch)
-        self.torch_modules = {k: wrapped[k] for k in ("encode_text", "unet_guided", "decode")}
-        self._flops: dict[str, int] = {}
+
+    def _tvm_call(self, function: str, inputs: tuple):
+        """(a no-argument call of the compiled `function` on `inputs`, uploaded once; and a
+        timer for Prepared.tvm_timer, or None: the call is timed by wall clock)."""
+        uploaded = [self.pipe.executor.upload(x.numpy()) for x in inputs]
+        return (lambda: self.pipe.call(function, *uploaded)), None
+
+    @cached_property
+    def tokenizer(self):
+        return self.model.tokenizer()
 
     def inputs(self, function: str) -> tuple:
         from wsd.trace import example_inputs
 
         inputs = example_inputs(self.model, self.height, self.width)[function]
         if function == "encode_text":  # a real prompt's ids (bos ... eos pad)
-            ids = self.pipe.tokenizer(self.PROMPT).reshape(1, -1).astype(np.int32)
+            ids = self.tokenizer(self.PROMPT).reshape(1, -1).astype(np.int32)
             import torch
 
             inputs = (torch.from_numpy(ids),)
@@ -1123,10 +1198,7 @@ class ModelBench:
         inputs = self.inputs(function)
         module = self.torch_modules[function]
         args = tuple(x.to(self.device.torch) for x in inputs)
-        uploaded = [self.pipe.executor.upload(x.numpy()) for x in inputs]
-
-        def run_tvm():
-            return self.pipe.call(function, *uploaded)
+        run_tvm, timer = self._tvm_call(function, inputs)
 
         def run_eager():
             with torch.no_grad():
@@ -1138,14 +1210,14 @@ class ModelBench:
         compiled, note = torch_compiled(module, args, self.compile_enabled, self.compile_reason)
         shape = "x".join(map(str, inputs[0].shape))
         return Prepared(f"{part} ({function})", self.dtype, "model", run_tvm, run_eager,
-                        compiled, note, flops, None, error, shape=shape)
+                        compiled, note, flops, None, error, shape=shape, note=self.tvm_note,
+                        tvm_timer=timer)
 
     def profile(self, part: str) -> dict:
         """The part's compiled function, each kernel call timed (wsd.profile)."""
         function = PART_FUNCTIONS[part]
-        uploaded = [self.pipe.executor.upload(x.numpy()) for x in self.inputs(function)]
-        rows, total = profile.profile_calls(
-            self.pipe.executor.vm, lambda: self.pipe.call(function, *uploaded), self.device.sync)
+        run, _ = self._tvm_call(function, self.inputs(function))
+        rows, total = profile.profile_calls(self.pipe.executor.vm, run, self.device.sync)
         return {"title": f"{part} ({function}) {self.dtype}", "total_ms": total,
                 "kernels": rows, "kinds": profile.group_by_kind(rows, kind_of)}
 
@@ -1180,10 +1252,10 @@ class ModelBench:
 
         flops = self.image_flops()
         ours = run_tvm()
-        if self.device.is_gpu:
+        if self.device.is_cuda:
             torch.cuda.reset_peak_memory_stats()
         theirs = run_torch("eager")
-        if self.device.is_gpu:  # weights (live) + one image's activations
+        if self.device.is_cuda:  # weights (live) + one image's activations
             self.measured["torch_peak_bytes"] = torch.cuda.max_memory_allocated()
         psnr = image_psnr(ours, theirs)
         note = f"PSNR vs diffusers {psnr:.1f} dB"
@@ -1224,6 +1296,72 @@ class ModelBench:
                 "planned": self.library.meta.get("memory"),
                 "measured": dict(self.measured),
                 "goal_bytes": MEMORY_GOAL_BYTES if self.model.name == "sd15" else None}
+
+
+class WebGPUModelBench(ModelBench):
+    """ModelBench for target webgpu-native, the parts clip, unet and vae: their functions
+    compiled as the browser bundle compiles them (webgpu_native.compile_program: the same
+    target, passes and tuned records), run by webgpu_native.WebGPUExecutor on the WebGPU
+    adapter, weights uploaded once. TVM's figure is the GPU time of one call's command
+    buffer (WebGPUExecutor.timed); the host's time interpreting the call and encoding its
+    kernels in Python (the browser's JavaScript does that far faster) is reported beside it."""
+
+    def __init__(self, model, device: Device, dtype: str, height: int | None = None,
+                 width: int | None = None, compile_option: str = "auto",
+                 parts: Sequence[str] = tuple(PART_FUNCTIONS), log=print):
+        self.functions = self.functions_of(parts)
+        super().__init__(model, device, dtype, height, width, compile_option, log=log)
+
+    @staticmethod
+    def functions_of(parts: Sequence[str], profile_top: int = 0) -> list[str]:
+        """The compiled functions of `parts`; a BenchError for what this target cannot do."""
+        bad = [p for p in parts if p not in PART_FUNCTIONS]
+        if bad:
+            raise BenchError(
+                f"target {WEBGPU_NATIVE} times the parts {', '.join(PART_FUNCTIONS)}, not "
+                f"{', '.join(bad)}: a whole image runs the samplers, whose symbolic shapes "
+                "wsd.webgpu_native does not run; `wsd build --target webgpu` reports the "
+                "browser's memory plan")
+        if profile_top:
+            raise BenchError(f"target {WEBGPU_NATIVE} has no --profile: it times kernels "
+                             "through TVM's Relax VM, which this target does not run")
+        return [PART_FUNCTIONS[p] for p in parts]
+
+    def _compile(self) -> None:
+        from wsd import webgpu_native
+        from wsd.build import function_meta
+        from wsd.trace import trace_model
+
+        start = time.perf_counter()
+        self.log(f"tracing {self.model.name} ({self.dtype}, {self.height}x{self.width}) "
+                 f"{', '.join(self.functions)} ...")
+        traced = trace_model(self.model, self.height, self.width, self.dtype,
+                             names=self.functions)
+        self.log("compiling as the browser bundle (webgpu, wasm32 host) ...")
+        self.program = webgpu_native.compile_program(traced.mod)
+        self.meta = {"dtype": self.dtype, "functions": function_meta(traced)}
+        self.log(f"compiled {len(self.program.kernels)} WGSL kernels in "
+                 f"{time.perf_counter() - start:.0f} s")
+
+    def _load(self, wrapped: dict) -> None:
+        from wsd import webgpu_native
+        from wsd.runtime import upload_weights
+
+        self.executor = webgpu_native.WebGPUExecutor(self.program)
+        self.weights = upload_weights(self.executor, self.model, self.meta, wrapped)
+        self.tvm_note = f"GPU time by {self.executor.timing_method}"
+        if not self.device.torch_cuda:
+            self.tvm_note += "; PyTorch on cpu (no CUDA)"
+
+    def _tvm_call(self, function: str, inputs: tuple):
+        run, weights = self.executor, self.weights[function]
+        uploaded = [run.upload(x.numpy()) for x in inputs]
+
+        def timer():
+            _, timing = run.timed(function, *uploaded, *weights)
+            return timing.gpu_s, timing.encode_s
+
+        return (lambda: run(function, *uploaded, *weights)), timer
 
 
 # --------------------------------------------------------------------------- pytest settings
@@ -1345,13 +1483,15 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
     from wsd.trace import resolve_size
 
     load_start = os.getloadavg()[0]
+    if target == WEBGPU_NATIVE:  # before minutes of loading
+        WebGPUModelBench.functions_of(parts, profile_top)
     model = load_model(model_spec)
     device = Device(target)
     report = Report(datetime.date.today().isoformat(), device.name, target,
                     command or " ".join(["wsd"] + sys.argv[1:]), versions(),
                     profile_top=profile_top)
     timed = [p for p in parts if p != "memory"]
-    if not timed and not device.is_gpu:  # the plan alone: no code generation, no weights
+    if not timed and not device.is_cuda:  # the plan alone: no code generation, no weights
         from wsd import memory
 
         for dtype in dtypes:
@@ -1367,7 +1507,11 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         log(f"peak {p.dtype}: {p.tflops:.3g} TFLOP/s ({p.label}, {p.ms:.3g} ms)")
     for dtype in dtypes:
         peak = next(p for p in report.peaks if p.dtype == dtype)
-        bench = ModelBench(model, device, dtype, height, width, compile_option, steps, log)
+        if target == WEBGPU_NATIVE:
+            bench = WebGPUModelBench(model, device, dtype, height, width, compile_option,
+                                     parts, log)
+        else:
+            bench = ModelBench(model, device, dtype, height, width, compile_option, steps, log)
         for part in parts:
             if part == "memory":
                 continue
@@ -1393,6 +1537,15 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         "(torch.compile: its UNet compiled). Every figure warm; implementations timed "
         "round-robin; median.",
     ]
+    if target == WEBGPU_NATIVE:
+        report.notes.append(
+            "webgpu-native: TVM is the browser bundle's build (same target, passes and tuned "
+            "records), its WGSL run through wgpu-py on the WebGPU adapter named above; the "
+            "figure is the GPU time of one call's command buffer (timestamp-query: from the "
+            "beginning of its first compute pass to the end of its last; submit-to-done: "
+            "wall clock from submit until the GPU is done), without the host's time "
+            "interpreting the call and encoding its kernels in Python (host encode, in the "
+            f"note). PyTorch on {device.torch}.")
     enabled, reason = compile_policy(compile_option, device)
     if not enabled:
         report.notes.append(reason)

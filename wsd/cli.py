@@ -147,6 +147,8 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from wsd.bench import TARGETS as bench_targets
+
     p = argparse.ArgumentParser(prog="wsd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -181,7 +183,11 @@ def parser() -> argparse.ArgumentParser:
     bch = sub.add_parser("bench", help="time the compiled model functions and a whole image "
                                        "against PyTorch on the same device (docs/PERF.md)")
     bch.add_argument("--model", default="tiny", help="tiny (default), sd15 or a model folder")
-    bch.add_argument("--target", default="llvm", choices=("llvm", "cuda"))
+    bch.add_argument("--target", default="llvm", choices=bench_targets,
+                     help="llvm (CPU), cuda, or webgpu-native: the browser build's WGSL on this "
+                          "machine's WebGPU adapter through wgpu-py (GPU time of each call), "
+                          "PyTorch on CUDA if there is one, else on the CPU; parts clip, unet, "
+                          "vae")
     bch.add_argument("--dtype", default="float32,float16",
                      help="float32, float16 or both, comma-separated (default both)")
     bch.add_argument("--parts", default="clip,unet,vae,image,memory",

@@ -39,11 +39,7 @@ class Pipeline:
         self.weights = self._upload_weights()
 
     def _upload_weights(self) -> dict[str, list]:
-        """Device copies of each function's weights, named and ordered as in the browser's
-        tensor cache (wsd.params); the two UNet functions share theirs."""
-        tensors, order = collect_weights(self.model, self.meta)
-        uploaded = {name: self.executor.upload(array) for name, array in tensors.items()}
-        return {function: [uploaded[n] for n in names] for function, names in order.items()}
+        return upload_weights(self.executor, self.model, self.meta)
 
     def call(self, name: str, *inputs):
         return self.executor(name, *inputs, *self.weights[name])
@@ -87,6 +83,15 @@ class Pipeline:
                 progress(i + 1, len(sampler.timesteps))
         image = self.call("decode", latents).numpy()[0]
         return to_uint8(image)
+
+
+def upload_weights(executor, model: Model, meta: dict, modules=None) -> dict[str, list]:
+    """Device copies (`executor.upload`) of each function's weights, named and ordered as in
+    the browser's tensor cache (wsd.params); the two UNet functions share theirs. `modules`:
+    the wrapped modules if already loaded (wsd.params.collect_weights)."""
+    tensors, order = collect_weights(model, meta, modules=modules)
+    uploaded = {name: executor.upload(array) for name, array in tensors.items()}
+    return {function: [uploaded[n] for n in names] for function, names in order.items()}
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

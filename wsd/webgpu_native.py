@@ -2,7 +2,8 @@
 
 TVM's Python wheel has no WebGPU runtime (the browser uses tvmjs), so this module is a small
 one of our own, used by `wsd verify --target webgpu-native` to check, block by block, that the
-exact WGSL the browser bundle ships computes what PyTorch computes.
+exact WGSL the browser bundle ships computes what PyTorch computes, and by `wsd bench --target
+webgpu-native` to time it on a GPU.
 
     compile_program(mod)   the same call as the browser build (`wsd.bundle.webgpu_target()`,
                            wasm32 host; `wsd.build.pipeline`, through `tvm.compile`), watched
@@ -22,6 +23,10 @@ exact WGSL the browser bundle ships computes what PyTorch computes.
                            argument in order (read-only or read-write as the table says),
                            then a uniform holding the scalar arguments as 32-bit words plus
                            the packed x grid size; blockIdx.x above 65535 is spread over z.
+                           `timed(name, ...)` also times a call: the GPU time of its command
+                           buffer (timestamp queries where the adapter has them), apart from
+                           the host's time interpreting and encoding it (`wsd bench --target
+                           webgpu-native`).
 
 wgpu-py on Mesa's lavapipe (a CPU Vulkan) is enough: it has shader-f16, so float16 builds run
 too. A machine with a GPU gets its GPU adapter instead.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +67,7 @@ class Gpu:
     adapter: str  # what it runs on, in words
     shader_f16: bool
     limits: dict
+    timestamps: bool = False  # the device has timestamp queries (WebGPU "timestamp-query")
 
 
 _GPU: Gpu | None = None
@@ -87,13 +94,14 @@ def gpu() -> Gpu:
         raise TargetError(f"target '{TARGET_NAME}' found no WebGPU adapter ({reason}); on a "
                           "machine without a GPU install Mesa's lavapipe (apt "
                           "mesa-vulkan-drivers; scripts/setup.sh does)")
-    features = ["shader-f16"] if "shader-f16" in adapter.features else []
+    features = [f for f in ("shader-f16", "timestamp-query") if f in adapter.features]
     limits = {k: adapter.limits[k] for k in _LIMITS if k in adapter.limits}
     device = adapter.request_device_sync(required_features=features, required_limits=limits)
     info = adapter.info
     details = ", ".join(str(info[k]) for k in ("backend_type", "description") if info.get(k))
     name = f"{info.get('device') or '?'} ({details})" if details else info.get("device") or "?"
-    _GPU = Gpu(device, name, bool(features), dict(device.limits))
+    _GPU = Gpu(device, name, "shader-f16" in features, dict(device.limits),
+               "timestamp-query" in features)
     return _GPU
 
 
@@ -264,6 +272,18 @@ class Tensor:
 
 # ---- the executor --------------------------------------------------------------------------
 
+@dataclass
+class CallTiming:
+    """One call of `WebGPUExecutor.timed`, in seconds."""
+
+    gpu_s: float  # the call's command buffer on the GPU, measured as `method` says
+    method: str  # "timestamp-query": from the beginning of its first compute pass to the end
+    #              of its last; "submit-to-done": wall clock from submit until the GPU is done
+    encode_s: float  # the host before submit: interpreting the Relax code, encoding kernels
+    wall_s: float  # wall clock from submit until the host saw the GPU done
+    dispatches: int
+
+
 class WebGPUExecutor:
     """`executor(name, *args)` runs the Relax function `name` of a Program on the WebGPU
     device: numpy arguments are uploaded first, Tensors are passed as they are; returns a
@@ -276,8 +296,11 @@ class WebGPUExecutor:
         self.device = self.gpu.device
         self._pipelines: dict[str, tuple] = {}
         self._constants: dict = {}
-        self._encoder = None
+        # Kernels launched and not yet submitted: (pipeline, bind group, workgroups), encoded
+        # at flush, when the first and last compute pass (for timestamps) are known.
+        self._pending: list[tuple] = []
         self._keep: list = []  # buffers the pending commands use
+        self._clock = None  # timed(): (query set or None, buffer read back to wait for the GPU)
         self.dispatches = 0
         self.after_dispatch = None  # test hook: f(kernel name, args) after each dispatch
 
@@ -313,24 +336,99 @@ class WebGPUExecutor:
 
     def flush(self) -> None:
         """Submit the pending kernels (reading a buffer back waits for them)."""
-        if self._encoder is not None:
-            self.device.queue.submit([self._encoder.finish()])
-            self._encoder = None
+        commands = self._encode()
+        if commands is not None:
+            self.device.queue.submit([commands])
         self._keep = []
+
+    def _encode(self, query_set=None, resolve=None):
+        """The pending kernels as one command buffer, a compute pass each (as tvmjs); with a
+        query set, timestamps 0 and 1 at the beginning of the first pass and the end of the
+        last, resolved into the buffer `resolve`. None when nothing is pending."""
+        if not self._pending:
+            return None
+        last = len(self._pending) - 1
+        stamps = {0: {"beginning_of_pass_write_index": 0}}
+        stamps.setdefault(last, {})["end_of_pass_write_index"] = 1
+        encoder = self.device.create_command_encoder()
+        for i, (pipeline, group, work) in enumerate(self._pending):
+            writes = None
+            if query_set is not None and i in stamps:
+                writes = {"query_set": query_set, **stamps[i]}
+            compute = encoder.begin_compute_pass(timestamp_writes=writes)
+            compute.set_pipeline(pipeline)
+            compute.set_bind_group(0, group)
+            compute.dispatch_workgroups(*work)
+            compute.end()
+        self._pending = []
+        if query_set is not None:
+            encoder.resolve_query_set(query_set, 0, 2, resolve, 0)
+        return encoder.finish()
 
     # -- Relax
     def has(self, name: str) -> bool:
         return name in self.program.functions()
 
     def __call__(self, name: str, *args):
+        try:
+            return self._interpret(name, args)
+        finally:
+            self.flush()
+
+    @property
+    def timing_method(self) -> str:
+        """How `timed` measures the GPU (CallTiming.method): timestamp queries where the
+        device has them, else wall clock from submit to completion."""
+        return "timestamp-query" if self.gpu.timestamps else "submit-to-done"
+
+    def timed(self, name: str, *args) -> tuple[object, CallTiming]:
+        """Run `name` as a call does, wait for the GPU, and time it: (result, CallTiming).
+
+        The whole call is encoded before it is submitted, so the GPU figure leaves out the
+        host's work (in Python, far slower than the browser's JavaScript), reported apart."""
+        import wgpu
+
+        self.flush()  # earlier work is not this call's
+        if self._clock is None:
+            if self.timing_method == "timestamp-query":
+                self._clock = (self.device.create_query_set(type="timestamp", count=2),
+                               self.device.create_buffer(
+                                   size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE
+                                   | wgpu.BufferUsage.COPY_SRC))
+            else:
+                self._clock = (None, _buffer(self.device, 4))
+        query_set, readback = self._clock
+        start, dispatches = time.perf_counter(), self.dispatches
+        try:
+            result = self._interpret(name, args)
+        except BaseException:
+            self.flush()
+            raise
+        commands = self._encode(query_set, readback)
+        if commands is None:
+            raise RuntimeError(f"{name} launches no kernel: there is no GPU work to time")
+        submitted = time.perf_counter()
+        self.device.queue.submit([commands])
+        self._keep = []
+        data = self.device.queue.read_buffer(readback)  # waits for the GPU
+        done = time.perf_counter()
+        if query_set is None:
+            gpu_s = done - submitted
+        else:
+            begin, end = np.frombuffer(data, np.uint64).tolist()  # WebGPU's are nanoseconds
+            gpu_s = (end - begin) * 1e-9
+            if gpu_s <= 0:
+                raise RuntimeError(f"timestamps of {name} do not increase: {begin}, {end}")
+        return result, CallTiming(gpu_s, self.timing_method, submitted - start,
+                                  done - submitted, self.dispatches - dispatches)
+
+    def _interpret(self, name: str, args):
+        """Run the Relax function `name`; its kernels are left pending."""
         func = self.program.relax_mod[name]
         if not isinstance(func, relax.Function):
             raise TypeError(f"{name} is not a Relax function")
         args = [self.upload(a) if isinstance(a, np.ndarray) else a for a in args]
-        try:
-            return self._run_relax(func, args)
-        finally:
-            self.flush()
+        return self._run_relax(func, args)
 
     def _run_relax(self, func: relax.Function, args):
         if len(args) != len(func.params):
@@ -492,8 +590,8 @@ class WebGPUExecutor:
         return layout, pipeline
 
     def launch(self, name: str, args) -> None:
-        """Dispatch a kernel as tvmjs does: args are its buffers (Storage) and scalars in
-        parameter order, then one extent per launch tag."""
+        """Dispatch a kernel as tvmjs does (encoded and submitted at flush): args are its
+        buffers (Storage) and scalars in parameter order, then one extent per launch tag."""
         import wgpu
 
         kernel = self.program.kernels[name]
@@ -538,13 +636,7 @@ class WebGPUExecutor:
         entries.append({"binding": len(buffers),
                         "resource": {"buffer": uniform, "offset": 0, "size": uniform.size}})
         group = self.device.create_bind_group(layout=layout, entries=entries)
-        if self._encoder is None:
-            self._encoder = self.device.create_command_encoder()
-        compute = self._encoder.begin_compute_pass()
-        compute.set_pipeline(pipeline)
-        compute.set_bind_group(0, group)
-        compute.dispatch_workgroups(work[0], work[1], work[2])
-        compute.end()
+        self._pending.append((pipeline, group, tuple(work[:3])))
         self._keep.extend([uniform, group, *buffers])
         self.dispatches += 1
         if self.after_dispatch is not None:

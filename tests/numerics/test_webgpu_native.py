@@ -229,3 +229,125 @@ def test_split_sources():
 def test_unknown_target_is_refused():
     with pytest.raises(Exception, match="unknown target"):
         verify.verify_layers(_tiny(), target="webgpu-nowhere", log=None)
+
+
+# ---- timing: WebGPUExecutor.timed and `wsd bench --target webgpu-native` -------------------
+
+@tvm.script.ir_module
+class _Chain:
+    @R.function
+    def main(x: R.Tensor((1 << 20,), dtype="float32"), y: R.Tensor((1 << 20,), dtype="float32")):
+        a = R.add(x, y)
+        b = R.multiply(a, y)
+        return R.exp(b)
+
+
+@pytest.fixture(scope="module")
+def chain(webgpu):
+    return webgpu_native.compile_program(_Chain)
+
+
+def test_timestamps_are_used_where_the_adapter_has_them(webgpu):
+    import wgpu
+
+    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    assert webgpu.timestamps == ("timestamp-query" in adapter.features)
+    assert ("timestamp-query" in webgpu.device.features) == webgpu.timestamps
+
+
+@pytest.mark.parametrize("timestamps", [True, False], ids=["timestamp-query", "submit-to-done"])
+def test_timed_calls_leave_out_the_encoding(webgpu, chain, timestamps):
+    """A slow host (a sleep after each kernel is encoded) shows in encode_s, not in gpu_s."""
+    import time
+
+    if timestamps and not webgpu.timestamps:
+        pytest.skip(f"the WebGPU adapter ({webgpu.adapter}) has no timestamp-query")
+    device = dataclasses.replace(webgpu, timestamps=timestamps)
+    executor = webgpu_native.WebGPUExecutor(chain, device)
+    assert executor.timing_method == ("timestamp-query" if timestamps else "submit-to-done")
+    x = np.linspace(-1, 1, 1 << 20, dtype=np.float32)
+    y = np.full(1 << 20, 0.5, np.float32)
+    args = executor.upload(x), executor.upload(y)
+    executor.timed("main", *args)  # pipelines compiled
+    out, plain = executor.timed("main", *args)
+    np.testing.assert_allclose(out.numpy(), np.exp((x + y) * y), rtol=1e-5)
+    assert plain.method == executor.timing_method and plain.dispatches == 3
+    assert 0 < plain.gpu_s <= plain.wall_s and plain.encode_s > 0
+    delay = 3 * plain.gpu_s + 0.3
+    executor.after_dispatch = lambda name, args: time.sleep(delay / 3)
+    _, slow = executor.timed("main", *args)
+    assert slow.encode_s >= delay
+    assert slow.gpu_s < plain.gpu_s + delay / 2, (plain, slow)
+
+
+@pytest.fixture(scope="module")
+def unet_bench(webgpu):
+    """`wsd bench --target webgpu-native --parts unet` on the tiny model (fp32, 2 repeats),
+    and the WebGPUModelBench it ran."""
+    from wsd import bench
+
+    made = []
+
+    class Kept(bench.WebGPUModelBench):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "WebGPUModelBench", Kept)
+        report = bench.run("tiny", TARGET, ["float32"], ["unet"], repeat=2,
+                           compile_option="off", log=lambda *_: None)
+    return report, made[0]
+
+
+def test_bench_row_is_the_webgpu_build_next_to_pytorch(webgpu, unet_bench):
+    import torch
+
+    from wsd import bench
+
+    report, mb = unet_bench
+    (row,) = report.rows
+    print("\n" + report.text())
+    assert row.name == "unet (unet_guided)" and row.dtype == "float32" and row.repeats == 2
+    assert row.tvm_ms > 0 and row.eager_ms > 0 and row.tvm_encode_ms > 0
+    assert row.error is not None and row.error < bench.tolerance("float32")
+    assert f"GPU time by {mb.executor.timing_method}" in row.note
+    assert ("PyTorch on cpu (no CUDA)" in row.note) == (not torch.cuda.is_available())
+    assert report.target == TARGET and webgpu.adapter in report.device
+    assert any(n.startswith("webgpu-native: TVM is the browser bundle's build")
+               for n in report.notes)
+    assert set(mb.program.functions()) == {"unet_guided"}  # only what was asked is compiled
+
+
+def test_bench_times_the_gpu_and_keeps_the_weights(unet_bench):
+    """Timing a prepared part uploads nothing (inputs and weights stay on the device), and
+    its figure is the GPU's: a host slowed down while encoding shows in the encode time."""
+    import time
+
+    from wsd import bench
+
+    _, mb = unet_bench
+    prep = mb.prepare_part("unet")
+    executor = mb.executor
+    plain = bench.time_prepared(prep, mb.device, None, warmup=0, repeat=1)
+    delay_s = 3 * plain.tvm_ms * 1e-3 + 1
+    uploads, slept = [], []
+    upload = executor.upload
+
+    def counted_upload(array):
+        uploads.append(array.shape)
+        return upload(array)
+
+    def slow_host(name, args):  # once: repeat=1 makes one timed call
+        if not slept:
+            slept.append(name)
+            time.sleep(delay_s)
+
+    executor.upload, executor.after_dispatch = counted_upload, slow_host
+    try:
+        slow = bench.time_prepared(prep, mb.device, None, warmup=0, repeat=1)
+    finally:
+        executor.upload, executor.after_dispatch = upload, None
+    assert slept and not uploads
+    assert slow.tvm_encode_ms >= delay_s * 1e3
+    assert slow.tvm_ms < plain.tvm_ms + delay_s * 1e3 / 2, (plain, slow)

@@ -203,3 +203,49 @@ def test_editing_the_benchmarks_keeps_compiled_libraries(tmp_path, monkeypatch):
     assert build._compiler_fingerprint() == before
     (pkg / "memory.py").write_text((pkg / "memory.py").read_text() + "\n# edited\n")
     assert build._compiler_fingerprint() != before
+
+
+def test_unknown_targets_are_bench_errors():
+    with pytest.raises(bench.BenchError, match=r"unknown target 'vulkan': choose llvm, cuda, "
+                                               r"webgpu-native"):
+        bench.Device("vulkan")
+    with pytest.raises(bench.BenchError, match="unknown target 'webgpu'"):
+        bench.Device("webgpu")  # the browser bundle's target: not a benchmark device
+
+
+@pytest.mark.parametrize("parts,profile_top,message", [
+    (["unet", "image"], 0, "not image: a whole image runs the samplers"),
+    (["memory"], 0, "not memory"),
+    (["unet"], 5, "no --profile"),
+])
+def test_webgpu_native_refuses_what_it_cannot_time(monkeypatch, parts, profile_top, message):
+    """Said before anything is loaded (an SD v1.5 load takes a minute)."""
+    import wsd.models
+
+    monkeypatch.setattr(wsd.models, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(bench.BenchError, match=message):
+        bench.run("tiny", "webgpu-native", ["float32"], parts, profile_top=profile_top,
+                  log=lambda *_: None)
+
+
+def test_self_timed_functions_report_their_own_seconds():
+    """A self-timed call's figure is what it returns (e.g. GPU time), its host time apart;
+    the budget still counts the wall clock."""
+    import time
+
+    def timer():
+        time.sleep(0.03)  # host work the figure must leave out
+        return 0.001, 0.03
+
+    t = bench.measure_interleaved({"eager": lambda: None, "tvm": timer}, warmup=0, repeat=3,
+                                  self_timed=("tvm",))
+    assert t["tvm"].times == [0.001] * 3 and t["tvm"].host_ms == pytest.approx(30)
+    assert t["eager"].host_ms is None and len(t["eager"].times) == 3
+    short = bench.measure_interleaved({"tvm": timer}, warmup=0, repeat=50, budget_s=0.05,
+                                      self_timed=("tvm",))
+    assert 1 <= len(short["tvm"].times) <= 3
+    prep = bench.Prepared("part", "float32", "model", lambda: pytest.fail("wall-clock timed"),
+                          lambda: None, None, "", None, None, None, tvm_timer=timer)
+    row = bench.time_prepared(prep, None, None, warmup=0, repeat=2)
+    assert row.tvm_ms == pytest.approx(1.0) and row.tvm_encode_ms == pytest.approx(30, rel=0.5)
+    assert "host encode" in bench.table_cells(row)[-1]
