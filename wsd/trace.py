@@ -172,8 +172,11 @@ def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
     for name, module in modules.items():
         func, weight_names[name] = to_relax(module, inputs[name],
                                             decompose=name == "encode_text")
-        mod[name] = func.with_attr("global_symbol", name)
         num_inputs[name] = len(inputs[name])
+        # num_input: TVM's mark that the parameters after the inputs are weights, fixed
+        # from call to call (CUDA graphs may capture kernels that read them)
+        mod[name] = func.with_attr("global_symbol", name).with_attr("num_input",
+                                                                    num_inputs[name])
     return Traced(mod, weight_names, num_inputs, modules)
 
 
