@@ -431,6 +431,9 @@ def memory_rows(memory: dict) -> list[list[str]]:
         if info.get("workspace_kernel"):
             detail += f" ({info['workspace_kernel']})"
         cells.append([f"{name} activations", _mib(info["activation_bytes"]), "-", "-", detail])
+    if plan.get("graph_storage_bytes"):
+        cells.append(["CUDA graph storage", _mib(plan["graph_storage_bytes"]), "-", "-",
+                      "captured kernels' buffers, every function's, kept from the first call"])
     measured = memory.get("measured", {})
     cells.append(["weights", _mib(plan.get("weight_bytes")),
                   _mib(measured.get("tvm_weight_bytes")), "-",

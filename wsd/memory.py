@@ -14,9 +14,14 @@ from the PyTorch model:
   default attention lowering keeps its score matrix this way). Shared/local memory is on-chip
   and not counted. Per function we count its largest kernel workspace.
 
+- CUDA graph storage (CUDA builds, wsd.build.cuda_graphs): the storage of captured kernels, of
+  every function, moves into one `cuda_graph_alloc` function whose allocations the VM caches
+  for its lifetime (a replayed graph must find its buffers where it captured them), so it
+  stays allocated from the first call on.
+
 The pipeline runs one function at a time, so its peak is
 
-    weights + max over functions (planned storage + largest kernel workspace)
+    weights + CUDA graph storage + max over functions (planned storage + largest workspace)
 
 plus the few latent-sized tensors the host loop keeps between calls (text embeddings, latents,
 sampler history: kilobytes to a few MiB, not counted). TVM's runtime allocator pools blocks by
@@ -106,6 +111,20 @@ def kernels_called(mod: tvm.IRModule) -> dict[str, set[str]]:
     return out
 
 
+def graph_allocations(mod: tvm.IRModule) -> dict[str, set[str]]:
+    """{Relax function: the CUDA-graph allocation functions it refers to}."""
+    allocs = {gv.name_hint for gv in mod.functions if gv.name_hint.startswith("cuda_graph_alloc")}
+    out = {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        found = set()
+        relax.analysis.post_order_visit(func, lambda e, found=found: found.add(e.name_hint) if (
+            isinstance(e, tvm.ir.GlobalVar) and e.name_hint in allocs) else None)
+        out[gvar.name_hint] = found
+    return out
+
+
 def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
     """The memory report of a lowered module (see the module docstring). JSON-ready."""
     from wsd.bundle import storage_sizes
@@ -113,6 +132,7 @@ def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
     storage = storage_sizes(lowered)
     workspace = kernel_workspace(lowered)
     called = kernels_called(lowered)
+    graphs = graph_allocations(lowered)
     functions = {}
     for name in MODEL_FUNCTIONS:
         if name not in storage:
@@ -132,6 +152,8 @@ def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
             "activation_bytes": storage[name]["total_bytes"] + ws,
         }
     weight_total = int(sum(weights.values()))
+    allocs = set().union(*(graphs.get(name, set()) for name in functions))
+    graph_total = int(sum(storage[a]["total_bytes"] for a in allocs))
     worst = max(functions, key=lambda f: functions[f]["activation_bytes"], default=None)
     activations = functions[worst]["activation_bytes"] if worst else 0
     return {
@@ -139,9 +161,10 @@ def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
         "num_weights": len(weights),
         "largest_weight_bytes": max(weights.values(), default=0),
         "functions": functions,
+        "graph_storage_bytes": graph_total,
         "peak_function": worst,
         "activation_bytes": activations,
-        "peak_bytes": weight_total + activations,
+        "peak_bytes": weight_total + graph_total + activations,
     }
 
 
@@ -176,8 +199,10 @@ def describe(report: dict) -> str:
     if not report or not report.get("functions"):
         return "memory: no report"
     fn = report["functions"][report["peak_function"]]
+    graphs = report.get("graph_storage_bytes", 0)
     return (f"memory (planned): weights {report['weight_bytes'] / MIB:.1f} MiB + "
-            f"{report['peak_function']} activations {fn['storage_bytes'] / MIB:.1f} MiB "
+            + (f"CUDA graph storage {graphs / MIB:.1f} MiB + " if graphs else "")
+            + f"{report['peak_function']} activations {fn['storage_bytes'] / MIB:.1f} MiB "
             f"+ kernel workspace {fn['workspace_bytes'] / MIB:.1f} MiB = "
             f"{report['peak_bytes'] / MIB:.1f} MiB peak")
 

@@ -12,7 +12,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from wsd import build, trace
+from wsd import build, memory, trace
 from wsd.models import load_model
 
 SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
@@ -66,3 +66,19 @@ def test_graphs_can_be_switched_off(traced, monkeypatch):
     off = build.library_key(model, SM90, "float16", 64, 64)
     monkeypatch.setenv("WSD_CUDA_GRAPHS", "1")
     assert build.library_key(model, SM90, "float16", 64, 64) != off
+
+
+def test_memory_report_counts_graph_storage(traced, monkeypatch):
+    """The captured kernels' storage moves to the cached allocation: the report still counts
+    every byte the plan without graphs had, and adds it to the peak."""
+    weights = memory.weight_bytes(traced)
+    with_graphs = memory.plan(build.pipeline(SM90)(traced.mod), weights)
+    monkeypatch.setenv("WSD_CUDA_GRAPHS", "0")
+    without = memory.plan(build.pipeline(SM90)(traced.mod), weights)
+    step, plain = with_graphs["functions"]["unet_guided"], without["functions"]["unet_guided"]
+    assert with_graphs["graph_storage_bytes"] > 0.9 * plain["storage_bytes"]
+    assert with_graphs["graph_storage_bytes"] + step["storage_bytes"] == plain["storage_bytes"]
+    assert with_graphs["peak_bytes"] == (with_graphs["weight_bytes"]
+                                         + with_graphs["graph_storage_bytes"]
+                                         + step["activation_bytes"])
+    assert "graph_storage_bytes" not in without or not without["graph_storage_bytes"]
