@@ -120,16 +120,21 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                         dst[idx + x] = T.float16(0)
 
     @T.macro
+    def load_tile(frag, index, src, offset, stride, layout):
+        """The 16 x 16 float16 tile at src[offset] (rows `stride` apart; "col_major": its
+        transpose) into fragment `index` of frag."""
+        T.tvm_load_matrix_sync(
+            frag.data, FRAG, FRAG, FRAG, index,
+            T.tvm_access_ptr(T.type_annotation("float16"), src.data, offset, FRAG * stride, 1),
+            stride, layout)
+
+    @T.macro
     def scores(kq, ss, qf, kf, sacc, warp):
         """S (16 x BC) of this warp's rows against the K tile in kq -> ss (float32)."""
         for j in T.unroll(NSF):
             T.tvm_fill_fragment(sacc.data, FRAG, FRAG, FRAG, j, T.float32(0))
             for f in T.unroll(NQF):
-                T.tvm_load_matrix_sync(
-                    kf.data, FRAG, FRAG, FRAG, 0,
-                    T.tvm_access_ptr(T.type_annotation("float16"), kq.data,
-                                     j * FRAG * DP + f * FRAG, FRAG * DP, 1),
-                    DP, "col_major")
+                load_tile(kf, 0, kq, j * FRAG * DP + f * FRAG, DP, "col_major")
                 T.tvm_mma_sync(sacc.data, j, qf.data, f, kf.data, 0, sacc.data, j)
             T.tvm_store_matrix_sync(
                 sacc.data, FRAG, FRAG, FRAG, j,
@@ -175,11 +180,7 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                         load_rows(q, kq, b, h, q0, BR, SQ, D, DP, tid)
                         T.tvm_storage_sync("shared")
                         for f in T.unroll(NQF):
-                            T.tvm_load_matrix_sync(
-                                qf.data, FRAG, FRAG, FRAG, f,
-                                T.tvm_access_ptr(T.type_annotation("float16"), kq.data,
-                                                 warp * FRAG * DP + f * FRAG, FRAG * DP, 1),
-                                DP, "row_major")
+                            load_tile(qf, f, kq, warp * FRAG * DP + f * FRAG, DP, "row_major")
                         # pass 1: each row's max and sum of exponentials
                         st[0] = T.float32(NEG)
                         st[1] = T.float32(0)
@@ -222,18 +223,11 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                                     ps[row * PS + 2 * c + parity] = T.float16(0)
                             T.tvm_storage_sync("warp")
                             for kk in T.unroll(NSF):
-                                T.tvm_load_matrix_sync(
-                                    pf.data, FRAG, FRAG, FRAG, 0,
-                                    T.tvm_access_ptr(T.type_annotation("float16"), ps.data,
-                                                     warp * FRAG * PS + kk * FRAG, FRAG * PS, 1),
-                                    PS, "row_major")
+                                load_tile(pf, 0, ps, warp * FRAG * PS + kk * FRAG, PS,
+                                          "row_major")
                                 for n in T.unroll(NOF):
-                                    T.tvm_load_matrix_sync(
-                                        vf.data, FRAG, FRAG, FRAG, 0,
-                                        T.tvm_access_ptr(T.type_annotation("float16"), vs.data,
-                                                         kk * FRAG * DVP + n * FRAG,
-                                                         FRAG * DVP, 1),
-                                        DVP, "row_major")
+                                    load_tile(vf, 0, vs, kk * FRAG * DVP + n * FRAG, DVP,
+                                              "row_major")
                                     T.tvm_mma_sync(oacc.data, n, pf.data, 0, vf.data, 0,
                                                    oacc.data, n)
                         # out: each 16x16 output fragment through this warp's score rows
