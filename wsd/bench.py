@@ -845,7 +845,10 @@ def _silu(x):
 def _fused_reference(kind: str, ctx: dict) -> Callable | None:
     import torch
 
+    nhwc = ctx.get("layout") == "NHWC" and kind.startswith("conv2d")
     out_shape = ctx["out_shape"]
+    if nhwc:  # the PyTorch counterpart works in NCHW (its stride is read from this shape)
+        out_shape = _channels_first(torch.empty(out_shape, device="meta")).shape
     scale = ctx.get("output_scale", 1.0)
     refs = {
         "conv2d_add": lambda x, w, b: _conv_of(x, w, out_shape) + b,
@@ -869,7 +872,7 @@ def _fused_reference(kind: str, ctx: dict) -> Callable | None:
     if fn is None:
         return None
     out_dtype = getattr(torch, ctx["out_dtype"])
-    if ctx.get("layout") == "NHWC":  # channels-last kernels (wsd.layout): PyTorch's view
+    if nhwc:  # channels-last convolutions (wsd.layout): PyTorch's view; attention is BSNH
         return lambda *args: _channels_last(fn(*map(_channels_first, args))).to(out_dtype)
     return lambda *args: fn(*args).to(out_dtype)
 

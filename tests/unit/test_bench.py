@@ -121,17 +121,21 @@ def test_fused_reference_matches_the_kernel_kind():
     assert prep.error < 1e-5 and prep.flops == 2 * 32 * 8 * 12
 
 
-@pytest.mark.parametrize("kind", ["conv2d_add_add", "NT_matmul_add"])
-def test_fused_reference_follows_cuda_layouts(monkeypatch, kind):
+@pytest.mark.parametrize("part, kind", [("unet_guided", "conv2d_add_add"),
+                                        ("unet_guided", "NT_matmul_add"),
+                                        ("unet_guided", "attention"),
+                                        ("decode", "conv2d_add_add_divide")])
+def test_fused_reference_follows_cuda_layouts(monkeypatch, part, kind):
     """With CUDA's layouts (wsd.layout, forced here on llvm) kernels read NHWC data, OHWI and
-    (N, K) weights: the PyTorch counterparts still compute the same thing."""
+    (N, K) weights: the PyTorch counterparts still compute the same thing. Attention stays
+    BSNH; the decoder's convolutions are wider than they have channels (a stride read from
+    the NHWC output shape would be wrong)."""
     from wsd import layout
     from wsd.models import load_model
 
     monkeypatch.setitem(layout.CONV_LAYOUTS, "llvm", layout.CONV_LAYOUTS["cuda"])
     device = bench.Device("llvm")
-    kernels = bench.fused_kernels(load_model("tiny"), "unet_guided", "float32",
-                                  device.tvm_target)
+    kernels = bench.fused_kernels(load_model("tiny"), part, "float32", device.tvm_target)
     kernel = bench.dominant(kernels, kind)
     assert kernel is not None and kernel.ctx["layout"] == "NHWC"
     prep = bench.prepare_fused(kernel, device, False, "off")
