@@ -26,7 +26,8 @@ tile) and workgroups as a parallel loop. CPU tests therefore check the same tili
 and online-softmax arithmetic that the GPU kernel executes.
 
 On CUDA the workgroup is 8 x 16 threads with 4 x 4 scores each and up to 48 KiB of shared
-memory (GPU_LAYOUTS, measured); every other GPU target gets WebGPU's portable layout.
+memory (GPU_LAYOUTS, measured); every other GPU target gets WebGPU's portable layout. For fp16
+on CUDA GPUs with tensor cores the pass uses wsd.attention_wmma instead, where it applies.
 
 WebGPU portability (the defaults every adapter offers): at most 256 invocations and
 16 KiB of workgroup storage per workgroup, no 64-bit integers, and no infinities in WGSL
