@@ -47,13 +47,16 @@ def _wmma(cfg: attention_wmma.Config):
     return build
 
 
+# Block layouts measured besides attention_wmma.CANDIDATES (kept there only if they win).
+TRIED = (attention_wmma.Config(4, 32), attention_wmma.Config(8, 32))
+
 # label -> shape -> PrimFunc (ValueError where the candidate does not apply)
 CANDIDATES = {
     "scalar, portable (16x16 threads, 2x2 scores, 16 KiB)": _scalar(attention.GPULayout()),
     "scalar, CUDA layout (8x16 threads, 4x4 scores, 48 KiB)":
         _scalar(attention.GPU_LAYOUTS["cuda"]),
     **{f"wmma, {cfg.warps} warps x {cfg.keys} keys": _wmma(cfg)
-       for cfg in attention_wmma.CANDIDATES},
+       for cfg in (*attention_wmma.CANDIDATES, *TRIED)},
 }
 
 
