@@ -86,42 +86,30 @@ def kernel_workspace(mod: tvm.IRModule) -> dict[str, int | None]:
     return out
 
 
-def kernels_called(mod: tvm.IRModule) -> dict[str, set[str]]:
-    """{Relax function: names of the PrimFuncs it calls} (call_tir, or direct calls after
-    CallTIRRewrite)."""
-    prims = {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-    out = {}
+def references(mod: tvm.IRModule) -> dict[str, set[str]]:
+    """{Relax function: names of the module's functions it uses}, directly or through the
+    Relax functions it calls: CUDA graphs move a function's kernels into a lifted
+    `*_cuda_graph_capture` function and its storage into `cuda_graph_alloc`."""
+    direct = {}
     for gvar, func in mod.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        found = set()
+        if isinstance(func, relax.Function):
+            found = set()
 
-        def visit(expr, found=found):
-            if not isinstance(expr, relax.Call):
-                return
-            if isinstance(expr.op, tvm.ir.GlobalVar) and expr.op.name_hint in prims:
-                found.add(expr.op.name_hint)
-            elif isinstance(expr.op, tvm.ir.Op) and expr.op.name in (
-                    "relax.call_tir", "relax.call_tir_inplace") \
-                    and expr.args[0].name_hint in prims:
-                found.add(expr.args[0].name_hint)
+            def visit(expr, found=found):
+                if isinstance(expr, tvm.ir.GlobalVar):
+                    found.add(expr.name_hint)
 
-        relax.analysis.post_order_visit(func, visit)
-        out[gvar.name_hint] = found
-    return out
-
-
-def graph_allocations(mod: tvm.IRModule) -> dict[str, set[str]]:
-    """{Relax function: the CUDA-graph allocation functions it refers to}."""
-    allocs = {gv.name_hint for gv in mod.functions if gv.name_hint.startswith("cuda_graph_alloc")}
+            relax.analysis.post_order_visit(func, visit)
+            direct[gvar.name_hint] = found
     out = {}
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        found = set()
-        relax.analysis.post_order_visit(func, lambda e, found=found: found.add(e.name_hint) if (
-            isinstance(e, tvm.ir.GlobalVar) and e.name_hint in allocs) else None)
-        out[gvar.name_hint] = found
+    for name in direct:
+        seen, todo = set(), [name]
+        while todo:
+            for ref in direct.get(todo.pop(), ()):
+                if ref not in seen:
+                    seen.add(ref)
+                    todo.append(ref)
+        out[name] = seen
     return out
 
 
@@ -131,13 +119,14 @@ def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
 
     storage = storage_sizes(lowered)
     workspace = kernel_workspace(lowered)
-    called = kernels_called(lowered)
-    graphs = graph_allocations(lowered)
+    used = references(lowered)
+    prims = {gv.name_hint for gv, f in lowered.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc)}
     functions = {}
     for name in MODEL_FUNCTIONS:
         if name not in storage:
             continue
-        kernels = called.get(name, set())
+        kernels = used.get(name, set()) & prims
         known = {k: workspace[k] for k in kernels if workspace.get(k) is not None}
         top = max(known, key=known.get, default=None)
         ws = known[top] if top is not None else 0
@@ -152,7 +141,8 @@ def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
             "activation_bytes": storage[name]["total_bytes"] + ws,
         }
     weight_total = int(sum(weights.values()))
-    allocs = set().union(*(graphs.get(name, set()) for name in functions))
+    allocs = {ref for name in functions for ref in used.get(name, ())
+              if ref.startswith("cuda_graph_alloc")}
     graph_total = int(sum(storage[a]["total_bytes"] for a in allocs))
     worst = max(functions, key=lambda f: functions[f]["activation_bytes"], default=None)
     activations = functions[worst]["activation_bytes"] if worst else 0

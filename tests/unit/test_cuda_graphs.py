@@ -82,3 +82,16 @@ def test_memory_report_counts_graph_storage(traced, monkeypatch):
                                          + with_graphs["graph_storage_bytes"]
                                          + step["activation_bytes"])
     assert "graph_storage_bytes" not in without or not without["graph_storage_bytes"]
+
+
+def test_memory_report_sees_the_captured_kernels(traced, monkeypatch):
+    """The kernels a step runs (whose workspace the report takes) include those its CUDA
+    graphs capture: the same set with and without graphs."""
+    prims = lambda mod: {g.name_hint for g, f in mod.functions.items()  # noqa: E731
+                         if isinstance(f, tvm.tirx.PrimFunc)}
+    graphs = build.pipeline(SM90)(traced.mod)
+    monkeypatch.setenv("WSD_CUDA_GRAPHS", "0")
+    plain = build.pipeline(SM90)(traced.mod)
+    used = memory.references(graphs)["unet_guided"] & prims(graphs)
+    assert len(used) > 50
+    assert used == memory.references(plain)["unet_guided"] & prims(plain)
