@@ -22,6 +22,10 @@
 #                                  GPU time per call, next to PyTorch on CUDA (default parts
 #                                  clip,unet,vae); needs .gl/ and .wgpuwhl/ carried
 #                                  (scripts/webgpu_env.sh)
+#   gpu_perf.sh tune DIR           python -m wsd.cuda_bench DIR: build, check and time the
+#                                  tensor-core candidates of a `wsd.tune export --target cuda`
+#                                  folder (carried); results and references to $OUT, then
+#                                  `python -m wsd.tune admit` here
 #   gpu_perf.sh all                every step above after install, one after another
 #
 # With one call limited to 10 minutes, run the steps as separate calls (the machine keeps /tmp
@@ -142,6 +146,13 @@ webgpu() {  # webgpu DTYPE [PARTS]
         --torch-compile off --json "$OUT/$name.json" --markdown "$OUT/$name.md"
 }
 
+tune() {  # tune DIR: the folder of `python -m wsd.tune export --target cuda`
+    local dir=$1
+    step "tune cuda $dir" "tune-cuda.log" \
+        $PY -m wsd.cuda_bench "$dir" --out "$OUT/cuda-results.json"
+    cp -r "$dir/refs" "$OUT/cuda-refs" 2>/dev/null || true
+}
+
 records() {
     step "pytest records" "pytest-records.log" \
         $PY -m pytest tests/perf/test_records.py -p no:cacheprovider -ra
@@ -157,6 +168,7 @@ fused) shift; fused "$@" ;;
 models) shift; models "$@" ;;
 records) records ;;
 webgpu) shift; webgpu "$@" ;;
+tune) shift; tune "$@" ;;
 all)
     install || echo "install failed: the steps below will say why"
     device_info >/dev/null
@@ -167,7 +179,7 @@ all)
     for d in float16 float32; do webgpu "$d"; done
     ;;
 *)
-    sed -n '2,36p' "$0"
+    sed -n '2,40p' "$0"
     exit 2
     ;;
 esac

@@ -105,7 +105,14 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target, observe=()):
     relax_pipeline = pipeline(target)
     if observe:
         relax_pipeline = tvm.transform.Sequential([relax_pipeline, *observe])
-    return tvm.compile(mod, target, relax_pipeline=relax_pipeline)
+    # cp.async for the copies that tuned CUDA schedules pipeline asynchronously
+    # (wsd.schedules.tensor_core_matmul); other kernels have no asynchronous stages.
+    outer = tvm.transform.PassContext.current()
+    config = dict(outer.config)
+    if target.kind.name == "cuda":
+        config["tirx.use_async_copy"] = True
+    with tvm.transform.PassContext(opt_level=outer.opt_level, config=config):
+        return tvm.compile(mod, target, relax_pipeline=relax_pipeline)
 
 
 @dataclass

@@ -1,10 +1,15 @@
 """Tuned schedules, gated: find kernels worth tuning, measure candidates, admit winners.
 
-    python -m wsd.tune list   [--model sd15] [--dtype float32] [--top 30]
-    python -m wsd.tune export --out DIR [--model sd15] [--top 30] [--max-candidates 8]
+    python -m wsd.tune list   [--target webgpu|cuda] [--model sd15] [--dtype float32] [--top 30]
+    python -m wsd.tune export --out DIR [--target ...] [--model sd15] [--top 30]
+                                        [--max-candidates 8]
                                         [--records]   (re-check the stored records instead)
-    (on a machine with a WebGPU GPU, no TVM needed:)  python -m wsd.wgsl_bench DIR
+    (webgpu: on a machine with a WebGPU GPU, no TVM needed)  python -m wsd.wgsl_bench DIR
+    (cuda: on the NVIDIA GPU, with TVM and nvcc)            python -m wsd.cuda_bench DIR
     python -m wsd.tune admit  DIR/results.json [--margin 0.05] [--dry-run]
+
+WebGPU kernels get `wsd.schedules.tiled_matmul` candidates; CUDA kernels with fp16 operands
+get `wsd.schedules.tensor_core_matmul` candidates (built on the GPU machine, where nvcc is).
 
 `export` traces the model, runs the target-independent passes (wsd.optimize), keeps the
 kernels that are GEMMs in the sense of our tiled rule (matmuls, and convolutions as implicit
@@ -22,6 +27,7 @@ longer wins is dropped from the database.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -37,10 +43,13 @@ import tvm.script
 import tvm_ffi
 from tvm import relax, tirx
 
-from wsd import wgsl_bench
-from wsd.schedules import records, tiled_matmul
+from wsd import cuda_bench, wgsl_bench
+from wsd.schedules import records, tensor_core_matmul, tiled_matmul
 
 WEBGPU_TARGET = {"kind": "webgpu", "host": "llvm"}
+# The kernels the CUDA build of any sm_80+ GPU has (layouts depend on the kind, attention on
+# the architecture; GEMM kernels are the same); the bench builds for the GPU it runs on.
+CUDA_TARGET = "nvidia/nvidia-h100"
 SAMPLES = 8192
 
 
@@ -74,11 +83,16 @@ def webgpu_target() -> tvm.target.Target:
     return tvm.target.Target(WEBGPU_TARGET)
 
 
+def target_of(name: str) -> tvm.target.Target:
+    return tvm.target.Target(CUDA_TARGET if name == "cuda" else WEBGPU_TARGET)
+
+
 # --------------------------------------------------------------------------- workloads
 
 def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
                      height: int | None = None, width: int | None = None,
-                     names=("unet_guided", "decode", "encode_text")) -> tvm.IRModule:
+                     names=("unet_guided", "decode", "encode_text"),
+                     target: tvm.target.Target | None = None) -> tvm.IRModule:
     from wsd import optimize
     from wsd.models import load_model
     from wsd.trace import resolve_size, trace_model
@@ -86,7 +100,7 @@ def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
     model = load_model(model_spec)
     height, width = resolve_size(model, height, width)
     traced = trace_model(model, height, width, dtype, names=names)
-    return tvm.transform.Sequential(optimize_passes(webgpu_target()))(traced.mod)
+    return tvm.transform.Sequential(optimize_passes(target or webgpu_target()))(traced.mod)
 
 
 def optimize_passes(target: tvm.target.Target) -> list:
@@ -117,15 +131,16 @@ def call_counts(mod: tvm.IRModule) -> dict:
     return counts
 
 
-def workloads(mod: tvm.IRModule) -> list[Workload]:
-    """The GEMM-like kernels of an optimized module, one per distinct workload key."""
+def workloads(mod: tvm.IRModule, target_kind: str = "webgpu") -> list[Workload]:
+    """The GEMM-like kernels of an optimized module that the target's rule takes, one per
+    distinct workload key."""
     counts = call_counts(mod)
     found: dict[str, Workload] = {}
     for gvar, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
         traits = tiled_matmul.matmul_traits(func)
-        if traits is None:
+        if traits is None or target_kind == "cuda" and not tensor_core_matmul.applies(func):
             continue
         key = records.workload_key(func)
         calls = counts.get(gvar.name_hint, {})
@@ -225,7 +240,54 @@ def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
     return out[:limit]
 
 
-def label_of(cfg: tiled_matmul.Config) -> str:
+# (warps_m, warps_n, frag_m, frag_n, chunk, stages): tensor-core block shapes tried, in order
+# of preference (BM = 16 warps_m frag_m, BN = 16 warps_n frag_n, BK = 16 chunk).
+TC_SHAPES = [
+    (2, 2, 4, 4, 2, 3),   # 128x128x32, 4 warps of 64x64
+    (2, 4, 4, 2, 2, 3),   # 128x128x32, 8 warps of 64x32
+    (2, 2, 4, 4, 4, 3),   # 128x128x64
+    (4, 2, 2, 4, 2, 4),   # 128x128x32, 8 warps of 32x64, 4 stages
+    (2, 2, 4, 5, 2, 3),   # 128x160 (J = 320, 640, 1280)
+    (4, 2, 4, 4, 2, 3),   # 256x128
+    (2, 2, 4, 2, 2, 4),   # 128x64
+    (2, 2, 2, 4, 2, 4),   # 64x128
+    (2, 2, 2, 5, 2, 4),   # 64x160
+    (2, 2, 2, 2, 4, 4),   # 64x64x64
+    (1, 2, 2, 4, 4, 4),   # 32x128x64
+    (2, 2, 1, 2, 4, 4),   # 32x64x64
+]
+
+
+def tensor_core_candidates(work: Workload, limit: int = 8, units: int = 132,
+                           shapes=None) -> list[tensor_core_matmul.Config]:
+    """Tensor-core parameter sets worth measuring for one kernel: at most an eighth of
+    padding per axis, and tiles of 128x128 or more only where they occupy at least half the
+    SMs of a large GPU (an H100 has 132)."""
+    e = work.traits["extents"]
+    out = []
+    for wm, wn, fm, fn, chunk, stages in shapes or TC_SHAPES:
+        cfg = tensor_core_matmul.Config(warps_m=wm, warps_n=wn, frag_m=fm, frag_n=fn,
+                                        chunk=chunk, stages=stages)
+        # Deep pipelines of small tiles are the shapes whose reused staging TVM fails to
+        # lower (tensor_core_matmul.Config.static_staging); they stage in static memory.
+        if stages >= 4 and cfg.staging_bytes() <= tensor_core_matmul.MAX_STATIC_SHARED_BYTES:
+            cfg = dataclasses.replace(cfg, static_staging=True)
+        try:
+            cfg.check()
+        except ValueError:
+            continue
+        if -e["I"] % cfg.bm > e["I"] / 8 or -e["J"] % cfg.bn > e["J"] / 8 or e["K"] < cfg.bk:
+            continue
+        blocks = e["S"] * -(-e["I"] // cfg.bm) * -(-e["J"] // cfg.bn)
+        if cfg.bm * cfg.bn >= 128 * 128 and blocks < units / 2:
+            continue
+        out.append(cfg)
+    return out[:limit]
+
+
+def label_of(cfg) -> str:
+    if isinstance(cfg, tensor_core_matmul.Config):
+        return cfg.label()
     return (f"{tiled_matmul.NAME}:{cfg.bm}x{cfg.bn}x{cfg.bk}/{cfg.tm}x{cfg.tn}"
             f"/v{cfg.tm_vec}{cfg.tn_vec}/{'xj' if cfg.x_is_j else 'xi'}/p{cfg.pad}"
             + ("/pipe" if cfg.pipeline else ""))
@@ -336,11 +398,18 @@ def reference_samples(func: tirx.PrimFunc, specs: list[dict], samples: int = SAM
             args.append(tvm.runtime.tensor(
                 wgsl_bench.hash_inputs(spec["shape"], spec["dtype"], spec["seed"]), dev))
     lib["main"](*args)
+    return sample_outputs(specs, [a.numpy() for a in args], samples, seed)
+
+
+def sample_outputs(specs: list[dict], arrays: list, samples: int = SAMPLES,
+                   seed: int = 0) -> dict:
+    """The reference file's contents: for each output, `samples` flat indices (the same
+    for a given size and seed) and the values there."""
     rng = np.random.default_rng(seed)
     out = {}
-    for spec, arr in zip(specs, args):
+    for spec, arr in zip(specs, arrays):
         if spec["output"]:
-            flat = arr.numpy().ravel()
+            flat = np.asarray(arr).ravel()
             idx = np.sort(rng.choice(flat.size, size=min(samples, flat.size), replace=False))
             out[spec["name"] + ".idx"] = idx.astype(np.int64)
             out[spec["name"] + ".val"] = flat[idx]
@@ -351,13 +420,16 @@ def reference_samples(func: tirx.PrimFunc, specs: list[dict], samples: int = SAM
 
 def export(works: list[Workload], out: Path, configs: dict, log=print,
            target: tvm.target.Target | None = None) -> dict:
-    """Write the bench folder: manifest.json, wgsl/*.wgsl, refs/*.npz.
+    """Write the bench folder: manifest.json, refs/*.npz and, for WebGPU, wgsl/*.wgsl (CUDA
+    variants are built where they run, by wsd.cuda_bench, into their "lib" path).
     configs: key -> list of (label, Config)."""
     target = target or webgpu_target()
-    (out / "wgsl").mkdir(parents=True, exist_ok=True)
+    kind = target.kind.name
     (out / "refs").mkdir(parents=True, exist_ok=True)
+    if kind == "webgpu":
+        (out / "wgsl").mkdir(parents=True, exist_ok=True)
     manifest = {"format": wgsl_bench.FORMAT, "version": wgsl_bench.VERSION,
-                "target": "webgpu", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "target": kind, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "kernels": []}
     for work in works:
         start = time.time()
@@ -367,30 +439,41 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
                  "reference": f"refs/{work.key}.npz", "variants": []}
         variants = [("default", None)] + list(configs.get(work.key, []))
         for label, cfg in variants:
+            rule = None if cfg is None else \
+                tensor_core_matmul if isinstance(cfg, tensor_core_matmul.Config) else tiled_matmul
             try:
                 if cfg is None:
                     scheduled = default_schedule(work.func, target)
                 else:
-                    sch = tiled_matmul.apply(work.func, cfg)
+                    sch = rule.apply(work.func, cfg)
                     if sch is None:
                         raise RuntimeError("rule does not apply")
                     scheduled = sch.mod["main"]
-                compiled = compile_wgsl(scheduled, target)
+                if kind == "webgpu":
+                    compiled = compile_wgsl(scheduled, target)
+                else:  # drops what TVM's lowering rejects (nvcc runs on the GPU machine)
+                    cuda_bench.lower_kernel(scheduled, target)
             except Exception as err:  # noqa: BLE001 - a candidate that fails is dropped
                 log(f"  {label}: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
                 if cfg is None:
                     break
                 continue
-            fname = f"wgsl/{work.key}_{len(entry['variants'])}.wgsl.gz"
-            (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
-            entry["variants"].append({"label": label, "wgsl": fname,
-                                      "params": None if cfg is None else cfg.to_json(),
-                                      "rule": None if cfg is None else tiled_matmul.NAME,
-                                      "launches": compiled["launches"]})
+            variant = {"label": label, "params": None if cfg is None else cfg.to_json(),
+                       "rule": None if cfg is None else rule.NAME}
+            index = len(entry["variants"])
+            if kind == "webgpu":
+                fname = f"wgsl/{work.key}_{index}.wgsl.gz"
+                (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
+                variant.update(wgsl=fname, launches=compiled["launches"])
+            else:
+                variant["lib"] = f"cuda_lib/{work.key}_{index}.so"
+            entry["variants"].append(variant)
         if not entry["variants"] or entry["variants"][0]["label"] != "default":
             log(f"{work.name}: default schedule does not compile; skipped")
             continue
-        if not (out / entry["reference"]).is_file():  # a re-export keeps its references
+        # A re-export keeps its references. CUDA's are computed on the GPU machine
+        # (wsd.cuda_bench): llvm takes minutes per large fp16 kernel here.
+        if kind == "webgpu" and not (out / entry["reference"]).is_file():
             np.savez_compressed(out / entry["reference"],
                                 **reference_samples(work.func, specs))
         manifest["kernels"].append(entry)
@@ -460,6 +543,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("list", "export"):
         p = sub.add_parser(name)
+        p.add_argument("--target", default="webgpu", choices=("webgpu", "cuda"))
         p.add_argument("--model", default="sd15")
         p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
         p.add_argument("--height", type=int)
@@ -495,12 +579,15 @@ def main(argv=None) -> int:
                   f"({len(db['records'])} records)")
         return 0
 
-    db = records.load("webgpu")
+    if getattr(args, "from_bench", None) and args.target != "webgpu":
+        parser.error("--from-bench re-exports WebGPU bench folders only")
+    target = target_of(args.target)
+    db = records.load(args.target)
     if args.command == "export" and args.records:
         works = record_workloads(db)
         configs = {w.key: [("record", records.config_of(db["records"][w.key]))]
                    for w in works}
-        export(works, args.out, configs)
+        export(works, args.out, configs, target=target)
         return 0
     if args.command == "export" and args.from_bench:
         works = bench_workloads(args.from_bench, args.below_tflops)
@@ -521,8 +608,8 @@ def main(argv=None) -> int:
                 (args.out / "refs" / src.name).write_bytes(src.read_bytes())
         export(works, args.out, configs)
         return 0
-    mod = optimized_module(args.model, args.dtype, args.height, args.width)
-    works = _select(workloads(mod), args.top, args.min_gflop)
+    mod = optimized_module(args.model, args.dtype, args.height, args.width, target=target)
+    works = _select(workloads(mod, args.target), args.top, args.min_gflop)
     if args.command == "list":
         total = sum(w.flops * max(1, sum(w.calls.values())) for w in works)
         print(f"{len(works)} GEMM kernels, {total / 1e12:.2f} TFLOP per pass")
@@ -532,9 +619,10 @@ def main(argv=None) -> int:
                   f"A:{w.traits['a_fast']} B:{w.traits['b_fast']} "
                   f"{w.flops / 1e9:7.2f} GFLOP x{w.calls}")
         return 0
-    configs = {w.key: [(label_of(c), c) for c in candidates(w, args.max_candidates)]
-               for w in works}
-    export(works, args.out, configs)
+    find = tensor_core_candidates if args.target == "cuda" else candidates
+    configs = {w.key: [(label_of(c), c) for c in find(w, args.max_candidates)] for w in works}
+    works = [w for w in works if configs[w.key]]
+    export(works, args.out, configs, target=target)
     return 0
 
 

@@ -89,6 +89,7 @@ class Runner:
         self.device = self.adapter.request_device_sync(required_features=features,
                                                        required_limits=wanted)
         self.timestamps = "timestamp-query" in features
+        self.portable = portable
         self._modules = {}
 
     @property
@@ -103,13 +104,32 @@ class Runner:
     def is_cpu(self) -> bool:
         return str(self.adapter.info.get("adapter_type", "")).lower() == "cpu"
 
-    def buffer(self, array: np.ndarray | None = None, nbytes: int | None = None):
+    # The interface check_kernel uses (wsd.cuda_bench.Runner has the same):
+    # buffer, prepare, write, read, run, time.
+
+    def buffer(self, spec: dict, array: np.ndarray | None = None):
         usage = (self.wgpu.BufferUsage.STORAGE | self.wgpu.BufferUsage.COPY_SRC
                  | self.wgpu.BufferUsage.COPY_DST)
         if array is not None:
             return self.device.create_buffer_with_data(data=np.ascontiguousarray(array),
                                                        usage=usage)
+        nbytes = int(np.prod(spec["shape"])) * np.dtype(_np_dtype(spec["dtype"])).itemsize
         return self.device.create_buffer(size=max(4, (nbytes + 3) // 4 * 4), usage=usage)
+
+    def prepare(self, folder: Path, variant: dict, buffers: dict):
+        """A variant's launches with the kernel's buffers bound."""
+        source = read_source(folder / variant["wgsl"])
+        return [(pipe := self.pipeline(source, launch["entry"]),
+                 self.bind(pipe, [buffers[n] for n in launch["bindings"]], launch["grid"][0]),
+                 launch["grid"])
+                for launch in variant["launches"]]
+
+    def write(self, buffer, array: np.ndarray) -> None:
+        self.device.queue.write_buffer(buffer, 0, np.ascontiguousarray(array))
+
+    def read(self, buffer, spec: dict) -> np.ndarray:
+        """The buffer's elements, flat."""
+        return np.frombuffer(self.device.queue.read_buffer(buffer), dtype=_np_dtype(spec["dtype"]))
 
     def pipeline(self, source: str, entry: str):
         key = (hash(source), entry)
@@ -218,15 +238,13 @@ def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
                  rounds: int = 2, log=print, labels=None, budget_ms: float = 100.0) -> dict:
     """Run, check and time every variant of one kernel (default first). Returns
     {label: {"ok", "err_ref", "err_default", "ms", ...}}."""
-    buffers, arrays = {}, {}
+    buffers = {}
     for spec in kernel["buffers"]:
-        dtype = _np_dtype(spec["dtype"])
         if spec["output"]:
-            nbytes = int(np.prod(spec["shape"])) * np.dtype(dtype).itemsize
-            buffers[spec["name"]] = runner.buffer(nbytes=nbytes)
+            buffers[spec["name"]] = runner.buffer(spec)
         else:
-            arrays[spec["name"]] = hash_inputs(spec["shape"], spec["dtype"], spec["seed"])
-            buffers[spec["name"]] = runner.buffer(arrays[spec["name"]])
+            buffers[spec["name"]] = runner.buffer(
+                spec, hash_inputs(spec["shape"], spec["dtype"], spec["seed"]))
     outputs = [s for s in kernel["buffers"] if s["output"]]
     ref = np.load(folder / kernel["reference"])
     results, launches, default_out = {}, {}, {}
@@ -235,12 +253,7 @@ def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
     for variant in variants:
         label = variant["label"]
         try:
-            source = read_source(folder / variant["wgsl"])
-            launches[label] = [
-                (pipe := runner.pipeline(source, launch["entry"]),
-                 runner.bind(pipe, [buffers[n] for n in launch["bindings"]], launch["grid"][0]),
-                 launch["grid"])
-                for launch in variant["launches"]]
+            launches[label] = runner.prepare(folder, variant, buffers)
         except Exception as err:  # noqa: BLE001 - a candidate that does not compile loses
             results[label] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
             log(f"  {label}: does not compile: {results[label]['error'][:200]}")
@@ -248,12 +261,11 @@ def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
         # Poison the outputs (NaN), run once, read back: every element must be written.
         for spec in outputs:
             poison = np.full(spec["shape"], np.nan, dtype=_np_dtype(spec["dtype"]))
-            runner.device.queue.write_buffer(buffers[spec["name"]], 0, poison)
+            runner.write(buffers[spec["name"]], poison)
         runner.run(launches[label])
         errs_ref, errs_def = [], []
         for spec in outputs:
-            raw = runner.device.queue.read_buffer(buffers[spec["name"]])
-            out = np.frombuffer(raw, dtype=_np_dtype(spec["dtype"]))
+            out = runner.read(buffers[spec["name"]], spec)
             idx, val = ref[spec["name"] + ".idx"], ref[spec["name"] + ".val"]
             errs_ref.append(rel_l2(out[idx], val) if np.all(np.isfinite(out)) else float("inf"))
             if label == "default":
@@ -283,16 +295,17 @@ def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
     return results
 
 
-def run_folder(folder: Path, repeat: int = 30, rounds: int = 2, portable: bool = True,
+def run_folder(folder: Path, runner, repeat: int = 30, rounds: int = 2,
                only=None, log=print, out: Path | None = None,
                budget_ms: float = 100.0) -> dict:
-    """Check and time every kernel of a bench folder; the report is rewritten to `out` after
-    each kernel, so a run cut short still leaves its results."""
+    """Check and time every kernel of a bench folder on `runner` (this module's Runner, or
+    wsd.cuda_bench's); the report is rewritten to `out` after each kernel, so a run cut short
+    still leaves its results."""
     manifest = load_manifest(folder)
-    runner = Runner(portable=portable)
     report = {"format": FORMAT + "-results", "version": VERSION, "adapter": runner.info,
               "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "target": manifest.get("target"), "portable_limits": portable, "kernels": {}}
+              "target": manifest.get("target"),
+              "portable_limits": getattr(runner, "portable", None), "kernels": {}}
     log(f"adapter: {runner.info['device']} ({runner.info['backend']}, "
         f"{runner.info['adapter_type']})")
     for kernel in manifest["kernels"]:
@@ -354,8 +367,8 @@ def main(argv=None) -> int:
                         help="about this much GPU time per variant per round")
     args = parser.parse_args(argv)
     out = args.out or args.folder / "results.json"
-    report = run_folder(args.folder, args.repeat, args.rounds, not args.adapter_limits,
-                        set(args.only) if args.only else None, out=out,
+    report = run_folder(args.folder, Runner(portable=not args.adapter_limits), args.repeat,
+                        args.rounds, set(args.only) if args.only else None, out=out,
                         budget_ms=args.budget_ms)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}", file=sys.stderr)

@@ -23,13 +23,14 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
-from wsd.schedules import tiled_matmul
+from wsd.schedules import tensor_core_matmul, tiled_matmul
 
 FORMAT = "wsd-tuned"
 VERSION = 1
 ROOT = Path(__file__).resolve().parents[1] / "tuned"
 
-RULES = {tiled_matmul.NAME: (tiled_matmul.Config, tiled_matmul.apply)}
+RULES = {tiled_matmul.NAME: (tiled_matmul.Config, tiled_matmul.apply),
+         tensor_core_matmul.NAME: (tensor_core_matmul.Config, tensor_core_matmul.apply)}
 
 
 def workload_key(func: tirx.PrimFunc) -> str:
