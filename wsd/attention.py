@@ -37,13 +37,13 @@ WebGPU portability (the defaults every adapter offers): at most 256 invocations 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
+from wsd.cuda_arch import sm_version
 from wsd.layout import fold_permutes
 
 # A masked or not-yet-seen score. Finite: WGSL has no infinity literals, and exp(NEG - m)
@@ -441,19 +441,13 @@ class _Rewriter(relax.PyExprMutator):
         return relax.op.astype(out, dtype)
 
 
-def _sm(target: tvm.target.Target) -> int:
-    """A CUDA target's compute capability as a number (sm_90a -> 90); 0 if it names none."""
-    arch = re.match(r"sm_(\d+)", str(target.attrs.get("arch", "")))
-    return int(arch.group(1)) if arch else 0
-
-
 def flash_attention(target: tvm.target.Target) -> tvm.transform.Pass:
     """The pass: every `relax.nn.attention` becomes a call of our kernel, laid out for the
     target (GPU layout for targets with the "gpu" key, the one-thread layout otherwise;
     tensor cores on CUDA GPUs that have them, sm_70 and later)."""
     gpu = "gpu" in [str(key) for key in target.keys]
     layout = GPU_LAYOUTS.get(target.kind.name, GPULayout())
-    tensor_cores = target.kind.name == "cuda" and _sm(target) >= 70
+    tensor_cores = target.kind.name == "cuda" and sm_version(target) >= 70
 
     @tvm.transform.module_pass(opt_level=0, name="wsd.FlashAttention")
     def run(mod, _ctx):

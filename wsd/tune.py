@@ -132,15 +132,16 @@ def call_counts(mod: tvm.IRModule) -> dict:
 
 
 def workloads(mod: tvm.IRModule, target_kind: str = "webgpu") -> list[Workload]:
-    """The GEMM-like kernels of an optimized module that the target's rule takes, one per
-    distinct workload key."""
+    """The GEMM-like kernels of an optimized module that one of the target's rules takes
+    (`candidates_for`), one per distinct workload key."""
     counts = call_counts(mod)
     found: dict[str, Workload] = {}
     for gvar, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
         traits = tiled_matmul.matmul_traits(func)
-        if traits is None or target_kind == "cuda" and not tensor_core_matmul.applies(func):
+        if traits is None or target_kind == "cuda" and traits["dtypes"][0] != "float32" \
+                and not tensor_core_matmul.applies(func):
             continue
         key = records.workload_key(func)
         calls = counts.get(gvar.name_hint, {})
@@ -211,11 +212,25 @@ def bench_workloads(folder: Path, below_tflops: float | None = None) -> list[Wor
     return works
 
 
+# CUDA without tensor cores (fp32): the 48 KiB of static shared memory every CUDA GPU
+# has allows deeper slices and double buffering of the large tiles.
+SHAPES_CUDA = [
+    (128, 128, 16, 8, 8, True, 4, True), (128, 128, 8, 8, 8, True, 4, True),
+    (128, 128, 16, 8, 8, True, 4, False), (128, 64, 16, 8, 4, True, 4, True),
+    (64, 128, 16, 4, 8, True, 4, True), (128, 128, 32, 8, 8, True, 4, False),
+    (64, 64, 16, 4, 4, True, 4, True), (64, 64, 32, 8, 8, True, 4, True),
+    (32, 64, 32, 4, 4, True, 4, True),
+]
+CUDA_STATIC_SHARED_BYTES = 48 * 1024
+
+
 def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
-               units: int = 132, shapes=None) -> list[tiled_matmul.Config]:
-    """Parameter sets worth measuring for one kernel: tiles inside WebGPU's portable limits,
-    at most a quarter of padding per axis, and (for the larger tiles) at least `waves`
-    workgroups per compute unit of a large GPU (an H100 has 132), in SHAPES' order."""
+               units: int = 132, shapes=None,
+               max_bytes: int = tiled_matmul.MAX_WORKGROUP_BYTES) -> list[tiled_matmul.Config]:
+    """Parameter sets worth measuring for one kernel: tiles within `max_bytes` of workgroup
+    memory (WebGPU's portable limit by default), at most a quarter of padding per axis, and
+    (for the larger tiles) at least `waves` workgroups per compute unit of a large GPU (an
+    H100 has 132), in SHAPES' order."""
     e = work.traits["extents"]
     ebytes = 2 if work.dtype == "float16" else 4
     out = []
@@ -227,7 +242,7 @@ def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
             cfg.check()
         except ValueError:
             continue
-        if cfg.workgroup_bytes(ebytes, ebytes) > tiled_matmul.MAX_WORKGROUP_BYTES:
+        if cfg.workgroup_bytes(ebytes, ebytes) > max_bytes:
             continue
         if (bm * bk) % cfg.threads or (bn * bk) % cfg.threads or e["K"] < bk:
             continue
@@ -256,6 +271,17 @@ TC_SHAPES = [
     (1, 2, 2, 4, 4, 4),   # 32x128x64
     (2, 2, 1, 2, 4, 4),   # 32x64x64
 ]
+
+
+def candidates_for(work: Workload, target_kind: str, limit: int = 8) -> list:
+    """The rule and parameter sets to measure for a kernel on the target: tensor cores for
+    fp16 on CUDA, our tiled SIMT rule otherwise."""
+    if target_kind != "cuda":
+        return candidates(work, limit)
+    if tensor_core_matmul.applies(work.func):
+        return tensor_core_candidates(work, limit)
+    return candidates(work, limit, waves=0.5, shapes=SHAPES_CUDA,
+                      max_bytes=CUDA_STATIC_SHARED_BYTES)
 
 
 def tensor_core_candidates(work: Workload, limit: int = 8, units: int = 132,
@@ -619,8 +645,9 @@ def main(argv=None) -> int:
                   f"A:{w.traits['a_fast']} B:{w.traits['b_fast']} "
                   f"{w.flops / 1e9:7.2f} GFLOP x{w.calls}")
         return 0
-    find = tensor_core_candidates if args.target == "cuda" else candidates
-    configs = {w.key: [(label_of(c), c) for c in find(w, args.max_candidates)] for w in works}
+    configs = {w.key: [(label_of(c), c) for c in candidates_for(w, args.target,
+                                                                 args.max_candidates)]
+               for w in works}
     works = [w for w in works if configs[w.key]]
     export(works, args.out, configs, target=target)
     return 0

@@ -1,14 +1,18 @@
 """Every stored tuned-schedule record must still earn its place (wsd/tuned/<target>.json).
 
-- well formed, inside WebGPU's portable limits, admitted with a measured win (anywhere);
-- its stored kernel still hashes to its key, the rule still schedules it, and the WGSL it
-  builds declares no more workgroup storage or invocations than the portable limits (TVM);
-- the model still has that kernel (slow: traces SD v1.5);
+- well formed, admitted with a measured win (anywhere), inside its target's limits (WebGPU's
+  portable ones; CUDA's threads and shared memory);
+- its stored kernel still hashes to its key, the rule still schedules it, TVM lowers it
+  (CUDA) and the WGSL it builds declares no more workgroup storage or invocations than the
+  portable limits (WebGPU);
+- the model still has that kernel (slow: traces SD v1.5 for each target and dtype);
 - on a GPU WebGPU adapter: the tuned kernel matches the llvm reference and dlight's output,
-  and runs faster than dlight's default schedule in the same run.
+  and runs faster than dlight's default schedule in the same run;
+- on an NVIDIA GPU: the same for the CUDA records (built with nvcc, against the SIMT
+  reference of wsd.cuda_bench).
 
-The last check runs where a WebGPU adapter on a GPU exists. On a machine without TVM (the
-GPU machine), point WSD_BENCH_DIR at a folder made here by
+The WebGPU check runs where a WebGPU adapter on a GPU exists. On a machine without TVM,
+point WSD_BENCH_DIR at a folder made here by
 `python -m wsd.tune export --records --out DIR` and run `pytest tests/perf/test_records.py`
 there. On a CPU adapter (Mesa's lavapipe) timings say nothing about GPUs: that check skips.
 """
@@ -64,14 +68,25 @@ def test_record_admitted_on_evidence(target, key, record):
         threads = (p["bm"] // p["tm"]) * (p["bn"] // p["tn"])
         ebytes = 2 if record["workload"]["dtypes"][0] == "float16" else 4
         smem = p["bk"] * ((p["bm"] + p["pad"]) + (p["bn"] + p["pad"])) * ebytes
-        assert threads <= MAX_INVOCATIONS and smem <= MAX_WORKGROUP_BYTES, p
+        smem *= 2 if p.get("pipeline") else 1
+        if target == "webgpu":
+            assert threads <= MAX_INVOCATIONS and smem <= MAX_WORKGROUP_BYTES, p
+        else:
+            assert threads <= 1024 and smem <= 48 * 1024, p
+    elif record["rule"] == "tensor_core_matmul":
+        assert target == "cuda", "tensor-core records are CUDA's"
+        pytest.importorskip("tvm")
+        from wsd.schedules import tensor_core_matmul
+
+        tensor_core_matmul.Config.from_json(p).check()  # threads, tiles, shared memory
     else:
         pytest.fail(f"unknown rule {record['rule']}")
 
 
 @pytest.mark.parametrize("target,key,record", RECORDS, ids=IDS)
 def test_record_still_schedules(target, key, record):
-    """Stored kernel -> same key; the rule applies; the WGSL stays inside portable limits."""
+    """Stored kernel -> same key; the rule applies; TVM lowers it (CUDA) and the WGSL stays
+    inside portable limits (WebGPU)."""
     pytest.importorskip("tvm")
     from wsd import tune
     from wsd.schedules import records
@@ -80,8 +95,11 @@ def test_record_still_schedules(target, key, record):
     assert records.workload_key(func) == key
     sch = records.schedule_record(func, record)
     assert sch is not None, "the rule no longer matches this kernel"
-    if target != "webgpu":
-        pytest.skip(f"WGSL limits apply to webgpu records, not {target}")
+    if target == "cuda":
+        from wsd import cuda_bench
+
+        cuda_bench.lower_kernel(sch.mod["main"], tune.target_of("cuda"))
+        return
     source = tune.compile_wgsl(sch.mod["main"], tune.webgpu_target())["source"]
     sizes = [int(x) for x in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", source)[0]]
     assert sizes[0] * sizes[1] * sizes[2] <= MAX_INVOCATIONS
@@ -92,13 +110,20 @@ def test_record_still_schedules(target, key, record):
 
 
 @pytest.mark.slow
-def test_records_match_the_model():
-    """Every webgpu record is a kernel of today's SD v1.5 build (else it is dead weight)."""
+@pytest.mark.parametrize("target", sorted(DATABASES))
+def test_records_match_the_model(target):
+    """Every record is a kernel of today's SD v1.5 build for its target (else it is dead
+    weight), in the dtype it was measured in."""
     pytest.importorskip("tvm")
     from wsd import tune
 
-    keys = {w.key for w in tune.workloads(tune.optimized_module("sd15"))}
-    stale = [(k, r["name"]) for t, k, r in RECORDS if t == "webgpu" and k not in keys]
+    stale = []
+    mine = [(k, r) for t, k, r in RECORDS if t == target]
+    for dtype in sorted({r["workload"]["dtypes"][0] for _, r in mine}):
+        mod = tune.optimized_module("sd15", dtype, target=tune.target_of(target))
+        keys = {w.key for w in tune.workloads(mod, target)}
+        stale += [(k, r["name"]) for k, r in mine
+                  if r["workload"]["dtypes"][0] == dtype and k not in keys]
     assert not stale, f"records for kernels the model no longer has: {stale}"
 
 
@@ -161,3 +186,44 @@ def _earn_folder(tmp_path_factory) -> Path:
     if "path" not in _FOLDER:
         _FOLDER["path"] = _bench_folder(tmp_path_factory)
     return _FOLDER["path"]
+
+
+CUDA = [(k, r) for t, k, r in RECORDS if t == "cuda"]
+
+
+@pytest.fixture(scope="module")
+def cuda_folder(tmp_path_factory):
+    """The CUDA records' kernels (default vs record) built on this machine's NVIDIA GPU,
+    with their SIMT references (wsd.cuda_bench)."""
+    tvm = pytest.importorskip("tvm")
+    if not tvm.cuda(0).exist:
+        pytest.skip("no CUDA GPU here")
+    from wsd import cuda_bench, tune
+    from wsd.schedules import records
+
+    db = records.load("cuda")
+    works = tune.record_workloads(db)
+    out = tmp_path_factory.mktemp("cuda_records")
+    tune.export(works, out, {w.key: [("record", records.config_of(db["records"][w.key]))]
+                             for w in works}, log=lambda *_: None,
+                target=tune.target_of("cuda"))
+    built = cuda_bench.build_folder(out, tvm.target.Target.from_device(tvm.cuda(0)),
+                                    jobs=os.cpu_count() or 1, log=lambda *_: None)
+    runner = cuda_bench.Runner(built)
+    cuda_bench.write_references(out, runner, log=lambda *_: None)
+    return out, runner
+
+
+@pytest.mark.parametrize("key,record", CUDA, ids=[f"{r['name']}:{k}" for k, r in CUDA])
+def test_cuda_record_earns_its_place(cuda_folder, key, record):
+    from wsd import wgsl_bench
+
+    folder, runner = cuda_folder
+    kernel = next(k for k in wgsl_bench.load_manifest(folder)["kernels"] if k["key"] == key)
+    res = wgsl_bench.check_kernel(runner, folder, kernel, repeat=50, rounds=3,
+                                  log=lambda *_: None)
+    default, tuned = res["default"], res["record"]
+    assert default.get("ok"), f"dlight's default is wrong here: {default}"
+    assert tuned.get("ok"), f"tuned kernel is wrong: {tuned}"
+    assert tuned["ms"] < default["ms"], (
+        f"tuned {tuned['ms']:.3f} ms is not faster than dlight's {default['ms']:.3f} ms")

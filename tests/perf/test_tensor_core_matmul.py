@@ -16,7 +16,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from wsd import cuda_bench, tune, wgsl_bench  # noqa: E402
-from wsd.schedules import records, tensor_core_matmul as tc  # noqa: E402
+from wsd.schedules import records, tensor_core_matmul as tc, tiled_matmul  # noqa: E402
 
 
 def _conv(n, c, h, w_, f, k, dtype="float16", residual=False):
@@ -64,8 +64,12 @@ def test_the_rule_takes_fp16_gemms_along_k(conv_work):
     assert conv_work.traits["extents"] == {"S": 1, "I": 2 * 16 * 16, "J": 128, "K": 9 * 64}
     assert tc.applies(conv_work.func)
     assert len(_works(_linear(64, 128, 256))) == 1
-    # fp32 operands: not this rule's
-    assert _works(_conv(1, 32, 8, 8, 64, 3, dtype="float32")) == []
+    # fp32 operands: not this rule's; on CUDA they get our tiled SIMT rule's candidates
+    (fp32,) = _works(_conv(2, 64, 32, 32, 128, 3, dtype="float32"))
+    assert not tc.applies(fp32.func)
+    found = tune.candidates_for(fp32, "cuda", 8)
+    assert found and all(isinstance(c, tiled_matmul.Config) for c in found)
+    assert all(isinstance(c, tc.Config) for c in tune.candidates_for(conv_work, "cuda", 8))
 
 
 @pytest.mark.parametrize("change,why", [
@@ -174,3 +178,20 @@ def test_candidates_match_the_reference_on_the_gpu(cuda_gpu, conv_work, tmp_path
     assert res["default"]["ok"], res["default"]
     for cfg in configs:
         assert res[cfg.label()]["ok"], (cfg.label(), res[cfg.label()])
+
+
+@pytest.mark.parametrize("arch,cfg,runs", [
+    ("sm_90a", tc.Config(chunk=4), True),          # 108 KiB: fits Hopper's 227
+    ("sm_89", tc.Config(chunk=4), False),          # ... not Ada's 99
+    ("sm_89", tc.Config(), True),                  # 60 KiB
+    ("sm_75", tc.Config(), False),                 # no cp.async before sm_80
+    ("", tc.Config(), False),                      # no architecture named
+])
+def test_records_apply_only_where_the_gpu_can_run_them(conv_work, arch, cfg, runs):
+    target = tvm.target.Target({"kind": "cuda", **({"arch": arch} if arch else {})})
+    record = {"name": conv_work.name, "rule": tc.NAME, "params": cfg.to_json()}
+    assert records.runs_on(record, target) == runs
+    mod = tvm.IRModule({"k": conv_work.func})
+    out = records.ApplyRecords(target, db={"records": {conv_work.key: record}})(mod)
+    scheduled = out["k"].attrs is not None and bool(out["k"].attrs.get("tirx.is_scheduled"))
+    assert scheduled == runs

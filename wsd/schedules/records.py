@@ -11,7 +11,10 @@ every record.
      "records": {KEY: {"name", "rule", "params", "workload": {...}, "measured": {...}}}}
 
 `ApplyRecords(target)` is the schedule-stage pass: it runs before dlight's rules, schedules
-every kernel that has a record and marks it scheduled, so dlight leaves it alone.
+every kernel that has a record and marks it scheduled, so dlight leaves it alone. A record
+whose schedule the target's GPU cannot run (a tensor-core record on a CUDA architecture
+before sm_80, or with more shared memory than it offers) is passed over: dlight's default
+schedules that kernel.
 """
 
 from __future__ import annotations
@@ -80,6 +83,13 @@ def record_func(record: dict) -> tirx.PrimFunc:
     return tvm.script.from_source(record["tir"])
 
 
+def runs_on(record: dict, target: tvm.target.Target) -> bool:
+    """Whether the record's schedule can run on the target (see the module docstring)."""
+    if record["rule"] == tensor_core_matmul.NAME:
+        return tensor_core_matmul.supported(target, config_of(record))
+    return True
+
+
 def schedule_record(func: tirx.PrimFunc, record: dict):
     """Schedule `func` as the record says; returns the s_tir.Schedule (or None)."""
     _, apply = RULES[record["rule"]]
@@ -89,7 +99,8 @@ def schedule_record(func: tirx.PrimFunc, record: dict):
 def ApplyRecords(target: tvm.target.Target, root: Path | None = None,  # noqa: N802
                  db: dict | None = None, log=None) -> tvm.transform.Pass:
     """Schedule every kernel that has a record in the target's database."""
-    records = (db or load(target, root))["records"]
+    records = {key: record for key, record in (db or load(target, root))["records"].items()
+               if runs_on(record, target)}
 
     @tvm.transform.module_pass(opt_level=0, name="wsd.ApplyTunedRecords")
     def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
 
+from wsd import cuda_arch
 from wsd.schedules import tiled_matmul
 
 NAME = "tensor_core_matmul"
@@ -113,6 +114,14 @@ class Config:
         if unknown:
             raise ValueError(f"unknown {NAME} parameters {sorted(unknown)}")
         return cls(**data)
+
+
+def supported(target, config: Config) -> bool:
+    """Whether a kernel so scheduled runs on the target's GPU: cp.async needs sm_80 or
+    later, and the block's shared memory must fit what the architecture lets it opt in to
+    (99 KiB on sm_86/89, 163 on sm_80, 227 on sm_90)."""
+    return (cuda_arch.sm_version(target) >= 80
+            and config.shared_bytes() <= cuda_arch.optin_shared_bytes(target))
 
 
 def applies(func: tirx.PrimFunc) -> bool:
