@@ -374,10 +374,17 @@ def buffer_specs(func: tirx.PrimFunc) -> list[dict]:
     written = set()
     tvm_ffi.structural_walk(func.body,
                             [(tirx.BufferStore, lambda n: written.add(n.buffer.name))])
-    specs = []
+    specs, names = [], set()
     for i, param in enumerate(func.params):
         ty = param.ty
-        specs.append({"name": param.name, "shape": [int(d) for d in ty.shape],
+        # Fused kernels can have two parameters of one name (lv7 twice): the second gets
+        # the suffix TVM's printer gives it (lv7_1), so that names key buffers uniquely.
+        name, n = param.name, 0
+        while name in names:
+            n += 1
+            name = f"{param.name}_{n}"
+        names.add(name)
+        specs.append({"name": name, "shape": [int(d) for d in ty.shape],
                       "dtype": str(ty.dtype), "output": param.name in written, "seed": 1 + i})
     return specs
 
