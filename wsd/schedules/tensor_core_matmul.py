@@ -18,13 +18,15 @@ epilogue (bias, residual, casts) runs before the coalesced store to global memor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
 
 from wsd import cuda_arch
 from wsd.schedules import tiled_matmul
+from wsd.schedules.params import RuleParams
 
 NAME = "tensor_core_matmul"
 FRAGMENT = 16               # wmma m16n16k16
@@ -37,7 +39,9 @@ MAX_STATIC_SHARED_BYTES = 48 * 1024
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(RuleParams):
+    rule: ClassVar[str] = NAME
+
     warps_m: int = 2        # warps along I
     warps_n: int = 2        # warps along J
     frag_m: int = 4         # 16x16 accumulators per warp along I
@@ -103,17 +107,6 @@ class Config:
     def label(self) -> str:
         return (f"{NAME}:{self.bm}x{self.bn}x{self.bk}/w{self.warps_m}x{self.warps_n}"
                 f"/s{self.stages}/v{self.vec}/p{self.pad}" + ("/st" if self.static_staging else ""))
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Config":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown {NAME} parameters {sorted(unknown)}")
-        return cls(**data)
 
 
 def supported(target, config: Config) -> bool:

@@ -24,7 +24,8 @@ record the rule is not applied: dlight's default stays in place.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
 import tvm
 from tvm import s_tir, tirx
@@ -38,6 +39,8 @@ from tvm.s_tir.dlight.gpu.matmul import (
     IterKind,
 )
 
+from wsd.schedules.params import RuleParams
+
 NAME = "tiled_matmul"
 
 # WebGPU's portable limits (the spec's defaults): a schedule that stays inside them runs on
@@ -47,7 +50,9 @@ MAX_WORKGROUP_BYTES = 16384
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(RuleParams):
+    rule: ClassVar[str] = NAME
+
     bm: int = 64        # workgroup tile rows (I)
     bn: int = 64        # workgroup tile columns (J)
     bk: int = 8         # reduction slice per step
@@ -77,17 +82,6 @@ class Config:
             raise ValueError(f"tiles must divide: {self}")
         if self.threads > MAX_INVOCATIONS:
             raise ValueError(f"{self.threads} invocations > {MAX_INVOCATIONS}: {self}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Config":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown {NAME} parameters {sorted(unknown)}")
-        return cls(**data)
 
 
 def _fast_axis(block: tirx.Block, read_index: int, kinds: dict) -> str:
