@@ -93,7 +93,6 @@ def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
                      height: int | None = None, width: int | None = None,
                      names=("unet_guided", "decode", "encode_text"),
                      target: tvm.target.Target | None = None) -> tvm.IRModule:
-    from wsd import optimize
     from wsd.models import load_model
     from wsd.trace import resolve_size, trace_model
 
