@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 
 from wsd import memory, optimize, schedule
+from wsd.schedules import tensor_core_matmul
 from wsd.models import Model
 from wsd.trace import Traced, check_dtype, resolve_size, trace_model
 
@@ -105,13 +106,15 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target, observe=()):
     relax_pipeline = pipeline(target)
     if observe:
         relax_pipeline = tvm.transform.Sequential([relax_pipeline, *observe])
-    # cp.async for the copies that tuned CUDA schedules pipeline asynchronously
-    # (wsd.schedules.tensor_core_matmul); other kernels have no asynchronous stages.
+    # CUDA: what tuned tensor-core schedules need (cp.async for their pipelined copies;
+    # other kernels have no asynchronous stages), on top of the caller's pass context.
     outer = tvm.transform.PassContext.current()
     config = dict(outer.config)
     if target.kind.name == "cuda":
-        config["tirx.use_async_copy"] = True
-    with tvm.transform.PassContext(opt_level=outer.opt_level, config=config):
+        config.update(tensor_core_matmul.PASS_CONFIG)
+    with tvm.transform.PassContext(opt_level=outer.opt_level, required_pass=outer.required_pass,
+                                   disabled_pass=outer.disabled_pass,
+                                   instruments=outer.instruments, config=config):
         return tvm.compile(mod, target, relax_pipeline=relax_pipeline)
 
 

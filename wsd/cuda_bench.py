@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -32,9 +33,7 @@ import numpy as np
 import tvm
 
 from wsd import wgsl_bench
-
-ASYNC_COPY = {"tirx.use_async_copy": True}
-
+from wsd.schedules import tensor_core_matmul
 
 REFERENCE = {"label": "reference", "rule": "simt", "params": None}
 
@@ -63,7 +62,7 @@ def _kernel_module(func) -> tvm.IRModule:
 def build_kernel(func, target: tvm.target.Target) -> tvm.runtime.Module:
     """One scheduled PrimFunc -> a runtime module with a "main" function (as wsd.build
     compiles it: with cp.async for the pipelined copies)."""
-    with tvm.transform.PassContext(config=ASYNC_COPY):
+    with tvm.transform.PassContext(config=tensor_core_matmul.PASS_CONFIG):
         return tvm.tirx.build(_kernel_module(func), target=target)
 
 
@@ -73,7 +72,7 @@ def lower_kernel(func, target: tvm.target.Target) -> list[tvm.IRModule]:
     shared-memory layouts), in well under a second."""
     from tvm.tirx.build import split_host_device_mods
 
-    with tvm.transform.PassContext(config=ASYNC_COPY):
+    with tvm.transform.PassContext(config=tensor_core_matmul.PASS_CONFIG):
         mod = tvm.tirx.transform.BindTarget(target.with_host("llvm"))(_kernel_module(func))
         lower, _, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
         _, device_mods = split_host_device_mods(lower(mod))
@@ -108,8 +107,6 @@ def build_folder(folder: Path, target: tvm.target.Target, jobs: int, log=print) 
             names.append(variant["lib"])
     start = time.time()
     # spawn: the workers must not inherit this process's CUDA context
-    import multiprocessing
-
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         built = {name: error for name, (_, error) in zip(names, pool.map(_build_job, work))}
     failed = sum(1 for error in built.values() if error is not None)
@@ -131,9 +128,7 @@ def write_references(folder: Path, runner: "Runner", log=print) -> None:
         if path.is_file():
             continue
         specs = kernel["buffers"]
-        arrays = [None if s["output"] else
-                  wgsl_bench.hash_inputs(s["shape"], s["dtype"], s["seed"]) for s in specs]
-        buffers = {s["name"]: runner.buffer(s, a) for s, a in zip(specs, arrays)}
+        buffers = wgsl_bench.kernel_buffers(runner, specs)
         try:
             launch = runner.prepare(folder, reference_variant(kernel), buffers)
         except RuntimeError as err:

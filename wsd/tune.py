@@ -310,14 +310,6 @@ def tensor_core_candidates(work: Workload, limit: int = 8, units: int = 132,
     return out[:limit]
 
 
-def label_of(cfg) -> str:
-    if isinstance(cfg, tensor_core_matmul.Config):
-        return cfg.label()
-    return (f"{tiled_matmul.NAME}:{cfg.bm}x{cfg.bn}x{cfg.bk}/{cfg.tm}x{cfg.tn}"
-            f"/v{cfg.tm_vec}{cfg.tn_vec}/{'xj' if cfg.x_is_j else 'xi'}/p{cfg.pad}"
-            + ("/pipe" if cfg.pipeline else ""))
-
-
 # --------------------------------------------------------------------------- compiling
 
 def default_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
@@ -471,13 +463,11 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
                  "reference": f"refs/{work.key}.npz", "variants": []}
         variants = [("default", None)] + list(configs.get(work.key, []))
         for label, cfg in variants:
-            rule = None if cfg is None else \
-                tensor_core_matmul if isinstance(cfg, tensor_core_matmul.Config) else tiled_matmul
             try:
                 if cfg is None:
                     scheduled = default_schedule(work.func, target)
                 else:
-                    sch = rule.apply(work.func, cfg)
+                    sch = records.RULES[cfg.rule][1](work.func, cfg)
                     if sch is None:
                         raise RuntimeError("rule does not apply")
                     scheduled = sch.mod["main"]
@@ -491,7 +481,7 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
                     break
                 continue
             variant = {"label": label, "params": None if cfg is None else cfg.to_json(),
-                       "rule": None if cfg is None else rule.NAME}
+                       "rule": None if cfg is None else cfg.rule}
             index = len(entry["variants"])
             if kind == "webgpu":
                 fname = f"wgsl/{work.key}_{index}.wgsl.gz"
@@ -630,7 +620,7 @@ def main(argv=None) -> int:
             if w.key in db["records"]:  # re-measure the incumbent beside the new ones
                 found = [records.config_of(db["records"][w.key])] + \
                     [c for c in found if c != records.config_of(db["records"][w.key])]
-            configs[w.key] = [(label_of(c), c) for c in found]
+            configs[w.key] = [(c.label(), c) for c in found]
         works = [w for w in works if configs[w.key]]
         # the references of the earlier export hold for the same kernels
         (args.out / "refs").mkdir(parents=True, exist_ok=True)
@@ -651,7 +641,7 @@ def main(argv=None) -> int:
                   f"A:{w.traits['a_fast']} B:{w.traits['b_fast']} "
                   f"{w.flops / 1e9:7.2f} GFLOP x{w.calls}")
         return 0
-    configs = {w.key: [(label_of(c), c) for c in candidates_for(w, args.target,
+    configs = {w.key: [(c.label(), c) for c in candidates_for(w, args.target,
                                                                  args.max_candidates)]
                for w in works}
     works = [w for w in works if configs[w.key]]

@@ -234,17 +234,19 @@ def load_manifest(folder: Path) -> dict:
     return manifest
 
 
+def kernel_buffers(runner, specs: list[dict]) -> dict:
+    """{name: device buffer} for a kernel's parameters, in their order: the inputs filled
+    with their hash inputs, the outputs left for the kernel to write."""
+    return {spec["name"]: runner.buffer(spec, None if spec["output"] else
+                                        hash_inputs(spec["shape"], spec["dtype"], spec["seed"]))
+            for spec in specs}
+
+
 def check_kernel(runner: Runner, folder: Path, kernel: dict, repeat: int = 30,
                  rounds: int = 2, log=print, labels=None, budget_ms: float = 100.0) -> dict:
     """Run, check and time every variant of one kernel (default first). Returns
     {label: {"ok", "err_ref", "err_default", "ms", ...}}."""
-    buffers = {}
-    for spec in kernel["buffers"]:
-        if spec["output"]:
-            buffers[spec["name"]] = runner.buffer(spec)
-        else:
-            buffers[spec["name"]] = runner.buffer(
-                spec, hash_inputs(spec["shape"], spec["dtype"], spec["seed"]))
+    buffers = kernel_buffers(runner, kernel["buffers"])
     outputs = [s for s in kernel["buffers"] if s["output"]]
     ref = np.load(folder / kernel["reference"])
     results, launches, default_out = {}, {}, {}
@@ -305,7 +307,7 @@ def run_folder(folder: Path, runner, repeat: int = 30, rounds: int = 2,
     report = {"format": FORMAT + "-results", "version": VERSION, "adapter": runner.info,
               "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "target": manifest.get("target"),
-              "portable_limits": getattr(runner, "portable", None), "kernels": {}}
+              "portable_limits": runner.portable, "kernels": {}}
     log(f"adapter: {runner.info['device']} ({runner.info['backend']}, "
         f"{runner.info['adapter_type']})")
     for kernel in manifest["kernels"]:

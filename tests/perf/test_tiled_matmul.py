@@ -84,7 +84,7 @@ def small_bench(tmp_path_factory):
     ])
     assert len(works) == 6
     out = tmp_path_factory.mktemp("small_bench")
-    manifest = tune.export(works, out, {w.key: [(tune.label_of(c), c) for c in CONFIGS]
+    manifest = tune.export(works, out, {w.key: [(c.label(), c) for c in CONFIGS]
                                         for w in works}, log=lambda *_: None)
     return out, manifest
 

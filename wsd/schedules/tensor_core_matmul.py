@@ -6,7 +6,8 @@ convolutions as implicit GEMM) when both operands are fp16 and run along K in me
 is what wsd.layout gives every convolution (NHWC data, OHWI weights) and linear layer (NT) on
 CUDA. dlight's tensor-core rule takes the same kernels with one fixed shape (16 warps of 32x32
 per 128x128 block, copies through registers); this rule is parameterised, and which
-parameters a kernel gets is measured (`python -m wsd.tune cuda`) and stored as a record.
+parameters a kernel gets is measured (`python -m wsd.tune export --target cuda`, then
+`python -m wsd.cuda_bench`) and stored as a record.
 
 Per thread block a BM x BN tile of C, split over warps_m x warps_n warps; each warp owns a
 frag_m x frag_n grid of 16x16 wmma accumulators, so one A fragment serves frag_n products and
@@ -32,10 +33,13 @@ NAME = "tensor_core_matmul"
 FRAGMENT = 16               # wmma m16n16k16
 WARP = 32
 MAX_THREADS = 1024
-# Dynamic shared memory per block: Hopper allows 227 KiB, Ampere (sm_80) 163 KiB. A
-# candidate above the device's limit fails to launch and is never admitted.
+# Candidates stay within sm_80's opt-in shared memory per block (163 KiB; Hopper has 227),
+# so records run on A100s too; `supported` passes over them on GPUs with less (wsd.cuda_arch).
 MAX_SHARED_BYTES = 163 * 1024
 MAX_STATIC_SHARED_BYTES = 48 * 1024
+# What building a kernel so scheduled needs: the pipelined copies become cp.async only with
+# this pass-context option (wsd.build sets it for CUDA builds, wsd.cuda_bench for its own).
+PASS_CONFIG = {"tirx.use_async_copy": True}
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     sch.vectorize(v)
 
     # 7. Pipeline: ko's body is [copy A, copy B, the kc loop]; the copies run stages - 1
-    # steps ahead, asynchronously (cp.async needs "tirx.use_async_copy", wsd.build sets it).
+    # steps ahead, asynchronously (cp.async needs PASS_CONFIG at build).
     if config.stages > 1:
         sch.annotate(ko, "software_pipeline_stage", [0, 0, config.stages - 1])
         sch.annotate(ko, "software_pipeline_order", [0, 1, 2])

@@ -72,6 +72,11 @@ class Config(RuleParams):
         one = self.bk * ((self.bm + self.pad) * a_bytes + (self.bn + self.pad) * b_bytes)
         return one * (2 if self.pipeline else 1)
 
+    def label(self) -> str:
+        return (f"{NAME}:{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
+                f"/v{self.tm_vec}{self.tn_vec}/{'xj' if self.x_is_j else 'xi'}/p{self.pad}"
+                + ("/pipe" if self.pipeline else ""))
+
     def check(self) -> None:
         for name in ("bm", "bn", "bk", "tm", "tn", "tm_vec", "tn_vec"):
             if getattr(self, name) <= 0:
