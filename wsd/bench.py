@@ -886,7 +886,7 @@ def _channels_last(t):
     return t.permute(0, 2, 3, 1) if t.ndim == 4 else t
 
 
-# Group norm is three kernels since wsd.group_norm (partial sums, totals, apply): it is
+# Group norm is five kernels since wsd.group_norm (partial sums, totals, apply): it is
 # benchmarked whole, as a layer (layer_cases' group_norm rows), and per kernel by --profile.
 FUSED_KINDS = ("conv2d_add_expand_dims_expand_dims_add", "conv2d_add_add_divide", "conv2d_add",
                "conv2d_add_add", "matmul_add", "matmul_add_add", "matmul", "matmul_add_silu",
@@ -1336,6 +1336,7 @@ class WebGPUModelBench(ModelBench):
     def _compile(self) -> None:
         from wsd import webgpu_native
         from wsd.build import function_meta
+        from wsd.layout import WeightLayouts
         from wsd.trace import trace_model
 
         start = time.perf_counter()
@@ -1344,8 +1345,9 @@ class WebGPUModelBench(ModelBench):
         traced = trace_model(self.model, self.height, self.width, self.dtype,
                              names=self.functions)
         self.log("compiling as the browser bundle (webgpu, wasm32 host) ...")
-        self.program = webgpu_native.compile_program(traced.mod)
-        self.meta = {"dtype": self.dtype, "functions": function_meta(traced)}
+        weight_layouts = WeightLayouts(traced.num_inputs)  # stored as the browser stores them
+        self.program = webgpu_native.compile_program(traced.mod, weight_layouts=weight_layouts)
+        self.meta = {"dtype": self.dtype, "functions": function_meta(traced, weight_layouts)}
         self.log(f"compiled {len(self.program.kernels)} WGSL kernels in "
                  f"{time.perf_counter() - start:.0f} s")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from wsd import memory, optimize, schedule
+from wsd import layout, memory, optimize, schedule
 from wsd.schedules import tensor_core_matmul
 from wsd.models import Model
 from wsd.trace import Traced, check_dtype, resolve_size, trace_model
@@ -52,8 +52,10 @@ def device_of(target: tvm.target.Target) -> tvm.runtime.Device:
     return tvm.cpu() if target.kind.name == "llvm" else tvm.cuda(0)
 
 
-def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """The Relax pipeline, composed here from the named stages."""
+def pipeline(target: tvm.target.Target,
+             weight_layouts: layout.WeightLayouts | None = None) -> tvm.transform.Pass:
+    """The Relax pipeline, composed here from the named stages. With `weight_layouts` the
+    weights are stored as their kernels read them (wsd.layout.WeightLayouts)."""
     lower = [
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),
@@ -74,8 +76,8 @@ def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="wsd_pipeline")
     def run(mod, _ctx):
         with target:
-            return tvm.transform.Sequential(
-                optimize.passes(target) + schedule.passes(target) + lower + plan)(mod)
+            return tvm.transform.Sequential(optimize.passes(target, weight_layouts)
+                                            + schedule.passes(target) + lower + plan)(mod)
 
     return run
 
@@ -100,10 +102,12 @@ def cuda_graphs() -> tvm.transform.Pass:
     return run
 
 
-def compile_module(mod: tvm.IRModule, target: tvm.target.Target, observe=()):
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target, observe=(),
+                   weight_layouts: layout.WeightLayouts | None = None):
     """Relax module -> executable for the target. `observe`: passes that look at the lowered
-    module before code generation (e.g. wsd.memory.observer) and return it unchanged."""
-    relax_pipeline = pipeline(target)
+    module before code generation (e.g. wsd.memory.observer) and return it unchanged.
+    `weight_layouts`: see pipeline."""
+    relax_pipeline = pipeline(target, weight_layouts)
     if observe:
         relax_pipeline = tvm.transform.Sequential([relax_pipeline, *observe])
     # CUDA: what tuned tensor-core schedules need (cp.async for their pipelined copies;
@@ -172,7 +176,9 @@ def add_scheduler_functions(mod: tvm.IRModule) -> tvm.IRModule:
     return mod
 
 
-def function_meta(traced: Traced) -> dict:
+def function_meta(traced: Traced, weight_layouts: layout.WeightLayouts | None = None) -> dict:
+    """What each function takes: runtime inputs, then weights by state-dict name, each in its
+    dtype and, with `weight_layouts` from the compile, the axes it is stored permuted by."""
     meta = {}
     for name, weights in traced.weight_names.items():
         params = traced.mod[name].params[traced.num_inputs[name]:]
@@ -181,6 +187,8 @@ def function_meta(traced: Traced) -> dict:
             "weight_names": weights,
             "weight_dtypes": [str(p.ty.dtype) for p in params],
         }
+        if weight_layouts is not None:
+            meta[name]["weight_layouts"] = weight_layouts.axes[name]
     return meta
 
 
@@ -203,15 +211,17 @@ def build(model: Model, target: str = "llvm", dtype: str = "float32",
         mod = add_scheduler_functions(traced.mod)
         log(f"compiling for {tvm_target.kind.name} ...")
         memory_report = {}  # weights + planned activations (wsd.memory)
+        weight_layouts = layout.WeightLayouts(traced.num_inputs)
         executable = compile_module(
-            mod, tvm_target, [memory.observer(memory.weight_bytes(traced), memory_report)])
+            mod, tvm_target, [memory.observer(memory.weight_bytes(traced), memory_report)],
+            weight_layouts)
         log(memory.describe(memory_report))
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"model.{os.getpid()}.so"
         executable.export_library(str(tmp))
         meta = {"model": model.name, "config_hash": model.config_hash(), "target": str(tvm_target),
                 "dtype": dtype, "height": height, "width": width,
-                "functions": function_meta(traced), "memory": memory_report}
+                "functions": function_meta(traced, weight_layouts), "memory": memory_report}
         meta_path.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, lib_path)  # atomic: a crash never leaves a half-written library
         log(f"built {folder} in {time.time() - start:.1f} s")

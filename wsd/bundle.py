@@ -47,7 +47,7 @@ import tvm
 from tvm import relax
 
 from wsd import build as wsd_build
-from wsd import limits
+from wsd import layout, limits
 from wsd.models import Model
 from wsd.params import collect_weights, write_tensor_cache
 from wsd.trace import check_dtype, resolve_size, trace_model
@@ -105,11 +105,13 @@ def storage_sizes(mod: tvm.IRModule) -> dict[str, dict]:
             for name, info in limits.planned_storages(mod).items()}
 
 
-def compile_web(mod: tvm.IRModule, target: tvm.target.Target, report: dict | None = None):
+def compile_web(mod: tvm.IRModule, target: tvm.target.Target, report: dict | None = None,
+                weight_layouts: layout.WeightLayouts | None = None):
     """wsd.build.compile_module's pipeline, plus a look at the lowered module's allocations.
     Returns (executable, storage_sizes of the lowered module). With `report`, also fills in
     "storages" (wsd.limits.planned_storages), "intermediates" (kernels' global buffers,
-    wsd.limits.kernel_intermediates) and "kernels" (WGSL workgroup needs, wsd.limits)."""
+    wsd.limits.kernel_intermediates) and "kernels" (WGSL workgroup needs, wsd.limits).
+    `weight_layouts`: see wsd.build.pipeline."""
     seen = {}
     report = {} if report is None else report
 
@@ -120,7 +122,7 @@ def compile_web(mod: tvm.IRModule, target: tvm.target.Target, report: dict | Non
         report["intermediates"] = limits.kernel_intermediates(m)
         return m
 
-    pipe = tvm.transform.Sequential([wsd_build.pipeline(target), observe])
+    pipe = tvm.transform.Sequential([wsd_build.pipeline(target, weight_layouts), observe])
     executable = tvm.compile(mod, target, relax_pipeline=pipe)
     report["kernels"] = limits.wgsl_kernels(limits.webgpu_source(executable))
     return executable, seen
@@ -161,7 +163,8 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     target = webgpu_target()
     log("compiling for webgpu (wasm32 host) ...")
     report = {}
-    executable, storage = compile_web(mod, target, report)
+    weight_layouts = layout.WeightLayouts(traced.num_inputs)
+    executable, storage = compile_web(mod, target, report, weight_layouts)
     times["compile_s"] = time.time() - t0
 
     t0 = time.time()
@@ -174,7 +177,7 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     times["link_s"] = time.time() - t0
 
     t0 = time.time()
-    meta = {"dtype": dtype, "functions": wsd_build.function_meta(traced)}
+    meta = {"dtype": dtype, "functions": wsd_build.function_meta(traced, weight_layouts)}
     weights = collect_weights(model, meta, dtype, modules=traced.modules)  # no second load
     manifest = write_tensor_cache(weights, out / "params",
                                   metadata={"model": model.name,

@@ -175,12 +175,13 @@ def plan_model(model, dtype: str, target: tvm.target.Target,
     """Trace and run the Relax pipeline (no code generation) for any target, also one this
     machine cannot run (e.g. `Target("nvidia/nvidia-h100")` on a CPU machine)."""
     from wsd.build import add_scheduler_functions, pipeline
+    from wsd.layout import WeightLayouts
     from wsd.trace import resolve_size, trace_model
 
     height, width = resolve_size(model, height, width)
     traced = trace_model(model, height, width, dtype)
     mod = add_scheduler_functions(traced.mod)
-    lowered = pipeline(target)(mod)
+    lowered = pipeline(target, WeightLayouts(traced.num_inputs))(mod)  # as wsd.build plans
     return plan(lowered, weight_bytes(traced))
 
 

@@ -114,7 +114,8 @@ def _functions_of(meta: dict) -> dict:
 
 def collect_weights(model, meta: dict, dtype: str | None = None,
                     modules: Mapping | None = None) -> CollectedWeights:
-    """The weights every compiled function takes, once each, converted to its dtype.
+    """The weights every compiled function takes, once each, converted to its dtype and
+    permuted to the layout the build stores it in (meta's `weight_layouts`, if any).
 
     `meta`: a library's meta.json dict (or just its `functions` dict). `dtype` is the compute
     dtype the modules are wrapped in (default: meta["dtype"], else float16 when any weight is
@@ -135,24 +136,33 @@ def collect_weights(model, meta: dict, dtype: str | None = None,
 
     tensors: dict[str, np.ndarray] = {}
     sources: dict[str, object] = {}  # name -> the torch tensor it came from
+    layouts: dict[str, list[int] | None] = {}  # name -> axes it is stored permuted by
     order: dict[str, list[str]] = {}
     for function, info in functions.items():
         state = modules[function].state_dict()
         names, dtypes = info["weight_names"], info["weight_dtypes"]
-        if len(names) != len(dtypes):
-            raise ValueError(f"{function}: {len(names)} weight names but {len(dtypes)} dtypes")
+        axes_of = info.get("weight_layouts") or [None] * len(names)
+        if not len(names) == len(dtypes) == len(axes_of):
+            raise ValueError(f"{function}: {len(names)} weight names, {len(dtypes)} dtypes, "
+                             f"{len(axes_of)} layouts")
         order[function] = []
-        for weight, wdtype in zip(names, dtypes):
+        for weight, wdtype, axes in zip(names, dtypes, axes_of):
             name = tensor_name(function, weight)
             order[function].append(name)
             source = state[weight].detach()
             if name in tensors:
                 _check_same(name, tensors[name], sources[name], source, wdtype)
+                if layouts[name] != axes:
+                    raise ValueError(f"{name} is stored permuted by {layouts[name]} and by "
+                                     f"{axes}")
                 continue
             # .float() is exact for float16/bfloat16 and free for float32; numpy shares memory.
             array = source.cpu().float().numpy().astype(wdtype, copy=False)
+            if axes is not None:  # the layout its kernels read (wsd.layout.WeightLayouts)
+                array = array.transpose(axes)
             tensors[name] = np.ascontiguousarray(array)
             sources[name] = source
+            layouts[name] = axes
     return CollectedWeights(tensors, order)
 
 

@@ -93,24 +93,23 @@ def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
                      height: int | None = None, width: int | None = None,
                      names=("unet_guided", "decode", "encode_text"),
                      target: tvm.target.Target | None = None) -> tvm.IRModule:
+    from wsd.layout import WeightLayouts
     from wsd.models import load_model
     from wsd.trace import resolve_size, trace_model
 
     model = load_model(model_spec)
     height, width = resolve_size(model, height, width)
     traced = trace_model(model, height, width, dtype, names=names)
-    return tvm.transform.Sequential(optimize_passes(target or webgpu_target()))(traced.mod)
+    # weights stored as the build stores them: the kernels are the build's
+    passes = optimize_passes(target or webgpu_target(), WeightLayouts(traced.num_inputs))
+    return tvm.transform.Sequential(passes)(traced.mod)
 
 
-def optimize_passes(target: tvm.target.Target) -> list:
+def optimize_passes(target: tvm.target.Target, weight_layouts=None) -> list:
     """wsd.optimize's passes for the target (the kernels the schedule stage sees)."""
-    import inspect
-
     from wsd import optimize
 
-    if inspect.signature(optimize.passes).parameters:
-        return optimize.passes(target)
-    return optimize.passes()
+    return optimize.passes(target, weight_layouts)
 
 
 def call_counts(mod: tvm.IRModule) -> dict:

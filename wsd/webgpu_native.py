@@ -192,8 +192,10 @@ def split_sources(source: str) -> dict[str, str]:
     return out
 
 
-def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> Program:
-    """Compile a Relax module as the browser build does and keep what running it needs."""
+def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None,
+                    weight_layouts=None) -> Program:
+    """Compile a Relax module as the browser build does and keep what running it needs.
+    `weight_layouts`: see wsd.build.pipeline."""
     if target is None:
         from wsd.bundle import webgpu_target
         target = webgpu_target()
@@ -214,7 +216,7 @@ def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None) 
                     raise RuntimeError("SplitHostDevice ran twice in one build")
                 kept["tir"] = m
 
-    pipe = tvm.transform.Sequential([build.pipeline(target), keep])
+    pipe = tvm.transform.Sequential([build.pipeline(target, weight_layouts), keep])
     outer = tvm.transform.PassContext.current()  # keep its settings, add the instrument
     with tvm.transform.PassContext(opt_level=outer.opt_level, config=dict(outer.config),
                                    instruments=[*outer.instruments, KeepHostDevice()]):

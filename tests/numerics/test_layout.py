@@ -68,3 +68,96 @@ def test_cuda_passes_take_every_function():
                    if isinstance(f, relax.Function)}
     assert {gv.name_hint for gv, f in mod.functions.items()
             if isinstance(f, relax.Function)} <= relax_funcs
+
+
+def _weight_only_kernels(target: tvm.target.Target, weight_layouts) -> dict[str, list[str]]:
+    """{function: kernels whose every argument is a weight} after the build's graph passes
+    and its reshape rewrite (weight reshapes become views there, and cost nothing)."""
+    from wsd import schedule
+
+    model = load_model("tiny")
+    traced = trace_model(model, *resolve_size(model, None, None), "float16")
+    passes = [*optimize.passes(target, weight_layouts(traced.num_inputs)),
+              *schedule.passes(target), relax.transform.RewriteDataflowReshape()]
+    with target:
+        mod = tvm.transform.Sequential(passes)(traced.mod)
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    found = {}
+    for name, count in traced.num_inputs.items():
+        weights = set(mod[name].params[count:])
+        kernels = found.setdefault(name, [])
+
+        def visit(expr, kernels=kernels, weights=weights):
+            if (isinstance(expr, relax.Call) and expr.op.same_as(call_tir)
+                    and all(a in weights for a in expr.args[1].fields)):
+                kernels.append(expr.args[0].name_hint)
+
+        relax.analysis.post_order_visit(mod[name].body, visit)
+    return found
+
+
+@pytest.mark.parametrize("target", [tvm.target.Target({"kind": "cuda", "arch": "sm_90"}),
+                                    tvm.target.Target("llvm")], ids=["cuda", "llvm"])
+def test_stored_layouts_leave_no_kernel_on_weights_alone(target):
+    """With the weights stored as their kernels read them, no kernel of any function reads
+    weights alone (as traced, CUDA transposes every 3x3 convolution weight to OHWI and every
+    target every linear weight to (K, N), on every call)."""
+    as_traced = _weight_only_kernels(target, lambda _num_inputs: None)
+    assert any(k for k in as_traced.values()), as_traced  # the check can fail
+    assert _weight_only_kernels(target, layout.WeightLayouts) == {f: [] for f in as_traced}
+
+
+def test_weight_layouts_record_each_permute():
+    """CUDA stores 3x3 convolution weights OHWI and keeps linear weights as stored (NT
+    kernels); runtime inputs are never permuted (callers pass them as they are)."""
+    import torch
+
+    model = load_model("tiny")
+    traced = trace_model(model, *resolve_size(model, None, None), "float32")
+    layouts = layout.WeightLayouts(traced.num_inputs)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    with target:
+        mod = tvm.transform.Sequential(optimize.passes(target, layouts))(traced.mod)
+    convs_3x3 = sum(1 for m in model.unet().modules()
+                    if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    unet = layouts.axes["unet_guided"]
+    assert len(unet) == len(traced.weight_names["unet_guided"])
+    assert sum(a == [0, 2, 3, 1] for a in unet) == convs_3x3
+    assert all(a in (None, [0, 2, 3, 1]) for a in unet)
+    assert layouts.axes["unet"] == unet
+    for name, count in traced.num_inputs.items():
+        before, after = traced.mod[name].params, mod[name].params
+        assert [p.ty.shape for p in after[:count]] == [p.ty.shape for p in before[:count]]
+        for old, new, axes in zip(before[count:], after[count:], layouts.axes[name]):
+            shape = [int(d) for d in old.ty.shape]
+            want = shape if axes is None else [shape[a] for a in axes]
+            assert [int(d) for d in new.ty.shape] == want
+
+
+def test_weights_stored_permuted_match_pytorch(cuda_layouts_on_llvm):
+    """The VAE decoder compiled with CUDA's layouts (forced on llvm) and its weights stored
+    permuted, uploaded as wsd.runtime uploads them (the layouts from the build's meta),
+    against fp32 PyTorch."""
+    import numpy as np
+    import torch
+
+    from wsd import build
+    from wsd.executor import Executor
+    from wsd.runtime import upload_weights
+    from wsd.trace import example_inputs
+
+    model = load_model("tiny")
+    size = resolve_size(model, None, None)
+    traced = trace_model(model, *size, "float32", names=("decode",))
+    layouts = layout.WeightLayouts(traced.num_inputs)
+    target = tvm.target.Target("llvm")
+    executor = Executor(build.compile_module(traced.mod, target, weight_layouts=layouts),
+                        tvm.cpu())
+    meta = {"dtype": "float32", "functions": build.function_meta(traced, layouts)}
+    assert [0, 2, 3, 1] in meta["functions"]["decode"]["weight_layouts"]
+    weights = upload_weights(executor, model, meta, traced.modules)
+    (latents,) = example_inputs(model, *size)["decode"]
+    with torch.no_grad():
+        want = traced.modules["decode"](latents).numpy()
+    got = executor("decode", latents.numpy(), *weights["decode"]).numpy()
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5

@@ -203,6 +203,7 @@ def test_kernels_are_the_bundles(tmp_path):
     """The WGSL the executor runs is, byte for byte, the WGSL in the browser bundle."""
     from wsd.build import add_scheduler_functions
     from wsd.bundle import BundleError, build_bundle
+    from wsd.layout import WeightLayouts
     from wsd.trace import resolve_size, trace_model
 
     model = _tiny()
@@ -212,7 +213,8 @@ def test_kernels_are_the_bundles(tmp_path):
         pytest.skip(str(err))
     stored = _shaders_in_wasm((tmp_path / "model.wasm").read_bytes())
     traced = trace_model(model, *resolve_size(model, None, None), "float32")
-    program = webgpu_native.compile_program(add_scheduler_functions(traced.mod))
+    program = webgpu_native.compile_program(add_scheduler_functions(traced.mod),
+                                            weight_layouts=WeightLayouts(traced.num_inputs))
     assert len(stored) > 50 and set(stored) == set(program.kernels)
     differ = [k for k, text in stored.items() if program.kernels[k].wgsl != text]
     assert not differ

@@ -16,8 +16,8 @@ import torch
 
 from wsd.build import function_meta
 from wsd.models import load_model
-from wsd.params import (ShardError, collect_weights, load_tensor_cache, verify_tensor_cache,
-                        write_tensor_cache)
+from wsd.params import (ShardError, collect_weights, load_tensor_cache, tensor_name,
+                        verify_tensor_cache, write_tensor_cache)
 from wsd.trace import trace_model
 
 DTYPES = ("float32", "float16")
@@ -275,3 +275,25 @@ def test_plain_dict_mixed_dtypes(tmp_path):
     assert_bit_equal(load_tensor_cache(tmp_path), weights)
     arrays, _ = tvmjs.load_tensor_cache(str(tmp_path), tvm.cpu())
     assert_bit_equal({k: v.numpy() for k, v in arrays.items()}, weights)
+
+
+def test_weights_collected_in_their_stored_layouts(model):
+    """A build's weight_layouts (wsd.layout.WeightLayouts) permute the tensors as collected;
+    a weight two functions share must be stored one way."""
+    meta = function_meta(trace_model(model, 128, 128, "float32"))
+    plain = collect_weights(model, meta)
+    for function, info in meta.items():
+        info["weight_layouts"] = [
+            [0, 2, 3, 1] if plain.tensors[tensor_name(function, w)].ndim == 4 else None
+            for w in info["weight_names"]]
+    permuted = collect_weights(model, meta)
+    four_d = [n for n, a in plain.tensors.items() if a.ndim == 4]
+    assert four_d
+    for name, array in plain.tensors.items():
+        want = array.transpose(0, 2, 3, 1) if name in four_d else array
+        assert permuted.tensors[name].flags.c_contiguous
+        assert np.array_equal(permuted.tensors[name], want), name
+
+    meta["unet"]["weight_layouts"] = [None] * len(meta["unet"]["weight_names"])
+    with pytest.raises(ValueError, match="stored permuted by"):
+        collect_weights(model, meta)
