@@ -31,7 +31,6 @@ import dataclasses
 import gzip
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -222,13 +221,30 @@ SHAPES_CUDA = [
 CUDA_STATIC_SHARED_BYTES = 48 * 1024
 
 
+# Split-K: parts tried, and the least reduction length per part (shorter parts cost more
+# in partial products written and summed than the extra workgroups win).
+SPLITS = (2, 3, 4, 6, 8, 12, 16)
+MIN_PART_K = 256
+
+
+def split_for(groups: int, k: int, bk: int, units: int = 132) -> int | None:
+    """Parts to split K into so that `groups` workgroups become two waves on `units` compute
+    units (or as close as parts of MIN_PART_K allow); None if K is too short to split."""
+    fits = [s for s in SPLITS if k // s >= MIN_PART_K and -k % (bk * s) <= k // 8]
+    if not fits:
+        return None
+    return next((s for s in fits if groups * s >= 2 * units), fits[-1])
+
+
 def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
                units: int = 132, shapes=None,
-               max_bytes: int = tiled_matmul.MAX_WORKGROUP_BYTES) -> list[tiled_matmul.Config]:
+               max_bytes: int = tiled_matmul.MAX_WORKGROUP_BYTES,
+               split: bool = False) -> list[tiled_matmul.Config]:
     """Parameter sets worth measuring for one kernel: tiles within `max_bytes` of workgroup
     memory (WebGPU's portable limit by default), at most a quarter of padding per axis, and
     (for the larger tiles) at least `waves` workgroups per compute unit of a large GPU (an
-    H100 has 132), in SHAPES' order."""
+    H100 has 132), in SHAPES' order. With `split`, a larger tile with fewer workgroups than
+    that splits K instead (split_for) of being passed over."""
     e = work.traits["extents"]
     ebytes = 2 if work.dtype == "float16" else 4
     out = []
@@ -248,7 +264,10 @@ def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
             continue
         groups = e["S"] * -(-e["I"] // bm) * -(-e["J"] // bn)
         if bm * bn > 32 * 32 and groups < waves * units:
-            continue
+            parts = split_for(groups, e["K"], bk, units) if split else None
+            if parts is None:
+                continue
+            cfg = dataclasses.replace(cfg, split_k=parts)
         out.append(cfg)
     return out[:limit]
 
@@ -321,42 +340,71 @@ def default_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.Pri
     return mod["main"]
 
 
-def grid_of(func: tirx.PrimFunc) -> list[int]:
-    """Workgroup grid of a single-kernel scheduled PrimFunc (from its thread bindings)."""
-    extents = {}
-
-    def visit(node):
-        if node.thread_binding is not None:
-            tag = node.thread_binding.thread_tag
-            extents[tag] = max(extents.get(tag, 1), int(node.extent))
-
-    tvm_ffi.structural_walk(func.body, [(tirx.For, visit)])
-    return [extents.get(f"blockIdx.{a}", 1) for a in "xyz"]
-
-
-_BINDING = re.compile(r"@binding\((\d+)\)\s*var<storage,\s*(read|read_write)>\s*(\w+)\s*:")
-
-
 def compile_wgsl(func: tirx.PrimFunc, target: tvm.target.Target) -> dict:
-    """Scheduled PrimFunc -> {"source", "launches": [{entry, bindings, grid}]}."""
+    """Scheduled PrimFunc -> {"source", "launches": [{entry, bindings, grid}], "workspaces":
+    [{name, shape, dtype}]}: its kernels in launch order, as TVM's host code (kept after
+    SplitHostDevice) launches them, each binding a parameter (by buffer_specs' name) or a
+    workspace, a global buffer between two kernels (split-K's partial products)."""
+    from wsd.webgpu_native import BUFFER_DATA, CALL_KERNEL
+
     func = func.with_attr("global_symbol", "main").with_attr("tirx.is_scheduled", True)
-    rt = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
+    kept = {}
+
+    @tvm.ir.instrument.pass_instrument
+    class KeepHost:
+        def run_after_pass(self, mod, info):
+            if info.name == "tirx.SplitHostDevice":
+                kept["host"] = mod["main"]
+
+    outer = tvm.transform.PassContext.current()
+    with tvm.transform.PassContext(opt_level=outer.opt_level, config=dict(outer.config),
+                                   instruments=[*outer.instruments, KeepHost()]):
+        rt = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
     device = [m for m in rt.imports if m.kind == "webgpu"]
     if len(device) != 1:
         raise RuntimeError("expected one webgpu module")
     source = device[0].inspect_source()
     info = json.loads(device[0].inspect_source("func_info"))
-    if len(info) != 1:
-        raise RuntimeError(f"{len(info)} kernels in one function: not supported by the bench")
-    (entry, finfo), = info.items()
-    if any(t != "handle" for t in finfo["arg_types"]):
-        raise RuntimeError("kernels with scalar arguments are not supported by the bench")
-    names = {}
-    for m in _BINDING.finditer(source):
-        names[int(m.group(1))] = m.group(3)[:-4] if m.group(3).endswith("_ptr") else m.group(3)
-    bindings = [names[i] for i in range(len(finfo["arg_types"]))]
-    return {"source": source, "launches": [{"entry": entry, "bindings": bindings,
-                                            "grid": grid_of(func)}]}
+    host = kept["host"]
+    names = {p: spec["name"] for p, spec in zip(host.params, buffer_specs(func))}
+    launches, workspaces = [], []
+
+    def buffer(expr):
+        return names[expr.args[0] if isinstance(expr, tvm.ir.expr.Call)
+                     and expr.op.same_as(BUFFER_DATA) else expr]
+
+    def visit(stmt):
+        if isinstance(stmt, tirx.SeqStmt):
+            for inner in stmt.seq:
+                visit(inner)
+            return
+        if isinstance(stmt, tirx.DeclBuffer):
+            names[stmt.buffer] = buffer(stmt.data)
+        elif isinstance(stmt, tirx.AllocBuffer):
+            b = stmt.buffer
+            if b.scope() not in ("global", ""):
+                raise RuntimeError(f"host allocation in scope {b.scope()}")
+            names[b] = f"workspace:{b.name}"
+            workspaces.append({"name": names[b], "shape": [int(d) for d in b.shape],
+                               "dtype": str(b.dtype)})
+        elif isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, tvm.ir.expr.Call) \
+                and stmt.value.op.same_as(CALL_KERNEL):
+            entry, *args = stmt.value.args
+            finfo = info[entry.value]
+            if any(t != "handle" for t in finfo["arg_types"]):
+                raise RuntimeError("kernels with scalar arguments are not supported by the bench")
+            count = len(finfo["arg_types"])
+            extents = dict(zip(finfo["launch_param_tags"], (int(a) for a in args[count:])))
+            launches.append({"entry": entry.value,
+                             "bindings": [buffer(a) for a in args[:count]],
+                             "grid": [extents.get(f"blockIdx.{a}", 1) for a in "xyz"]})
+        if getattr(stmt, "body", None) is not None:
+            visit(stmt.body)
+
+    visit(host.body)
+    if len(launches) != len(info):
+        raise RuntimeError(f"{len(info)} kernels, {len(launches)} launches found")
+    return {"source": source, "launches": launches, "workspaces": workspaces}
 
 
 def buffer_specs(func: tirx.PrimFunc) -> list[dict]:
@@ -485,7 +533,8 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
             if kind == "webgpu":
                 fname = f"wgsl/{work.key}_{index}.wgsl.gz"
                 (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
-                variant.update(wgsl=fname, launches=compiled["launches"])
+                variant.update(wgsl=fname, launches=compiled["launches"],
+                               workspaces=compiled["workspaces"])
             else:
                 variant["lib"] = f"cuda_lib/{work.key}_{index}.so"
             entry["variants"].append(variant)
@@ -582,6 +631,8 @@ def main(argv=None) -> int:
                      help="with --from-bench and its results.json: only kernels whose best "
                           "variant ran below this rate")
     exp.add_argument("--shapes", default="default", choices=sorted(SHAPE_SETS))
+    exp.add_argument("--split-k", action="store_true",
+                     help="with --from-bench: tiles with too few workgroups split K")
     adm = sub.add_parser("admit")
     adm.add_argument("results", type=Path)
     adm.add_argument("--margin", type=float, default=0.05)
@@ -615,8 +666,10 @@ def main(argv=None) -> int:
         configs = {}
         for w in works:
             found = candidates(w, args.max_candidates, shapes=SHAPE_SETS[args.shapes],
-                               waves=0.5)
-            if w.key in db["records"]:  # re-measure the incumbent beside the new ones
+                               waves=0.5, split=args.split_k)
+            if args.split_k:  # the unsplit ones were measured in the earlier export
+                found = [c for c in found if c.split_k > 1]
+            if w.key in db["records"] and found:  # re-measure the incumbent beside the new ones
                 found = [records.config_of(db["records"][w.key])] + \
                     [c for c in found if c != records.config_of(db["records"][w.key])]
             configs[w.key] = [(c.label(), c) for c in found]

@@ -35,7 +35,6 @@ too. A machine with a GPU gets its GPU adapter instead.
 from __future__ import annotations
 
 import json
-import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from tvm import relax, tirx
 from tvm.tirx.buffer import BufferType
 
 from wsd import build
+from wsd.wgsl_bench import split_sources
 from wsd.build import TargetError
 
 TARGET_NAME = "webgpu-native"
@@ -56,7 +56,6 @@ _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
            "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
            "max-compute-workgroup-size-y", "max-compute-workgroup-size-z")
 _GRID_LIMIT = 1 << 16  # tvmjs spreads blockIdx.x over z from here on
-_HEADER = re.compile(r"^// Function: (\S+)$", re.M)
 
 
 # ---- the device ----------------------------------------------------------------------------
@@ -167,29 +166,6 @@ def _modules(module):
     yield module
     for sub in module.imports:
         yield from _modules(sub)
-
-
-def split_sources(source: str) -> dict[str, str]:
-    """The webgpu module's `inspect_source()` -> {kernel name: its WGSL}.
-
-    That source is, per kernel, a `// Function: NAME` line, the kernel's shader text and a
-    newline. The shader text (what the bundle stores and tvmjs compiles; checked byte for
-    byte against a bundle's model.wasm) begins with a comment header of its own: a dashed
-    line, `// Function: NAME`, a dashed line."""
-    heads = list(_HEADER.finditer(source))
-    starts = [m for i, m in enumerate(heads) if i == 0 or heads[i - 1].group(1) != m.group(1)]
-    out = {}
-    for i, m in enumerate(starts):
-        name = m.group(1)
-        end = starts[i + 1].start() if i + 1 < len(starts) else len(source)
-        if name in out:
-            raise ValueError(f"kernel {name} appears twice in the webgpu source")
-        text = source[m.start():end]
-        if text.split("\n", 2)[1].startswith("//-"):  # the lines inspect_source adds
-            text = text.split("\n", 1)[1]
-            text = text[:-1] if text.endswith("\n") else text
-        out[name] = text
-    return out
 
 
 def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None,
@@ -560,7 +536,7 @@ class WebGPUExecutor:
         elif isinstance(stmt, tirx.AssertStmt):
             pass  # argument checks; the executor checks shapes and dtypes itself
         elif isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, tvm.ir.expr.Call) \
-                and stmt.value.op.same_as(_CALL_KERNEL):
+                and stmt.value.op.same_as(CALL_KERNEL):
             call = stmt.value
             kernel = call.args[0].value
             self.launch(kernel, [_host_expr(a, env) for a in call.args[1:]])
@@ -660,8 +636,8 @@ _BINARY = {
 }
 
 
-_BUFFER_DATA = tvm.ir.Op.get("tirx.buffer_data")
-_CALL_KERNEL = tvm.ir.Op.get("tirx.call_ffi_kernel")
+BUFFER_DATA = tvm.ir.Op.get("tirx.buffer_data")
+CALL_KERNEL = tvm.ir.Op.get("tirx.call_ffi_kernel")
 
 
 def _host_expr(expr, env):
@@ -672,7 +648,7 @@ def _host_expr(expr, env):
         if expr not in env:
             raise NotImplementedError(f"host variable {expr.name} has no value")
         return env[expr]
-    if isinstance(expr, tvm.ir.expr.Call) and expr.op.same_as(_BUFFER_DATA):
+    if isinstance(expr, tvm.ir.expr.Call) and expr.op.same_as(BUFFER_DATA):
         return _host_expr(expr.args[0], env)
     if isinstance(expr, tirx.Cast):
         value = _host_expr(expr.value, env)

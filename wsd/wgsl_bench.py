@@ -26,6 +26,7 @@ import argparse
 import gzip
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -117,9 +118,11 @@ class Runner:
         return self.device.create_buffer(size=max(4, (nbytes + 3) // 4 * 4), usage=usage)
 
     def prepare(self, folder: Path, variant: dict, buffers: dict):
-        """A variant's launches with the kernel's buffers bound."""
-        source = read_source(folder / variant["wgsl"])
-        return [(pipe := self.pipeline(source, launch["entry"]),
+        """A variant's launches with the kernel's buffers and its own workspaces bound."""
+        sources = split_sources(read_source(folder / variant["wgsl"]))
+        buffers = {**buffers, **{w["name"]: self.buffer(w)
+                                 for w in variant.get("workspaces", [])}}
+        return [(pipe := self.pipeline(sources[launch["entry"]], launch["entry"]),
                  self.bind(pipe, [buffers[n] for n in launch["bindings"]], launch["grid"][0]),
                  launch["grid"])
                 for launch in variant["launches"]]
@@ -219,6 +222,32 @@ class Runner:
 
 def _np_dtype(dtype: str):
     return {"float32": np.float32, "float16": np.float16, "int32": np.int32}[dtype]
+
+
+_HEADER = re.compile(r"^// Function: (\S+)$", re.M)
+
+
+def split_sources(source: str) -> dict[str, str]:
+    """The webgpu module's `inspect_source()` -> {kernel name: its WGSL}.
+
+    That source is, per kernel, a `// Function: NAME` line, the kernel's shader text and a
+    newline. The shader text (what the bundle stores and tvmjs compiles; checked byte for
+    byte against a bundle's model.wasm) begins with a comment header of its own: a dashed
+    line, `// Function: NAME`, a dashed line."""
+    heads = list(_HEADER.finditer(source))
+    starts = [m for i, m in enumerate(heads) if i == 0 or heads[i - 1].group(1) != m.group(1)]
+    out = {}
+    for i, m in enumerate(starts):
+        name = m.group(1)
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(source)
+        if name in out:
+            raise ValueError(f"kernel {name} appears twice in the webgpu source")
+        text = source[m.start():end]
+        if text.split("\n", 2)[1].startswith("//-"):  # the lines inspect_source adds
+            text = text.split("\n", 1)[1]
+            text = text[:-1] if text.endswith("\n") else text
+        out[name] = text
+    return out
 
 
 def read_source(path: Path) -> str:

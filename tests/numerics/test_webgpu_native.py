@@ -19,7 +19,7 @@ import tvm
 from tvm.script import relax as R
 
 from tests.cases import TINY_BLOCK_KINDS
-from wsd import verify, webgpu_native
+from wsd import verify, webgpu_native, wgsl_bench
 from wsd.models import load_model
 
 TARGET = webgpu_native.TARGET_NAME
@@ -225,7 +225,7 @@ def test_split_sources():
     a = f"{sep}// Function: a_kernel\n{sep}fn a_kernel() {{}}\n\n"
     b = f"{sep}// Function: b_kernel\n{sep}enable f16;\n\nfn b_kernel() {{}}\n\n"
     text = f"// Function: a_kernel\n{a}\n// Function: b_kernel\n{b}\n"  # as inspect_source
-    assert webgpu_native.split_sources(text) == {"a_kernel": a, "b_kernel": b}
+    assert wgsl_bench.split_sources(text) == {"a_kernel": a, "b_kernel": b}
 
 
 def test_unknown_target_is_refused():

@@ -60,6 +60,8 @@ CONFIGS = [
     tiled_matmul.Config(bm=64, bn=64, bk=16, tm=4, tn=4, x_is_j=False),
     tiled_matmul.Config(bm=64, bn=32, bk=8, tm=8, tn=4, tm_vec=4, tn_vec=2),  # 2 chunks
     tiled_matmul.Config(bm=32, bn=64, bk=8, tm=2, tn=8, tm_vec=1, tn_vec=4, pad=0),
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, split_k=2),  # two kernels
+    tiled_matmul.Config(bm=64, bn=32, bk=8, tm=4, tn=4, split_k=3),  # K padded to 3 parts
 ]
 
 

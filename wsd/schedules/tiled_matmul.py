@@ -31,6 +31,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import (
     auto_inline_consumer_chain,
+    auto_inline_consumers,
     auto_inline_producers,
     detect_iter_traits,
     get_index_map,
@@ -63,6 +64,7 @@ class Config(RuleParams):
     pad: int = 4        # words of padding per workgroup-memory row (bank conflicts)
     unroll: int = 256
     pipeline: bool = False  # double-buffered tiles: copy step k+1 while computing step k
+    split_k: int = 1    # K in this many parts, each a workgroup of its own (split-K)
 
     @property
     def threads(self) -> int:
@@ -75,10 +77,11 @@ class Config(RuleParams):
     def label(self) -> str:
         return (f"{NAME}:{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
                 f"/v{self.tm_vec}{self.tn_vec}/{'xj' if self.x_is_j else 'xi'}/p{self.pad}"
-                + ("/pipe" if self.pipeline else ""))
+                + ("/pipe" if self.pipeline else "")
+                + (f"/sk{self.split_k}" if self.split_k > 1 else ""))
 
     def check(self) -> None:
-        for name in ("bm", "bn", "bk", "tm", "tn", "tm_vec", "tn_vec"):
+        for name in ("bm", "bn", "bk", "tm", "tn", "tm_vec", "tn_vec", "split_k"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive: {self}")
         if self.bm % self.tm or self.bn % self.tn or self.tm % self.tm_vec \
@@ -144,18 +147,32 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     main = main_block(sch)
 
     normalize(sch, main)
-    sch.pad_einsum(main, [1, config.bm, config.bn, config.bk])
+    sch.pad_einsum(main, [1, config.bm, config.bn, config.bk * config.split_k])
+    total = None
+    if config.split_k > 1:
+        # Split-K: main becomes the GEMM of one K part into a global buffer of partial
+        # products (rfactor), and the original block their sum, scheduled with the epilogue
+        # as a second kernel (_sum_parts).
+        s, i, j, k = sch.get_loops(main)
+        part, k = sch.split(k, [config.split_k, None])
+        total, main = main, sch.rfactor(part, factor_axis=0)
+        s, i, j, part, k = sch.get_loops(main)
+    else:
+        s, i, j, k = sch.get_loops(main)
 
     # 2. Tiles: i = bi*BM + io*(TY*tm_vec) + ty*tm_vec + iv, likewise j; k = ko*BK + ki.
     # The strided chunks (io, jo) are virtual threads: each chunk's accumulators are a dense
     # box, so the write-back covers exactly what the invocation computed.
-    s, i, j, k = sch.get_loops(main)
     ty_n, tx_n = config.bm // config.tm, config.bn // config.tn
     bi, io, ty, iv = sch.split(i, [None, config.tm // config.tm_vec, ty_n, config.tm_vec])
     bj, jo, tx, jv = sch.split(j, [None, config.tn // config.tn_vec, tx_n, config.tn_vec])
     ko, ki = sch.split(k, [None, config.bk])
-    sch.reorder(s, bi, bj, io, jo, ty, tx, ko, ki, iv, jv)
-    bi = sch.fuse(s, bi)
+    if total is None:
+        sch.reorder(s, bi, bj, io, jo, ty, tx, ko, ki, iv, jv)
+        bi = sch.fuse(s, bi)
+    else:  # the K part is the outermost workgroup index
+        sch.reorder(part, s, bi, bj, io, jo, ty, tx, ko, ki, iv, jv)
+        bi = sch.fuse(part, s, bi)
     sch.bind(bi, "blockIdx.y")
     sch.bind(bj, "blockIdx.x")
     sch.bind(io, "vthread.y")
@@ -217,7 +234,10 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
 
     auto_inline_producers(sch, a_sh)
     auto_inline_producers(sch, b_sh)
-    auto_inline_consumer_chain(sch, acc)
+    if total is None:
+        auto_inline_consumer_chain(sch, acc)
+    else:
+        _sum_parts(sch, total, config.threads)
     sch.decompose_reduction(main, ko)
     if config.pipeline:
         # ko's body: [copy A, copy B, the ki loop]; the copies of step k+1 go ahead of
@@ -225,6 +245,42 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
         sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
         sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
     return sch
+
+
+def _sum_parts(sch: s_tir.Schedule, total, threads: int) -> None:
+    """Split-K's second kernel: each invocation sums one output's partial products and runs
+    the epilogue (the re-indexing back to the output layout, bias, residual, ...) on it."""
+    auto_inline_consumers(sch, total)  # the epilogue's blocks into the last one
+    sink = total
+    while consumers := sch.get_consumers(sink):
+        sink = consumers[0]
+    if sink == total:  # no epilogue: the sum is the output
+        loops = sch.get_loops(total)[:-1]  # the parts' loop stays inside
+    else:
+        _inline_producers(sch, sink, keep=total)  # what else the epilogue reads (broadcasts)
+        loops = sch.get_loops(sink)
+    bx, tx = sch.split(sch.fuse(*loops), [None, threads])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    if sink != total:
+        sch.compute_at(total, tx, preserve_unit_loops=True)
+        sch.set_scope(total, 0, "local")  # one sum per invocation, in a register
+
+
+def _inline_producers(sch: s_tir.Schedule, block, keep) -> None:
+    """Inline every producer of `block` except `keep` (and what `keep` reads)."""
+    while True:
+        inlined = False
+        for producer in sch.get_producers(block):
+            if sch.get(producer).same_as(sch.get(keep)):
+                continue
+            try:
+                sch.compute_inline(producer)
+                inlined = True
+            except s_tir.ScheduleError:
+                continue
+        if not inlined:
+            return
 
 
 def normalize(sch: s_tir.Schedule, main) -> None:
