@@ -146,6 +146,49 @@ def test_gate_rejects_wrong_kernels(runner, small_bench, tmp_path):
     assert not res["swapped-operands"]["ok"]
 
 
+def test_split_k_runs_two_kernels_and_the_gate_sees_them(runner, small_bench):
+    """A split-K variant is two launches sharing a workspace; skipping the second (the sum
+    of the parts and the epilogue) leaves the output unwritten, and the check fails."""
+    folder, manifest = small_bench
+    kernel = copy.deepcopy(manifest["kernels"][2])
+    split = next(v for v in kernel["variants"] if "/sk2" in v["label"])
+    assert len(split["launches"]) == 2 and len(split["workspaces"]) == 1
+    workspace = split["workspaces"][0]["name"]
+    assert workspace in split["launches"][0]["bindings"]
+    assert workspace in split["launches"][1]["bindings"]
+    first_only = copy.deepcopy(split)
+    first_only["label"] = "parts-not-summed"
+    first_only["launches"] = first_only["launches"][:1]
+    kernel["variants"] = [kernel["variants"][0], split, first_only]
+    res = wgsl_bench.check_kernel(runner, folder, kernel, repeat=3, rounds=1,
+                                  log=lambda *_: None, budget_ms=1)
+    assert res[split["label"]]["ok"]
+    assert not res["parts-not-summed"]["ok"]
+
+
+def test_split_for():
+    """Parts enough for two waves of workgroups, none shorter than MIN_PART_K, at most an
+    eighth of K padding; the most parts allowed when two waves are out of reach."""
+    assert tune.split_for(groups=40, k=11520, bk=8) == 8      # 320 workgroups
+    assert tune.split_for(groups=10, k=11520, bk=8) == 16     # 160: as many as allowed
+    assert tune.split_for(groups=10, k=600, bk=8) == 2        # parts of 300
+    assert tune.split_for(groups=10, k=500, bk=8) is None     # parts would be under 256
+    assert tune.split_for(groups=200, k=4096, bk=8) == 2
+
+
+def test_small_grids_get_split_candidates():
+    """The UNet's 8x8-latent convolution has 10 workgroups of 128x128: without split-K the
+    large tiles are passed over; with it they come back with K in parts."""
+    (work,) = _works([_conv(2, 1280, 8, 8, 1280, 3)])
+    plain = tune.candidates(work, 20, waves=0.5)
+    split = tune.candidates(work, 20, waves=0.5, split=True)
+    assert plain and all(c.split_k == 1 and c.bm * c.bn < 128 * 128 for c in plain)
+    assert [c for c in split if c.split_k == 1] == plain
+    parts = [c for c in split if c.split_k > 1]
+    assert any(c.bm * c.bn == 128 * 128 for c in parts)
+    assert all(-(-128 // c.bm) * -(-1280 // c.bn) < 0.5 * 132 for c in parts)
+
+
 def _fake_results(manifest, times, ok=None):
     ok = ok or {}
     kernels = {}

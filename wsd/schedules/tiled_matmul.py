@@ -17,6 +17,12 @@ registers and does TM * TN multiply-adds. The copies walk the source in its cont
 direction (chosen from the access pattern) so that neighbouring invocations read
 neighbouring addresses.
 
+Split-K (`split_k` > 1) is for GEMMs with too few output tiles to fill the GPU (SD v1.5's
+UNet at 16x16 and 8x8 latents: 10-40 workgroups of 128x128 for 132 compute units): K is cut
+into parts, each part's tiles are workgroups of their own writing fp32 partial products to a
+workspace (TVM's rfactor), and a second kernel sums each output's parts and runs the
+epilogue. WGSL has no float atomics, so the sum is a kernel, not an atomic add.
+
 The rule is parameterised (`Config`); which parameters a kernel gets is decided by
 measurement (wsd.tune) and stored in a records database (wsd.schedules.records). Without a
 record the rule is not applied: dlight's default stays in place.
