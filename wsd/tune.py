@@ -633,6 +633,9 @@ def main(argv=None) -> int:
     exp.add_argument("--shapes", default="default", choices=sorted(SHAPE_SETS))
     exp.add_argument("--split-k", action="store_true",
                      help="with --from-bench: tiles with too few workgroups split K")
+    exp.add_argument("--waves", type=float, default=0.5,
+                     help="with --from-bench: workgroups per compute unit below which a "
+                          "large tile is too few (passed over, or split with --split-k)")
     adm = sub.add_parser("admit")
     adm.add_argument("results", type=Path)
     adm.add_argument("--margin", type=float, default=0.05)
@@ -666,7 +669,7 @@ def main(argv=None) -> int:
         configs = {}
         for w in works:
             found = candidates(w, args.max_candidates, shapes=SHAPE_SETS[args.shapes],
-                               waves=0.5, split=args.split_k)
+                               waves=args.waves, split=args.split_k)
             if args.split_k:  # the unsplit ones were measured in the earlier export
                 found = [c for c in found if c.split_k > 1]
             if w.key in db["records"] and found:  # re-measure the incumbent beside the new ones

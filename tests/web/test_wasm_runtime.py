@@ -67,6 +67,15 @@ def _run_node(wasm: str, mode: str, env=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _check_matmul(mm: dict) -> None:
+    a = np.array(mm["a"], dtype=np.float32).reshape(mm["M"], mm["K"])
+    b = np.array(mm["b"], dtype=np.float32).reshape(mm["K"], mm["N"])
+    got = np.array(mm["out"], dtype=np.float32).reshape(mm["M"], mm["N"])
+    assert mm["shape"] == [mm["M"], mm["N"]]
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
 def _check(res: dict) -> None:
     add = res["add"]
     x = np.array(add["x"], dtype=np.float32)
@@ -75,13 +84,9 @@ def _check(res: dict) -> None:
     assert add["shape"] == [x.size]
     np.testing.assert_array_equal(got, x + y)  # exact
 
-    mm = res["matmul"]
-    a = np.array(mm["a"], dtype=np.float32).reshape(mm["M"], mm["K"])
-    b = np.array(mm["b"], dtype=np.float32).reshape(mm["K"], mm["N"])
-    got = np.array(mm["out"], dtype=np.float32).reshape(mm["M"], mm["N"])
-    assert mm["shape"] == [mm["M"], mm["N"]]
-    ref = a.astype(np.float64) @ b.astype(np.float64)
-    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    _check_matmul(res["matmul"])
+    if res["mode"] == "webgpu":  # split-K: tvmjs runs both kernels with the workspace
+        _check_matmul(res["matmul_split"])
 
 
 def test_wasm_cpu(wasm_modules):

@@ -4,7 +4,7 @@
 //   node web/runtime/smoke.cjs MODULE.wasm [cpu|webgpu]
 //
 // MODULE.wasm comes from smoke_build.py: a Relax VM with `add` (N_ADD,) + (N_ADD,) and
-// `matmul` (M,K) @ (K,N), float32.  Prints one JSON line with the inputs it made and the
+// `matmul` (M,K) @ (K,N), float32; the webgpu module also `matmul_split` (split-K).  Prints one JSON line with the inputs it made and the
 // outputs it got; the Python test recomputes them with numpy.
 // The webgpu mode needs a WebGPU implementation: the browser's navigator.gpu, or under node
 // the npm package `webgpu` (Dawn), which is tried if installed.
@@ -75,6 +75,10 @@ async function main() {
   const a = fill(M * K, 3), b = fill(K * N, 4);
   result.matmul = { a: Array.from(a), b: Array.from(b), M, K, N,
                     ...(await run("matmul", [[a, [M, K]], [b, [K, N]]])) };
+  if (mode === "webgpu") {  // split-K: two kernels and a workspace (smoke_build.py)
+    result.matmul_split = { a: Array.from(a), b: Array.from(b), M, K, N,
+                            ...(await run("matmul_split", [[a, [M, K]], [b, [K, N]]])) };
+  }
   tvm.endScope();
   result.ms = Date.now() - t0;
   process.stdout.write(JSON.stringify(result) + "\n");

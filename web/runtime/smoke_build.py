@@ -3,7 +3,9 @@
     python web/runtime/smoke_build.py OUT_DIR [--webgpu]
 
 writes OUT_DIR/cpu.wasm (functions `add` and `matmul`, target webassembly) and, with
---webgpu, OUT_DIR/webgpu.wasm (the same functions as WGSL kernels, wasm host), linked with
+--webgpu, OUT_DIR/webgpu.wasm (the same functions as WGSL kernels, wasm host, plus
+`matmul_split`: the matmul under wsd's tiled GEMM rule with split-K, two kernels and a
+workspace between them, as SD v1.5's small-grid WebGPU records run), linked with
 tvm.contrib.tvmjs.create_tvmjs_wasm against the runtime that build.sh put in
 $WSD_WASM_RUNTIME (default ~/.cache/wsd/wasm-runtime/<tvm version>; build.sh prints it).
 The shapes are fixed here and repeated in smoke.mjs: add on (N_ADD,), matmul (M,K)@(K,N).
@@ -46,6 +48,30 @@ def make_module():
     return Smoke
 
 
+def add_split_k_matmul(mod):
+    """`matmul_split`: (M,K) @ (K,N) scheduled by wsd.schedules.tiled_matmul with K in two
+    parts, so tvmjs must allocate the kernel's workspace and run its two launches in order."""
+    from tvm import relax, te
+
+    from wsd.schedules import tiled_matmul
+
+    a = te.placeholder((M, K), "float32", name="a")
+    b = te.placeholder((K, N), "float32", name="b")
+    k = te.reduce_axis((0, K), name="k")
+    c = te.compute((M, N), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul")
+    config = tiled_matmul.Config(bm=16, bn=8, bk=8, tm=4, tn=2, tm_vec=4, tn_vec=2, split_k=2)
+    sch = tiled_matmul.apply(te.create_prim_func([a, b, c]), config)
+    bb = relax.BlockBuilder(mod)
+    kernel = bb.add_func(sch.mod["main"].with_attr("tirx.is_scheduled", True),
+                         "matmul_split_kernel")
+    x = relax.Var("a", relax.TensorType((M, K), "float32"))
+    y = relax.Var("b", relax.TensorType((K, N), "float32"))
+    with bb.function("matmul_split", [x, y]):
+        out = bb.emit(relax.call_tir(kernel, [x, y], relax.TensorType((M, N), "float32")))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
 def _fcompile(link_opt: str):
     from tvm.contrib import tvmjs
 
@@ -72,7 +98,8 @@ def build(out_dir: str, webgpu: bool = False, runtime_dir: str | None = None,
         targets["webgpu"] = tvm.target.Target({"kind": "webgpu"}, host=WASM_HOST)
     paths = {}
     for name, target in targets.items():
-        ex = tvm.compile(make_module(), target=target)
+        mod = add_split_k_matmul(make_module()) if name == "webgpu" else make_module()
+        ex = tvm.compile(mod, target=target)
         path = os.path.join(out_dir, f"{name}.wasm")
         ex.export_library(path, fcompile=_fcompile(link_opt))
         paths[name] = path
