@@ -64,9 +64,12 @@ def load(target, root: Path | None = None) -> dict:
 
 
 def save(db: dict, target, root: Path | None = None) -> Path:
+    """Write the database, each record's parameters in full (a parameter a rule gained
+    later is written with its default), sorted by key."""
     path = db_path(target, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = dict(db, records=dict(sorted(db["records"].items())))
+    full = {key: dict(r, params=config_of(r).to_json()) for key, r in db["records"].items()}
+    db = dict(db, records=dict(sorted(full.items())))
     path.write_text(json.dumps(db, indent=1) + "\n")
     return path
 
