@@ -23,12 +23,14 @@ lowered module, its kernels and the generated WGSL). The web app reads `shader_f
                                 defaults are 16384, 256, 8)
     max_weight_bytes, max_storage_bytes, max_intermediate_bytes, latent_bytes
                                 the parts of max_buffer_bytes
-    weights_bytes, activation_pool_bytes, max_function_storage_bytes, peak_memory_bytes
+    weights_bytes, activation_pool_bytes, max_function_storage_bytes, workspace_pool_bytes,
+    peak_memory_bytes
                                 the memory plan: peak = all weights + the activation storages
                                 the VM's pooled allocator holds once every function has run (it
                                 reuses a freed buffer only for the same page-rounded size: per
                                 size, the most storages of that size any one function has) +
-                                kernel scratch (none with wsd.attention)
+                                the kernels' workspaces (wsd.limits.workspace_pool_bytes:
+                                split-K's partial products; attention keeps none)
     webgpu_defaults_ok          whether WebGPU's default limits suffice (wsd.limits.check)
 Scheduler kernels have symbolic shapes (their buffers are latent-sized) and are not counted
 in the storages; `latent_bytes` covers them.

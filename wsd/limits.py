@@ -111,6 +111,19 @@ def activation_pool_bytes(storages: dict[str, dict]) -> int:
     return sum(size * count for size, count in need.items())
 
 
+def workspace_pool_bytes(intermediates: dict) -> int:
+    """An upper bound of the GPU memory TVM's workspace pool (tvmjs's WebGPU allocator for
+    kernels' global intermediates, e.g. split-K's partial products) holds.
+
+    A kernel function frees its intermediates before it returns; the pool keeps freed
+    entries, hands out the smallest that fits, and otherwise replaces its largest with one of
+    the new size. So it never holds more entries than one function has at once (K), none
+    larger than some request: at most the K largest (page-rounded) intermediates."""
+    found = [[page_round(size) for _, size in items if size] for items in intermediates.values()]
+    most = max((len(sizes) for sizes in found), default=0)
+    return sum(sorted((s for sizes in found for s in sizes), reverse=True)[:most])
+
+
 # ---- TensorIR: global buffers inside kernels --------------------------------------------------
 
 def _children(node):
@@ -214,14 +227,15 @@ def requirements(storages: dict[str, dict], intermediates: dict, kernels: dict[s
         storages, the kernels' global intermediates, the weights and the runtime inputs and
         outputs (`io_bytes`); buffers are bound whole.
     peak_memory_bytes = weights_bytes (all weights resident) + activation_pool_bytes (see
-        activation_pool_bytes) + the kernels' global intermediates (TVM's workspace pool keeps
-        them too); inputs and outputs (latent-sized) are not counted."""
+        activation_pool_bytes) + workspace_pool_bytes (the kernels' global intermediates, see
+        workspace_pool_bytes); inputs and outputs (latent-sized) are not counted."""
     planned = [s for info in storages.values() for s in info["sizes"]]
     scratch = [size for found in intermediates.values() for _, size in found if size]
     max_storage = max(planned, default=0)
     largest = max([page_round(max_storage), max(scratch, default=0), max_weight_bytes,
                    io_bytes])
     pool = activation_pool_bytes(storages)
+    workspaces = workspace_pool_bytes(intermediates)
     return {
         "max_buffer_bytes": largest,
         "max_storage_binding_bytes": largest,
@@ -238,7 +252,8 @@ def requirements(storages: dict[str, dict], intermediates: dict, kernels: dict[s
         "activation_pool_bytes": pool,
         "max_function_storage_bytes": max((sum(info["sizes"]) for info in storages.values()),
                                           default=0),
-        "peak_memory_bytes": weights_bytes + pool + sum(scratch),
+        "workspace_pool_bytes": workspaces,
+        "peak_memory_bytes": weights_bytes + pool + workspaces,
     }
 
 
@@ -260,7 +275,8 @@ def describe(req: dict) -> list[str]:
         f"shader-f16 {'required' if req.get('shader_f16') else 'not needed'}",
         f"memory plan      peak {mib(req['peak_memory_bytes'])} = weights "
         f"{mib(req['weights_bytes'])} + activation pool {mib(req['activation_pool_bytes'])} "
-        f"(largest function {mib(req['max_function_storage_bytes'])})",
+        f"(largest function {mib(req['max_function_storage_bytes'])}) + kernel workspaces "
+        f"{mib(req['workspace_pool_bytes'])}",
         f"workgroups       {req['max_invocations_per_workgroup']} invocations, "
         f"{req['max_workgroup_storage_bytes']} B storage, "
         f"{req['max_storage_buffers_per_shader_stage']} storage buffers at most",

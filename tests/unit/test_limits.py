@@ -66,6 +66,18 @@ def test_activation_pool():
     assert limits.activation_pool_bytes(storages) == 2 * 4096 + 2 * 8192
 
 
+def test_workspace_pool():
+    """Kernels free their workspaces before returning, and the pool reuses and regrows its
+    entries: it holds at most as many as one kernel has at once, the largest requested."""
+    one_each = {"conv_a": [("rf", 10 * MiB)], "conv_b": [("rf", 40 * MiB)],
+                "conv_c": [("rf", 3 * MiB + 1)]}
+    assert limits.workspace_pool_bytes(one_each) == 40 * MiB  # not the 53 MiB sum
+    two = dict(one_each, attention=[("s", 1 * MiB), ("t", 2 * MiB)])
+    assert limits.workspace_pool_bytes(two) == 40 * MiB + 10 * MiB
+    assert limits.workspace_pool_bytes({}) == 0
+    assert limits.workspace_pool_bytes({"k": [("x", 100)]}) == limits.PAGE  # page-rounded
+
+
 def test_requirements_and_check():
     storages = {"decode": {"sizes": [128 * MiB, 64 * MiB, 3 * MiB], "dynamic": 0},
                 "unet": {"sizes": [40 * MiB, 40 * MiB], "dynamic": 0}}
@@ -82,6 +94,8 @@ def test_requirements_and_check():
     scratch = {"attention": [("T_batch_matmul_NT", 1 << 30)]}
     req = limits.requirements(storages, scratch, kernels, 72 * MiB, 1600 * MiB, 16384)
     assert req["max_buffer_bytes"] == req["max_intermediate_bytes"] == 1 << 30
+    assert req["peak_memory_bytes"] == (1600 * MiB + req["activation_pool_bytes"]
+                                        + req["workspace_pool_bytes"])
     over = limits.check(req)
     assert [line.split(" = ")[0] for line in over] == [
         "max_buffer_bytes", "max_storage_binding_bytes", "max_workgroup_storage_bytes",
