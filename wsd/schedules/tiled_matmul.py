@@ -257,20 +257,16 @@ def _sum_parts(sch: s_tir.Schedule, total, threads: int) -> None:
     """Split-K's second kernel: each invocation sums one output's partial products and runs
     the epilogue (the re-indexing back to the output layout, bias, residual, ...) on it."""
     auto_inline_consumers(sch, total)  # the epilogue's blocks into the last one
-    sink = total
+    # normalize's re-indexing of C always consumes the sum, so there is a last block
+    sink = sch.get_consumers(total)[0]
     while consumers := sch.get_consumers(sink):
         sink = consumers[0]
-    if sink == total:  # no epilogue: the sum is the output
-        loops = sch.get_loops(total)[:-1]  # the parts' loop stays inside
-    else:
-        _inline_producers(sch, sink, keep=total)  # what else the epilogue reads (broadcasts)
-        loops = sch.get_loops(sink)
-    bx, tx = sch.split(sch.fuse(*loops), [None, threads])
+    _inline_producers(sch, sink, keep=total)  # what else the epilogue reads (broadcasts)
+    bx, tx = sch.split(sch.fuse(*sch.get_loops(sink)), [None, threads])
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
-    if sink != total:
-        sch.compute_at(total, tx, preserve_unit_loops=True)
-        sch.set_scope(total, 0, "local")  # one sum per invocation, in a register
+    sch.compute_at(total, tx, preserve_unit_loops=True)
+    sch.set_scope(total, 0, "local")  # one sum per invocation, in a register
 
 
 def _inline_producers(sch: s_tir.Schedule, block, keep) -> None:
