@@ -17,10 +17,10 @@
 #   gpu_perf.sh models [ARGS]      tests/perf/test_models.py (default: --perf-model sd15
 #                                  --perf-dtype float16: per-model figures + the 3 GB goal)
 #   gpu_perf.sh records            tests/perf/test_records.py (tuned-schedule records)
-#   gpu_perf.sh webgpu DTYPE [PARTS]   wsd bench --model sd15 --target webgpu-native: the
+#   gpu_perf.sh webgpu DTYPE [PARTS [OPTIONS]]   wsd bench --model sd15 --target webgpu-native: the
 #                                  browser build's WGSL on this GPU through wgpu-py (Vulkan),
 #                                  GPU time per call, next to PyTorch on CUDA (default parts
-#                                  clip,unet,vae); needs .gl/ and .wgpuwhl/ carried
+#                                  clip,unet,vae; OPTIONS e.g. --profile 30); needs .gl/ and .wgpuwhl/ carried
 #                                  (scripts/webgpu_env.sh)
 #   gpu_perf.sh tune DIR           python -m wsd.cuda_bench DIR: build, check and time the
 #                                  tensor-core candidates of a `wsd.tune export --target cuda`
@@ -131,8 +131,9 @@ models() {
     perf_pytest models tests/perf/test_models.py "${args[@]}"
 }
 
-webgpu() {  # webgpu DTYPE [PARTS]
+webgpu() {  # webgpu DTYPE [PARTS [wsd bench options, e.g. --profile 30]]
     local dtype=${1:-float16} parts=${2:-clip,unet,vae}
+    shift 2 2>/dev/null || shift $#
     local name="webgpu-sd15-$dtype${2:+-${2//,/-}}"
     # Not under `step`: its exports (VK_DRIVER_FILES) must reach the bench below.
     if ! webgpu_env >>"$OUT/$name.log" 2>&1; then
@@ -143,7 +144,7 @@ webgpu() {  # webgpu DTYPE [PARTS]
     fi
     step "webgpu sd15 $dtype $parts" "$name.log" \
         $PY -m wsd bench --model sd15 --target webgpu-native --dtype "$dtype" --parts "$parts" \
-        --torch-compile off --json "$OUT/$name.json" --markdown "$OUT/$name.md"
+        --torch-compile off --json "$OUT/$name.json" --markdown "$OUT/$name.md" "$@"
 }
 
 tune() {  # tune DIR: the folder of `python -m wsd.tune export --target cuda`

@@ -1319,7 +1319,7 @@ class WebGPUModelBench(ModelBench):
         super().__init__(model, device, dtype, height, width, compile_option, log=log)
 
     @staticmethod
-    def functions_of(parts: Sequence[str], profile_top: int = 0) -> list[str]:
+    def functions_of(parts: Sequence[str]) -> list[str]:
         """The compiled functions of `parts`; a BenchError for what this target cannot do."""
         bad = [p for p in parts if p not in PART_FUNCTIONS]
         if bad:
@@ -1328,9 +1328,6 @@ class WebGPUModelBench(ModelBench):
                 f"{', '.join(bad)}: a whole image runs the samplers, whose symbolic shapes "
                 "wsd.webgpu_native does not run; `wsd build --target webgpu` reports the "
                 "browser's memory plan")
-        if profile_top:
-            raise BenchError(f"target {WEBGPU_NATIVE} has no --profile: it times kernels "
-                             "through TVM's Relax VM, which this target does not run")
         return [PART_FUNCTIONS[p] for p in parts]
 
     def _compile(self) -> None:
@@ -1370,6 +1367,22 @@ class WebGPUModelBench(ModelBench):
             return timing.gpu_s, timing.encode_s
 
         return (lambda: run(function, *uploaded, *weights)), timer
+
+    def profile(self, part: str, rounds: int = 2) -> dict:
+        """The part's function with every kernel timed on the GPU (timestamps around each
+        compute pass, WebGPUExecutor.profiled), after one untimed call; the total is one
+        call's GPU time, so the rows' shares leave the gaps between passes out."""
+        function = PART_FUNCTIONS[part]
+        executor = self.executor
+        args = [*(executor.upload(x.numpy()) for x in self.inputs(function)),
+                *self.weights[function]]
+        executor(function, *args)
+        runs = [executor.profiled(function, *args)[1] for _ in range(rounds)]
+        total = sum(executor.timed(function, *args)[1].gpu_s for _ in range(rounds))
+        total *= 1e3 / rounds
+        rows = profile.tally(runs)
+        return {"title": f"{part} ({function}) {self.dtype}, WebGPU", "total_ms": total,
+                "kernels": rows, "kinds": profile.group_by_kind(rows, kind_of)}
 
 
 # --------------------------------------------------------------------------- pytest settings
@@ -1492,7 +1505,7 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
 
     load_start = os.getloadavg()[0]
     if target == WEBGPU_NATIVE:  # before minutes of loading
-        WebGPUModelBench.functions_of(parts, profile_top)
+        WebGPUModelBench.functions_of(parts)
     model = load_model(model_spec)
     device = Device(target)
     report = Report(datetime.date.today().isoformat(), device.name, target,

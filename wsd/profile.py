@@ -29,7 +29,7 @@ def profile_calls(vm, run: Callable[[], object], sync: Callable[[], None],
     """Time every call `run()` makes through `vm` (a tvm.runtime.vm.VirtualMachine), after one
     untimed run; returns the calls per name, slowest first, and the instrumented run's total
     ms (both averaged over `rounds` runs)."""
-    totals: dict[str, list] = {}
+    runs: list[list[tuple[str, float]]] = []
     started: list[float] = []
 
     def instrument(_func, symbol, before_run, _ret, *_args):
@@ -37,9 +37,7 @@ def profile_calls(vm, run: Callable[[], object], sync: Callable[[], None],
         if before_run:
             started.append(time.perf_counter())
         else:
-            entry = totals.setdefault(str(symbol), [0, 0.0])
-            entry[0] += 1
-            entry[1] += time.perf_counter() - started.pop()
+            runs[-1].append((str(symbol), time.perf_counter() - started.pop()))
         return 0  # VMInstrumentReturnKind.kNoOp
 
     run()
@@ -48,15 +46,28 @@ def profile_calls(vm, run: Callable[[], object], sync: Callable[[], None],
     try:
         start = time.perf_counter()
         for _ in range(rounds):
+            runs.append([])
             run()
         sync()
         total = (time.perf_counter() - start) * 1e3 / rounds
     finally:
         vm.set_instrument(lambda *_: 0)
-    rows = [KernelTime(name, calls // rounds, seconds * 1e3 / rounds)
+    return tally(runs), total
+
+
+def tally(runs: Sequence[Sequence[tuple[str, float]]]) -> list[KernelTime]:
+    """Calls timed one by one ((name, seconds) per call) over several runs of one function ->
+    the calls per name and their ms per run, slowest first."""
+    totals: dict[str, list] = {}
+    for run in runs:
+        for name, seconds in run:
+            entry = totals.setdefault(name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += seconds
+    rows = [KernelTime(name, calls // len(runs), seconds * 1e3 / len(runs))
             for name, (calls, seconds) in totals.items()]
     rows.sort(key=lambda r: -r.ms)
-    return rows, total
+    return rows
 
 
 def group_by_kind(rows: Sequence[KernelTime], kind_of: Callable[[str], str]

@@ -56,6 +56,7 @@ _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
            "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
            "max-compute-workgroup-size-y", "max-compute-workgroup-size-z")
 _GRID_LIMIT = 1 << 16  # tvmjs spreads blockIdx.x over z from here on
+_MAX_QUERIES = 4096  # WebGPU's most queries in one query set
 
 
 # ---- the device ----------------------------------------------------------------------------
@@ -277,6 +278,7 @@ class WebGPUExecutor:
         # Kernels launched and not yet submitted: (pipeline, bind group, workgroups), encoded
         # at flush, when the first and last compute pass (for timestamps) are known.
         self._pending: list[tuple] = []
+        self._host_call = ("", 0)  # (host PrimFunc, serial) launching kernels now (profiles)
         self._keep: list = []  # buffers the pending commands use
         self._clock = None  # timed(): (query set or None, buffer read back to wait for the GPU)
         self.dispatches = 0
@@ -323,24 +325,30 @@ class WebGPUExecutor:
         """The pending kernels as one command buffer, a compute pass each (as tvmjs); with a
         query set, timestamps 0 and 1 at the beginning of the first pass and the end of the
         last, resolved into the buffer `resolve`. None when nothing is pending."""
-        if not self._pending:
-            return None
+        if query_set is None:
+            return self._encode_passes({})
         last = len(self._pending) - 1
         stamps = {0: {"beginning_of_pass_write_index": 0}}
         stamps.setdefault(last, {})["end_of_pass_write_index"] = 1
+        stamps = {i: {"query_set": query_set, **s} for i, s in stamps.items()}
+        return self._encode_passes(stamps, [(query_set, 2, resolve, 0)])
+
+    def _encode_passes(self, stamps: dict, resolves=()):
+        """The pending kernels as one command buffer, a compute pass each; pass i writes the
+        timestamps stamps[i] (a GPUComputePassTimestampWrites), then each (query set, count,
+        buffer, offset) of `resolves` is resolved. None when nothing is pending."""
+        if not self._pending:
+            return None
         encoder = self.device.create_command_encoder()
-        for i, (pipeline, group, work) in enumerate(self._pending):
-            writes = None
-            if query_set is not None and i in stamps:
-                writes = {"query_set": query_set, **stamps[i]}
-            compute = encoder.begin_compute_pass(timestamp_writes=writes)
+        for i, (pipeline, group, work, _) in enumerate(self._pending):
+            compute = encoder.begin_compute_pass(timestamp_writes=stamps.get(i))
             compute.set_pipeline(pipeline)
             compute.set_bind_group(0, group)
             compute.dispatch_workgroups(*work)
             compute.end()
+        for query_set, count, buffer, offset in resolves:
+            encoder.resolve_query_set(query_set, 0, count, buffer, offset)
         self._pending = []
-        if query_set is not None:
-            encoder.resolve_query_set(query_set, 0, 2, resolve, 0)
         return encoder.finish()
 
     # -- Relax
@@ -399,6 +407,51 @@ class WebGPUExecutor:
                 raise RuntimeError(f"timestamps of {name} do not increase: {begin}, {end}")
         return result, CallTiming(gpu_s, self.timing_method, submitted - start,
                                   done - submitted, self.dispatches - dispatches)
+
+    def profiled(self, name: str, *args) -> tuple[object, list[tuple[str, float]]]:
+        """Run `name` as a call does with timestamps around every kernel's compute pass:
+        (result, [(host function, GPU seconds)], one entry per call of a host function (the
+        sum of its kernels: split-K launches two), in launch order). Needs the adapter's
+        timestamp-query."""
+        import wgpu
+
+        if not self.gpu.timestamps:
+            raise TargetError(f"the WebGPU adapter ({self.gpu.adapter}) has no "
+                              "timestamp-query: kernels cannot be timed one by one")
+        self.flush()
+        try:
+            result = self._interpret(name, args)
+        except BaseException:
+            self.flush()
+            raise
+        launched = [entry[3] for entry in self._pending]
+        if not launched:
+            raise RuntimeError(f"{name} launches no kernel: there is no GPU work to time")
+        per_set = _MAX_QUERIES // 2  # passes per query set
+        firsts = range(0, len(launched), per_set)
+        segment = -(-8 * _MAX_QUERIES // 256) * 256  # resolve offsets are 256-byte aligned
+        readback = self.device.create_buffer(
+            size=segment * len(firsts), usage=wgpu.BufferUsage.QUERY_RESOLVE
+            | wgpu.BufferUsage.COPY_SRC)
+        stamps, resolves = {}, []
+        for n, first in enumerate(firsts):
+            count = 2 * min(per_set, len(launched) - first)
+            query_set = self.device.create_query_set(type="timestamp", count=count)
+            resolves.append((query_set, count, readback, n * segment))
+            for i in range(first, first + count // 2):
+                stamps[i] = {"query_set": query_set,
+                             "beginning_of_pass_write_index": 2 * (i - first),
+                             "end_of_pass_write_index": 2 * (i - first) + 1}
+        self.device.queue.submit([self._encode_passes(stamps, resolves)])
+        self._keep = []
+        data = np.frombuffer(self.device.queue.read_buffer(readback), np.uint64)
+        times = np.concatenate([data[n * segment // 8:][:count]
+                                for n, (_, count, _, _) in enumerate(resolves)])
+        seconds = (times[1::2].astype(np.float64) - times[0::2]) * 1e-9  # nanoseconds
+        calls: dict[tuple, float] = {}
+        for call, s in zip(launched, seconds.tolist()):
+            calls[call] = calls.get(call, 0.0) + s
+        return result, [(function, s) for (function, _), s in calls.items()]
 
     def _interpret(self, name: str, args):
         """Run the Relax function `name`; its kernels are left pending."""
@@ -513,6 +566,7 @@ class WebGPUExecutor:
                 got = (arg.shape, arg.dtype) if isinstance(arg, Tensor) else type(arg).__name__
                 raise TypeError(f"{name}: {param.name} is {shape} {param.dtype}, got {got}")
             env[param] = arg.storage  # a buffer variable stands for its storage
+        self._host_call = (name, self._host_call[1] + 1)
         self._host_stmt(func.body, env, name)
         return None
 
@@ -614,7 +668,7 @@ class WebGPUExecutor:
         entries.append({"binding": len(buffers),
                         "resource": {"buffer": uniform, "offset": 0, "size": uniform.size}})
         group = self.device.create_bind_group(layout=layout, entries=entries)
-        self._pending.append((pipeline, group, tuple(work[:3])))
+        self._pending.append((pipeline, group, tuple(work[:3]), self._host_call))
         self._keep.extend([uniform, group, *buffers])
         self.dispatches += 1
         if self.after_dispatch is not None:

@@ -282,6 +282,33 @@ def test_timed_calls_leave_out_the_encoding(webgpu, chain, timestamps):
     assert slow.gpu_s < plain.gpu_s + delay / 2, (plain, slow)
 
 
+@pytest.mark.parametrize("max_queries", [4096, 4], ids=["one-query-set", "three-query-sets"])
+def test_profiled_calls_time_each_kernel(webgpu, chain, monkeypatch, max_queries):
+    """One GPU time per kernel, named by the host function that launched it, in launch order;
+    a call with more kernels than one query set holds spreads them over several."""
+    if not webgpu.timestamps:
+        pytest.skip(f"the WebGPU adapter ({webgpu.adapter}) has no timestamp-query")
+    monkeypatch.setattr(webgpu_native, "_MAX_QUERIES", max_queries)
+    executor = webgpu_native.WebGPUExecutor(chain)
+    x = np.linspace(-1, 1, 1 << 20, dtype=np.float32)
+    y = np.full(1 << 20, 0.5, np.float32)
+    args = executor.upload(x), executor.upload(y)
+    executor("main", *args)  # pipelines compiled
+    out, calls = executor.profiled("main", *args)
+    np.testing.assert_allclose(out.numpy(), np.exp((x + y) * y), rtol=1e-5)
+    assert [name for name, _ in calls] == ["add", "multiply", "tir_exp"]
+    _, whole = executor.timed("main", *args)
+    assert all(s > 0 for _, s in calls)
+    assert sum(s for _, s in calls) < 3 * whole.gpu_s  # three passes, not three calls
+
+
+def test_profile_needs_timestamps(webgpu, chain):
+    device = dataclasses.replace(webgpu, timestamps=False)
+    executor = webgpu_native.WebGPUExecutor(chain, device)
+    with pytest.raises(webgpu_native.TargetError, match="no timestamp-query"):
+        executor.profiled("main", np.zeros(1 << 20, np.float32), np.zeros(1 << 20, np.float32))
+
+
 @pytest.fixture(scope="module")
 def unet_bench(webgpu):
     """`wsd bench --target webgpu-native --parts unet` on the tiny model (fp32, 2 repeats),
@@ -353,3 +380,29 @@ def test_bench_times_the_gpu_and_keeps_the_weights(unet_bench):
     assert slept and not uploads
     assert slow.tvm_encode_ms >= delay_s * 1e3
     assert slow.tvm_ms < plain.tvm_ms + delay_s * 1e3 / 2, (plain, slow)
+
+
+def test_bench_profile_times_every_kernel_of_the_step(webgpu, unet_bench):
+    """`wsd bench --target webgpu-native --profile N`: one row per kernel the UNet step
+    launches, with as many calls as its Relax code makes."""
+    from collections import Counter
+
+    from tvm import relax
+
+    if not webgpu.timestamps:
+        pytest.skip(f"the WebGPU adapter ({webgpu.adapter}) has no timestamp-query")
+    _, mb = unet_bench
+    prof = mb.profile("unet")
+    program = mb.program
+    expected = Counter()
+
+    def count(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar) \
+                and expr.op.name_hint in program.host:
+            expected[expr.op.name_hint] += 1
+
+    relax.analysis.post_order_visit(program.relax_mod["unet_guided"], count)
+    assert {r.name: r.calls for r in prof["kernels"]} == dict(expected)
+    assert all(r.ms > 0 for r in prof["kernels"]) and prof["total_ms"] > 0
+    assert sum(r.calls for r in prof["kinds"]) == sum(expected.values())
+
