@@ -1,0 +1,125 @@
+"""Which layout should WebGPU's attention kernel use? A wsd.wgsl_bench folder to find out.
+
+For every SD v1.5 attention shape (batch 2 at 512x512; the VAE's mid block at batch 1), in
+fp32 and fp16, the WGSL of wsd.attention's flash kernel in WebGPU's portable layout (the
+variant labelled "default") and in each candidate layout below that fits WebGPU's default
+16 KiB of workgroup storage, with reference samples computed in float64 by numpy from the
+bench's hash inputs. The GPU machine checks every variant against them and times it
+(no TVM needed there):
+
+    python scripts/webgpu_attention_layouts.py --out .tune/attn        # here, ~2 minutes
+    bash scripts/device_wgsl_bench.sh .tune/attn --budget-ms 40 --rounds 2   # GPU machine
+
+A layout goes into wsd.attention.WEBGPU_LAYOUTS only if it is correct on every shape and
+faster than the portable one in the results (docs/PERF.md has the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wsd import attention, tune, wgsl_bench  # noqa: E402
+
+SHAPES = {  # (batch, q_len, kv_len, heads, head_dim)
+    "unet64-self": (2, 4096, 4096, 8, 40),
+    "unet64-cross": (2, 4096, 77, 8, 40),
+    "unet32-self": (2, 1024, 1024, 8, 80),
+    "unet32-cross": (2, 1024, 77, 8, 80),
+    "unet16-self": (2, 256, 256, 8, 160),
+    "unet16-cross": (2, 256, 77, 8, 160),
+    "vae-mid": (1, 4096, 4096, 1, 512),
+}
+
+# (threads y, threads x, score rows, score columns per thread)
+LAYOUTS = [(16, 8, 2, 4), (8, 16, 4, 2), (8, 8, 4, 4), (16, 16, 4, 2), (16, 16, 2, 4),
+           (8, 16, 4, 4), (16, 8, 4, 4), (32, 8, 2, 4), (8, 32, 4, 2), (8, 8, 8, 4),
+           (8, 8, 4, 8)]
+
+
+def label(layout: attention.GPULayout, cfg: attention.Config) -> str:
+    return (f"attention:{layout.ty}x{layout.tx}/{layout.ry}x{layout.rx}"
+            f"/dk{cfg.dk}/dv{cfg.dvk}")
+
+
+def reference(shape: attention.Shape, specs: list[dict]) -> dict:
+    """The output at sampled indices, from float64 numpy on the bench's inputs."""
+    q, k, v = (wgsl_bench.hash_inputs(s["shape"], s["dtype"], s["seed"]).astype(np.float64)
+               for s in specs[:3])
+    out = np.empty((shape.batch, shape.q_len, shape.heads, shape.v_dim))
+    for b in range(shape.batch):
+        for h in range(shape.heads):
+            scores = q[b, :, h] @ k[b, :, h].T * shape.scale
+            scores -= scores.max(axis=1, keepdims=True)
+            p = np.exp(scores)
+            out[b, :, h] = (p / p.sum(axis=1, keepdims=True)) @ v[b, :, h]
+    return tune.sample_outputs(specs, [None, None, None, out])
+
+
+def export(out: Path, dtypes: list[str], log=print) -> dict:
+    target = tune.webgpu_target()
+    (out / "refs").mkdir(parents=True, exist_ok=True)
+    (out / "wgsl").mkdir(parents=True, exist_ok=True)
+    manifest = {"format": wgsl_bench.FORMAT, "version": wgsl_bench.VERSION,
+                "target": "webgpu", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "kernels": []}
+    for dtype in dtypes:
+        for name, (b, sq, skv, h, d) in SHAPES.items():
+            start = time.time()
+            shape = attention.Shape(b, sq, skv, h, d, d, dtype, attention.default_scale(d))
+            key = f"attn-{name}-{dtype}"
+            entry = {"key": key, "name": f"attention {name} {dtype}",
+                     "flops": 2 * b * h * sq * skv * 2 * d, "calls": {},
+                     "reference": f"refs/{key}.npz", "variants": []}
+            seen = set()
+            for layout in [attention.GPULayout()] + [attention.GPULayout(*t) for t in LAYOUTS]:
+                if layout.ty * layout.tx > attention.WEBGPU_MAX_INVOCATIONS:
+                    continue
+                try:
+                    cfg = attention.choose_config(shape, True, layout)
+                except ValueError:
+                    continue  # does not fit the workgroup storage
+                if cfg in seen:
+                    continue
+                seen.add(cfg)
+                func = attention.attention_func(shape, cfg)
+                compiled = tune.compile_wgsl(func, target)
+                index = len(entry["variants"])
+                fname = f"wgsl/{key}_{index}.wgsl.gz"
+                (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
+                entry["variants"].append({
+                    "label": "default" if index == 0 else label(layout, cfg),
+                    "params": {"ty": cfg.ty, "tx": cfg.tx, "ry": cfg.ry, "rx": cfg.rx,
+                               "dk": cfg.dk, "dvk": cfg.dvk},
+                    "rule": None, "wgsl": fname, "launches": compiled["launches"],
+                    "workspaces": compiled["workspaces"]})
+                entry.setdefault("buffers", tune.buffer_specs(func))
+            if not (out / entry["reference"]).is_file():
+                np.savez_compressed(out / entry["reference"],
+                                    **reference(shape, entry["buffers"]))
+            manifest["kernels"].append(entry)
+            log(f"{entry['name']}: {len(entry['variants'])} layouts "
+                f"({time.time() - start:.1f} s)")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--dtype", default="float32,float16")
+    args = p.parse_args()
+    export(args.out, args.dtype.split(","))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
