@@ -133,8 +133,8 @@ models() {
 
 webgpu() {  # webgpu DTYPE [PARTS [wsd bench options, e.g. --profile 30]]
     local dtype=${1:-float16} parts=${2:-clip,unet,vae}
-    shift 2 2>/dev/null || shift $#
     local name="webgpu-sd15-$dtype${2:+-${2//,/-}}"
+    shift 2 2>/dev/null || shift $#
     # Not under `step`: its exports (VK_DRIVER_FILES) must reach the bench below.
     if ! webgpu_env >>"$OUT/$name.log" 2>&1; then
         echo "=== webgpu: installing the Vulkan loaders or wgpu failed ($OUT/$name.log)" \

@@ -7,10 +7,14 @@ far past WebGPU's 128 MiB storage-binding default. This kernel is flash-style in
     for each tile of BR query rows (one workgroup):
         m = -BIG, l = 0, acc = 0                 running max, sum and output, float32
         for each tile of BC keys:
-            S = Q_tile K_tile^T * scale          (BR x BC, workgroup memory)
+            S = Q_tile K_tile^T * scale          (BR x BC, in the threads' registers)
             m' = max(m, rowmax S); a = exp(m - m')
             P = exp(S - m');  l = l a + rowsum P;  acc = acc a + P V_tile;  m = m'
         out = acc / l
+
+The row max is reduced from one partial per thread (its own columns' max) rather than from
+all BC scores; the row sum l stays a per-thread partial until the end, where it is reduced
+once (rescaling by `a` is the same for every thread of a row).
 
 so the largest buffer it writes is its output. Everything accumulates in float32, also for
 float16 inputs (read as float16, converted on use).
@@ -26,8 +30,10 @@ tile) and workgroups as a parallel loop. CPU tests therefore check the same tili
 and online-softmax arithmetic that the GPU kernel executes.
 
 On CUDA the workgroup is 8 x 16 threads with 4 x 4 scores each and up to 48 KiB of shared
-memory (GPU_LAYOUTS, measured); every other GPU target gets WebGPU's portable layout. For fp16
-on CUDA GPUs with tensor cores the pass uses wsd.attention_wmma instead, where it applies.
+memory (GPU_LAYOUTS, measured); WebGPU takes a measured layout per head dim and dtype
+(WEBGPU_LAYOUTS, all within WebGPU's defaults), else the portable one (16 x 16 threads, 2 x 2
+scores), as every other GPU target does. For fp16 on CUDA GPUs with tensor cores the pass uses
+wsd.attention_wmma instead, where it applies.
 
 WebGPU portability (the defaults every adapter offers): at most 256 invocations and
 16 KiB of workgroup storage per workgroup, no 64-bit integers, and no infinities in WGSL
@@ -102,10 +108,11 @@ class Config:
 
 def workgroup_bytes(shape: Shape, cfg: Config) -> int:
     """Workgroup storage of the kernel: the Q chunk, one buffer that holds the K chunk
-    (rows padded by one) and then the V chunk, in the input dtype; the scores in float32."""
+    (rows padded by one) and then the V chunk, in the input dtype; in float32 the
+    probabilities P and one partial (row max, later row sum) per row and thread along x."""
     el = tvm.runtime.DataType(shape.dtype).bits // 8
     kv = max(cfg.cols * (cfg.dk + 1), cfg.cols * cfg.dvk)
-    return (cfg.rows * cfg.dk + kv) * el + cfg.rows * cfg.cols * 4
+    return (cfg.rows * cfg.dk + kv) * el + (cfg.rows * cfg.cols + cfg.rows * cfg.tx) * 4
 
 
 # Value chunks up to this many are unrolled on GPUs, so the output accumulators have constant
@@ -129,6 +136,26 @@ class GPULayout:
 # with scripts/cuda_attention_layouts.py on an H100 (docs/PERF.md), SD v1.5's fp16 shapes took
 # 5.80 ms in sum against 7.16 with the portable layout, equally correct.
 GPU_LAYOUTS: dict[str, GPULayout] = {"cuda": GPULayout(8, 16, 4, 4, 48 * 1024)}
+
+# WebGPU: per (head dim, dtype), the layout measured fastest through Vulkan on an H100 with
+# scripts/webgpu_attention_layouts.py (docs/PERF.md): correct on every SD v1.5 shape and more
+# than 5% faster than the portable layout on those of its head dim (64x64 and 32x32 latents;
+# the VAE's 512 in fp16). Within WebGPU's defaults, so every adapter runs them.
+WEBGPU_LAYOUTS: dict[tuple[int, str], GPULayout] = {
+    (40, "float32"): GPULayout(16, 8, 2, 4),
+    (80, "float32"): GPULayout(16, 8, 4, 4),
+    (40, "float16"): GPULayout(8, 8, 4, 4),
+    (80, "float16"): GPULayout(16, 8, 4, 4),
+    (512, "float16"): GPULayout(8, 16, 4, 2),
+}
+
+
+def layout_for(target_kind: str, shape: Shape) -> GPULayout:
+    """A GPU target's layout for one shape: WebGPU's measured table, else the target's entry
+    in GPU_LAYOUTS, else the portable layout."""
+    if target_kind == "webgpu":
+        return WEBGPU_LAYOUTS.get((shape.head_dim, shape.dtype), GPULayout())
+    return GPU_LAYOUTS.get(target_kind, GPULayout())
 
 
 def choose_config(shape: Shape, gpu: bool, layout: GPULayout = GPULayout()) -> Config:
@@ -244,6 +271,7 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                         qs = T.sblock_alloc_buffer((BR, DK), dtype, scope=SMEM)
                         kvs = T.sblock_alloc_buffer((KVS,), dtype, scope=SMEM)
                         ss = T.sblock_alloc_buffer((BR, BC), "float32", scope=SMEM)
+                        red = T.sblock_alloc_buffer((BR, TX), "float32", scope=SMEM)
                         s_loc = T.sblock_alloc_buffer((RY, RX), "float32", scope="local")
                         acc = T.sblock_alloc_buffer((RY, NV), "float32", scope="local")
                         m_loc = T.sblock_alloc_buffer((RY,), "float32", scope="local")
@@ -281,38 +309,39 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                                                 T.cast(qs[ty + TY * i, dd], "float32")
                                                 * T.cast(kvs[(tx + TX * j) * KPAD + dd],
                                                          "float32"))
+                            # online softmax: the row's new running max from each thread's
+                            # max over its own columns (TX partials, not BC scores, per row)
                             for i in U(RY):
+                                a_loc[i] = T.float32(NEG)
                                 for j in U(RX):
                                     if kt * BC + tx + TX * j < SKV:
-                                        ss[ty + TY * i, tx + TX * j] = (
-                                            s_loc[i, j] * T.float32(scale))
-                                    else:
-                                        ss[ty + TY * i, tx + TX * j] = T.float32(NEG)
+                                        a_loc[i] = T.max(a_loc[i],
+                                                         s_loc[i, j] * T.float32(scale))
+                                red[ty + TY * i, tx] = a_loc[i]
                             sync()
-                            # online softmax: new running max, rescale factor
                             for i in U(RY):
                                 a_loc[i] = m_loc[i]
-                                for c in T.serial(BC):
-                                    a_loc[i] = T.max(a_loc[i], ss[ty + TY * i, c])
-                            sync()  # every row max is read before P overwrites S
-                            for i in U(RY):
-                                for j in U(RX):
-                                    if kt * BC + tx + TX * j < SKV:
-                                        ss[ty + TY * i, tx + TX * j] = T.exp(
-                                            s_loc[i, j] * T.float32(scale) - a_loc[i])
-                                    else:
-                                        ss[ty + TY * i, tx + TX * j] = T.float32(0)
+                                for t in U(TX):
+                                    a_loc[i] = T.max(a_loc[i], red[ty + TY * i, t])
+                            # P to workgroup memory (the previous tile's P was read before
+                            # this tile's first barrier); l is each thread's partial sum over
+                            # its own columns, summed across the row once, at the end
                             for i in U(RY):
                                 m_new: T.let[T.float32] = a_loc[i]
                                 a_loc[i] = T.exp(m_loc[i] - m_new)
                                 m_loc[i] = m_new
-                            sync()  # P complete; the K chunk is read, its buffer takes V
-                            for i in U(RY):
                                 l_loc[i] = l_loc[i] * a_loc[i]
-                                for c in T.serial(BC):
-                                    l_loc[i] = l_loc[i] + ss[ty + TY * i, c]
+                                for j in U(RX):
+                                    if kt * BC + tx + TX * j < SKV:
+                                        p: T.let[T.float32] = T.exp(
+                                            s_loc[i, j] * T.float32(scale) - m_new)
+                                        ss[ty + TY * i, tx + TX * j] = p
+                                        l_loc[i] = l_loc[i] + p
+                                    else:
+                                        ss[ty + TY * i, tx + TX * j] = T.float32(0)
                                 for n in U(NV):
                                     acc[i, n] = acc[i, n] * a_loc[i]
+                            sync()  # P complete, red read; the K chunk is read, V may come
                             # acc += P V, value chunk by value chunk
                             for vc in UV(NVC):
                                 if NVC > 1:
@@ -326,6 +355,15 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                                             acc[i, vc * VPT + n] = acc[i, vc * VPT + n] + (
                                                 ss[ty + TY * i, c]
                                                 * T.cast(kvs[c * DVK + tx + TX * n], "float32"))
+                        # the row sums: each thread's partial l, summed over the row's threads
+                        # (the last tile's reads of red came before a barrier of its V loop)
+                        for i in U(RY):
+                            red[ty + TY * i, tx] = l_loc[i]
+                        sync()
+                        for i in U(RY):
+                            l_loc[i] = T.float32(0)
+                            for t in U(TX):
+                                l_loc[i] = l_loc[i] + red[ty + TY * i, t]
                         for i in U(RY):
                             for vc in UV(NVC):
                                 for n in U(VPT):
@@ -369,9 +407,9 @@ class _Rewriter(relax.PyExprMutator):
     """relax.nn.attention -> call_tir of our kernel; permute_dims(permute_dims(x)) -> one
     permute (or x itself): the importer wraps SDPA in transposes that undo PyTorch's."""
 
-    def __init__(self, mod: tvm.IRModule, gpu: bool, layout: GPULayout, tensor_cores: bool):
+    def __init__(self, mod: tvm.IRModule, gpu: bool, target_kind: str, tensor_cores: bool):
         super().__init__(mod)
-        self.gpu, self.layout, self.tensor_cores = gpu, layout, tensor_cores
+        self.gpu, self.target_kind, self.tensor_cores = gpu, target_kind, tensor_cores
         self.kernels: dict = {}
 
     def visit_var_binding_(self, binding):
@@ -427,7 +465,8 @@ class _Rewriter(relax.PyExprMutator):
             cfg = attention_wmma.choose_config(shape)
             if cfg is not None:
                 return attention_wmma.attention_func(shape, cfg)
-        return attention_func(shape, choose_config(shape, self.gpu, self.layout))
+        layout = layout_for(self.target_kind, shape)
+        return attention_func(shape, choose_config(shape, self.gpu, layout))
 
     def _fallback(self, call, dtype):
         """What our kernel does not cover (masks, dynamic shapes) goes to TVM's lowering,
@@ -446,12 +485,11 @@ def flash_attention(target: tvm.target.Target) -> tvm.transform.Pass:
     target (GPU layout for targets with the "gpu" key, the one-thread layout otherwise;
     tensor cores on CUDA GPUs that have them, sm_70 and later)."""
     gpu = "gpu" in [str(key) for key in target.keys]
-    layout = GPU_LAYOUTS.get(target.kind.name, GPULayout())
     tensor_cores = target.kind.name == "cuda" and sm_version(target) >= 70
 
     @tvm.transform.module_pass(opt_level=0, name="wsd.FlashAttention")
     def run(mod, _ctx):
-        rewriter = _Rewriter(mod, gpu, layout, tensor_cores)
+        rewriter = _Rewriter(mod, gpu, target.kind.name, tensor_cores)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))

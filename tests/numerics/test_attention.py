@@ -148,9 +148,11 @@ def test_pass_replaces_attention_and_folds_transposes():
 # ---- the GPU layout -------------------------------------------------------------------------
 
 def gpu_kernel(case, dtype):
+    """The kernel the WebGPU build makes for `case` (its measured layout, or the portable)."""
     b, sq, skv, h, d = case
     shape = attention.Shape(b, sq, skv, h, d, d, dtype, attention.default_scale(d))
-    return attention.attention_func(shape, attention.choose_config(shape, gpu=True))
+    layout = attention.layout_for("webgpu", shape)
+    return attention.attention_func(shape, attention.choose_config(shape, True, layout))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -172,6 +174,23 @@ def test_gpu_kernels_within_webgpu_defaults(dtype):
             "max_storage_buffers_per_shader_stage"]
     assert not re.search(r"\bi64\b|\bu64\b|inf", source)
     assert source.count("workgroupBarrier") >= len(SD15)
+
+
+@pytest.mark.parametrize("key", list(attention.WEBGPU_LAYOUTS), ids=str)
+def test_webgpu_build_takes_the_measured_layout(key):
+    """The pass on a webgpu target lays out a shape of a measured head dim and dtype as
+    WEBGPU_LAYOUTS says (threads per workgroup), other head dims in the portable layout."""
+    d, dtype = key
+    cases = {"measured": (2, 64, 64, 2, d), "other": (2, 64, 64, 2, 24)}
+    mod = attention.flash_attention(webgpu_target())(attention_module(cases, dtype))
+    kernels = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("wsd_attention")]
+    threads = [{tag: int(n) for n, tag in re.findall(
+        r'T\.thread_binding\((\d+), thread="(threadIdx\.[xy])"\)', f.script())}
+        for f in kernels]
+    layout, portable = attention.WEBGPU_LAYOUTS[key], attention.GPULayout()
+    assert sorted(threads, key=str) == sorted([
+        {"threadIdx.y": layout.ty, "threadIdx.x": layout.tx},
+        {"threadIdx.y": portable.ty, "threadIdx.x": portable.tx}], key=str)
 
 
 CUDA_SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
@@ -301,17 +320,24 @@ def webgpu():
     return webgpu_native
 
 
-@pytest.mark.parametrize("layout", ["portable", "cuda"])
+@pytest.mark.parametrize("layout", ["measured", "portable", "cuda"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_webgpu_matches_torch_and_llvm(webgpu, dtype, layout, monkeypatch):
-    """WebGPU's layout, and CUDA's thread and register tiling (within WebGPU's storage
+    """WebGPU's layouts (the measured ones where WEBGPU_LAYOUTS has the head dim, the
+    portable one everywhere), and CUDA's thread and register tiling (within WebGPU's storage
     default, so that lavapipe runs it): the same program logic the CUDA build runs."""
     if dtype == "float16" and not webgpu.gpu().shader_f16:
         pytest.skip("adapter without shader-f16")
-    if layout == "cuda":
+    head_dims = {case[-1] for case in WEBGPU_CASES.values()}
+    if layout == "measured":
+        assert any((d, dtype) in attention.WEBGPU_LAYOUTS for d in head_dims)
+    elif layout == "portable":
+        monkeypatch.setattr(attention, "WEBGPU_LAYOUTS", {})
+    else:
         cuda = attention.GPU_LAYOUTS["cuda"]
-        monkeypatch.setitem(attention.GPU_LAYOUTS, "webgpu", attention.GPULayout(
-            cuda.ty, cuda.tx, cuda.ry, cuda.rx, attention.WEBGPU_MAX_WORKGROUP_STORAGE))
+        monkeypatch.setattr(attention, "WEBGPU_LAYOUTS", {(d, dtype): attention.GPULayout(
+            cuda.ty, cuda.tx, cuda.ry, cuda.rx, attention.WEBGPU_MAX_WORKGROUP_STORAGE)
+            for d in head_dims})
     mod = attention_module(WEBGPU_CASES, dtype)
     gpu = webgpu.load(mod)
     cpu = relax.VirtualMachine(build.compile_module(mod, build.make_target("llvm")), tvm.cpu())
