@@ -1225,6 +1225,7 @@ class ModelBench:
         run, _ = self._tvm_call(function, self.inputs(function))
         rows, total = profile.profile_calls(self.pipe.executor.vm, run, self.device.sync)
         return {"title": f"{part} ({function}) {self.dtype}", "total_ms": total,
+                "total_is": "instrumented (each call synchronised)",
                 "kernels": rows, "kinds": profile.group_by_kind(rows, kind_of)}
 
     def image_flops(self) -> int:
@@ -1382,6 +1383,8 @@ class WebGPUModelBench(ModelBench):
         total *= 1e3 / rounds
         rows = profile.tally(runs)
         return {"title": f"{part} ({function}) {self.dtype}, WebGPU", "total_ms": total,
+                "total_is": "GPU time of a plain call (kernels timed by timestamps around "
+                            "each compute pass)",
                 "kernels": rows, "kinds": profile.group_by_kind(rows, kind_of)}
 
 
@@ -1461,8 +1464,8 @@ class Report:
             out += [f"Memory, {mem['model']} {mem['dtype']} {h}x{w} pipeline:", "",
                     format_memory(mem, markdown), ""]
         for prof in self.profiles:
-            out += [f"Profile, {prof['title']}: {prof['total_ms']:.2f} ms instrumented "
-                    "(each call synchronised)", ""]
+            out += [f"Profile, {prof['title']}: {prof['total_ms']:.2f} ms {prof['total_is']}",
+                    ""]
             for key, label in (("kinds", "by kind"), ("kernels", "by kernel")):
                 cells = profile.table_cells(prof[key], prof["total_ms"], self.profile_top)
                 header = [label] + profile.HEADER[1:]
