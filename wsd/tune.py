@@ -290,6 +290,17 @@ TC_SHAPES = [
 ]
 
 
+def taps_candidates(work: Workload, found: list, db: dict, limit: int) -> list:
+    """A convolution's stored record (or first candidate) as it is, then it and the other
+    candidates with K as (ry, rx, c); nothing for other kernels."""
+    if not tiled_matmul.is_convolution(work.func):
+        return []
+    record = db["records"].get(work.key)
+    base = ([records.config_of(record)] if record else []) + found
+    base = [c for n, c in enumerate(base) if c not in base[:n] and not c.taps_outer]
+    return base[:1] + [dataclasses.replace(c, taps_outer=True) for c in base[:limit]]
+
+
 def candidates_for(work: Workload, target_kind: str, limit: int = 8) -> list:
     """The rule and parameter sets to measure for a kernel on the target: tensor cores for
     fp16 on CUDA, our tiled SIMT rule otherwise."""
@@ -633,6 +644,9 @@ def main(argv=None) -> int:
     exp.add_argument("--shapes", default="default", choices=sorted(SHAPE_SETS))
     exp.add_argument("--split-k", action="store_true",
                      help="with --from-bench: tiles with too few workgroups split K")
+    exp.add_argument("--taps", action="store_true",
+                     help="with --from-bench: convolutions only, their record and the best "
+                          "tiles with K as (ry, rx, c) (tiled_matmul.Config.taps_outer)")
     exp.add_argument("--waves", type=float, default=0.5,
                      help="with --from-bench: workgroups per compute unit below which a "
                           "large tile is too few (passed over, or split with --split-k)")
@@ -672,7 +686,9 @@ def main(argv=None) -> int:
                                waves=args.waves, split=args.split_k)
             if args.split_k:  # the unsplit ones were measured in the earlier export
                 found = [c for c in found if c.split_k > 1]
-            if w.key in db["records"] and found:  # re-measure the incumbent beside the new ones
+            if args.taps:
+                found = taps_candidates(w, found, db, args.max_candidates)
+            elif w.key in db["records"] and found:  # the incumbent beside the new ones
                 found = [records.config_of(db["records"][w.key])] + \
                     [c for c in found if c != records.config_of(db["records"][w.key])]
             configs[w.key] = [(c.label(), c) for c in found]

@@ -5,6 +5,7 @@ lavapipe on a CPU is enough for correctness; timings there mean nothing and are 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -62,6 +63,8 @@ CONFIGS = [
     tiled_matmul.Config(bm=32, bn=64, bk=8, tm=2, tn=8, tm_vec=1, tn_vec=4, pad=0),
     tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, split_k=2),  # two kernels
     tiled_matmul.Config(bm=64, bn=32, bk=8, tm=4, tn=4, split_k=3),  # K padded to 3 parts
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, taps_outer=True),  # K as (ry, rx, c)
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, split_k=2, taps_outer=True),
 ]
 
 
@@ -164,6 +167,27 @@ def test_split_k_runs_two_kernels_and_the_gate_sees_them(runner, small_bench):
                                   log=lambda *_: None, budget_ms=1)
     assert res[split["label"]]["ok"]
     assert not res["parts-not-summed"]["ok"]
+
+
+def test_taps_outer_reorders_a_convolutions_reduction():
+    """taps_outer: a 3x3 convolution's K runs (ry, rx, c), so with BK dividing C one k step
+    reads one filter tap (the im2col operand's tap index is per step); only convolutions get
+    such candidates (their record or first candidate first, unchanged)."""
+    (conv,) = _works([_conv(1, 16, 8, 8, 32, 3)])
+    (lin,) = _works([_linear(64, 64, 64)])
+    assert tiled_matmul.is_convolution(conv.func) and not tiled_matmul.is_convolution(lin.func)
+    plain = tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4)
+    taps = tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, taps_outer=True)
+    scripts = [tiled_matmul.apply(conv.func, c).mod["main"].script() for c in (plain, taps)]
+    # K = c * 9 + ry * 3 + rx before (c = k // 9), ry * 48 + rx * 16 + c after (c = k % 16)
+    assert "// T.int64(9)" in scripts[0] and "% T.int64(16)" not in scripts[0]
+    assert "// T.int64(9)" not in scripts[1] and "% T.int64(16)" in scripts[1]
+    assert "// T.int64(48)" in scripts[1]
+    db = {"records": {}}
+    found = tune.candidates(conv, 3)
+    assert tune.taps_candidates(conv, found, db, 2) == [
+        found[0], *(dataclasses.replace(c, taps_outer=True) for c in found[:2])]
+    assert tune.taps_candidates(lin, tune.candidates(lin, 3), db, 2) == []
 
 
 def test_split_for():

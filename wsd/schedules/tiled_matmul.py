@@ -71,6 +71,7 @@ class Config(RuleParams):
     unroll: int = 256
     pipeline: bool = False  # double-buffered tiles: copy step k+1 while computing step k
     split_k: int = 1    # K in this many parts, each a workgroup of its own (split-K)
+    taps_outer: bool = False  # convolutions: K as (ry, rx, c), so one BK step is one tap
 
     @property
     def threads(self) -> int:
@@ -84,7 +85,8 @@ class Config(RuleParams):
         return (f"{NAME}:{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
                 f"/v{self.tm_vec}{self.tn_vec}/{'xj' if self.x_is_j else 'xi'}/p{self.pad}"
                 + ("/pipe" if self.pipeline else "")
-                + (f"/sk{self.split_k}" if self.split_k > 1 else ""))
+                + (f"/sk{self.split_k}" if self.split_k > 1 else "")
+                + ("/taps" if self.taps_outer else ""))
 
     def check(self) -> None:
         for name in ("bm", "bn", "bk", "tm", "tn", "tm_vec", "tn_vec", "split_k"):
@@ -151,7 +153,8 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
         return None
     sch = s_tir.Schedule(func)
     main = main_block(sch)
-
+    if config.taps_outer:
+        _taps_outer(sch, main)
     normalize(sch, main)
     sch.pad_einsum(main, [1, config.bm, config.bn, config.bk * config.split_k])
     total = None
@@ -283,6 +286,29 @@ def _inline_producers(sch: s_tir.Schedule, block, keep) -> None:
                 continue
         if not inlined:
             return
+
+
+def is_convolution(func: tirx.PrimFunc) -> bool:
+    """A GEMM kernel whose reduction has more than one axis (channels and filter taps)."""
+    sch = s_tir.Schedule(func)
+    block = sch.get(main_block(sch))
+    return sum(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars) > 1
+
+
+def _taps_outer(sch: s_tir.Schedule, main) -> None:
+    """A convolution's reduction (c, ry, rx) -> (ry, rx, c): with BK dividing C, a k step
+    reads one filter tap, so the implicit im2col's index arithmetic (which tap, which
+    channel, is the pixel in the padding) is per step, not per element."""
+    block = sch.get(main)
+    reduce = [n for n, iv in enumerate(block.iter_vars)
+              if iv.iter_type == tirx.IterVar.CommReduce]
+    extents = [int(block.iter_vars[n].dom.extent) for n in reduce]
+    order = sorted(range(len(reduce)), key=lambda n: extents[n] >= max(extents))
+    if order != list(range(len(reduce))):
+        spatial = [n for n in range(len(block.iter_vars)) if n not in reduce]
+        sch.reorder_block_iter_var(main, spatial + [reduce[n] for n in order])
+        loops = sch.get_loops(main)[-len(reduce):]  # the loops follow (normalize needs it)
+        sch.reorder(*[loops[n] for n in order])
 
 
 def normalize(sch: s_tir.Schedule, main) -> None:
