@@ -24,13 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wsd import attention, attention_wmma, bench  # noqa: E402
 
-SHAPES = {  # (batch, q_len, kv_len, heads, head_dim), as tests/numerics/test_attention.SD15
-    "unet64-self": (2, 4096, 4096, 8, 40),
-    "unet64-cross": (2, 4096, 77, 8, 40),
-    "unet32-self": (2, 1024, 1024, 8, 80),
-    "unet16-self": (2, 256, 256, 8, 160),
-    "vae-mid": (1, 4096, 4096, 1, 512),
-}
+SHAPES = {name: attention.SD15_SHAPES[name] for name in (
+    "unet64-self", "unet64-cross", "unet32-self", "unet16-self", "vae-mid")}
 
 
 def _scalar(layout: attention.GPULayout):

@@ -1,6 +1,6 @@
 """Which layout should WebGPU's attention kernel use? A wsd.wgsl_bench folder to find out.
 
-For every SD v1.5 attention shape (batch 2 at 512x512; the VAE's mid block at batch 1), in
+For every SD v1.5 attention shape (wsd.attention.SD15_SHAPES), in
 fp32 and fp16, the WGSL of wsd.attention's flash kernel in WebGPU's portable layout (the
 variant labelled "default") and in each candidate layout below that fits WebGPU's default
 16 KiB of workgroup storage, with reference samples computed in float64 by numpy from the
@@ -29,15 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wsd import attention, tune, wgsl_bench  # noqa: E402
 
-SHAPES = {  # (batch, q_len, kv_len, heads, head_dim)
-    "unet64-self": (2, 4096, 4096, 8, 40),
-    "unet64-cross": (2, 4096, 77, 8, 40),
-    "unet32-self": (2, 1024, 1024, 8, 80),
-    "unet32-cross": (2, 1024, 77, 8, 80),
-    "unet16-self": (2, 256, 256, 8, 160),
-    "unet16-cross": (2, 256, 77, 8, 160),
-    "vae-mid": (1, 4096, 4096, 1, 512),
-}
 
 # (threads y, threads x, score rows, score columns per thread)
 LAYOUTS = [(16, 8, 2, 4), (8, 16, 4, 2), (8, 8, 4, 4), (16, 16, 4, 2), (16, 16, 2, 4),
@@ -72,7 +63,7 @@ def export(out: Path, dtypes: list[str], log=print) -> dict:
                 "target": "webgpu", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "kernels": []}
     for dtype in dtypes:
-        for name, (b, sq, skv, h, d) in SHAPES.items():
+        for name, (b, sq, skv, h, d) in attention.SD15_SHAPES.items():
             start = time.time()
             shape = attention.Shape(b, sq, skv, h, d, d, dtype, attention.default_scale(d))
             key = f"attn-{name}-{dtype}"

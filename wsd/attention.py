@@ -60,6 +60,20 @@ NEG = -1.0e30
 WEBGPU_MAX_WORKGROUP_STORAGE = 16384
 WEBGPU_MAX_INVOCATIONS = 256
 
+# SD v1.5's attention calls at 512x512, (batch, q_len, kv_len, heads, head_dim): the UNet at
+# batch 2 (classifier-free guidance) with 8 heads, per latent size; the VAE's one head.
+SD15_SHAPES = {
+    "unet64-self": (2, 4096, 4096, 8, 40),
+    "unet64-cross": (2, 4096, 77, 8, 40),
+    "unet32-self": (2, 1024, 1024, 8, 80),
+    "unet32-cross": (2, 1024, 77, 8, 80),
+    "unet16-self": (2, 256, 256, 8, 160),
+    "unet16-cross": (2, 256, 77, 8, 160),
+    "unet8-self": (2, 64, 64, 8, 160),
+    "unet8-cross": (2, 64, 77, 8, 160),
+    "vae-mid": (1, 4096, 4096, 1, 512),
+}
+
 # Query rows x key columns of one tile, on every target (the online softmax's steps).
 TILE_Q = 32
 TILE_KV = 32

@@ -356,27 +356,17 @@ def compile_wgsl(func: tirx.PrimFunc, target: tvm.target.Target) -> dict:
     [{name, shape, dtype}]}: its kernels in launch order, as TVM's host code (kept after
     SplitHostDevice) launches them, each binding a parameter (by buffer_specs' name) or a
     workspace, a global buffer between two kernels (split-K's partial products)."""
-    from wsd.webgpu_native import BUFFER_DATA, CALL_KERNEL
+    from wsd.webgpu_native import BUFFER_DATA, build_keeping_host, host_steps
 
     func = func.with_attr("global_symbol", "main").with_attr("tirx.is_scheduled", True)
-    kept = {}
-
-    @tvm.ir.instrument.pass_instrument
-    class KeepHost:
-        def run_after_pass(self, mod, info):
-            if info.name == "tirx.SplitHostDevice":
-                kept["host"] = mod["main"]
-
-    outer = tvm.transform.PassContext.current()
-    with tvm.transform.PassContext(opt_level=outer.opt_level, config=dict(outer.config),
-                                   instruments=[*outer.instruments, KeepHost()]):
-        rt = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
+    rt, lowered = build_keeping_host(
+        lambda: tvm.tirx.build(tvm.IRModule({"main": func}), target=target))
     device = [m for m in rt.imports if m.kind == "webgpu"]
     if len(device) != 1:
         raise RuntimeError("expected one webgpu module")
     source = device[0].inspect_source()
     info = json.loads(device[0].inspect_source("func_info"))
-    host = kept["host"]
+    host = lowered["main"]
     names = {p: spec["name"] for p, spec in zip(host.params, buffer_specs(func))}
     launches, workspaces = [], []
 
@@ -384,35 +374,25 @@ def compile_wgsl(func: tirx.PrimFunc, target: tvm.target.Target) -> dict:
         return names[expr.args[0] if isinstance(expr, tvm.ir.expr.Call)
                      and expr.op.same_as(BUFFER_DATA) else expr]
 
-    def visit(stmt):
-        if isinstance(stmt, tirx.SeqStmt):
-            for inner in stmt.seq:
-                visit(inner)
-            return
-        if isinstance(stmt, tirx.DeclBuffer):
-            names[stmt.buffer] = buffer(stmt.data)
-        elif isinstance(stmt, tirx.AllocBuffer):
-            b = stmt.buffer
-            if b.scope() not in ("global", ""):
-                raise RuntimeError(f"host allocation in scope {b.scope()}")
+    for kind, *step in host_steps(host.body, "main"):
+        if kind == "declare":
+            names[step[0]] = buffer(step[1])
+        elif kind == "allocate":
+            b = step[0]
             names[b] = f"workspace:{b.name}"
             workspaces.append({"name": names[b], "shape": [int(d) for d in b.shape],
                                "dtype": str(b.dtype)})
-        elif isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, tvm.ir.expr.Call) \
-                and stmt.value.op.same_as(CALL_KERNEL):
-            entry, *args = stmt.value.args
-            finfo = info[entry.value]
+        elif kind == "launch":
+            entry, args = step
+            finfo = info[entry]
             if any(t != "handle" for t in finfo["arg_types"]):
                 raise RuntimeError("kernels with scalar arguments are not supported by the bench")
             count = len(finfo["arg_types"])
             extents = dict(zip(finfo["launch_param_tags"], (int(a) for a in args[count:])))
-            launches.append({"entry": entry.value,
+            launches.append({"entry": entry,
                              "bindings": [buffer(a) for a in args[:count]],
                              "grid": [extents.get(f"blockIdx.{a}", 1) for a in "xyz"]})
-        if getattr(stmt, "body", None) is not None:
-            visit(stmt.body)
 
-    visit(host.body)
     if len(launches) != len(info):
         raise RuntimeError(f"{len(info)} kernels, {len(launches)} launches found")
     return {"source": source, "launches": launches, "workspaces": workspaces}

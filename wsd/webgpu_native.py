@@ -183,21 +183,11 @@ def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None,
         kept["relax"] = m
         return m
 
-    @tvm.ir.instrument.pass_instrument
-    class KeepHostDevice:
-        def run_after_pass(self, m, info):
-            # FoldConstant builds TIR too (for the CPU): only the build after the Relax
-            # pipeline is the webgpu one.
-            if info.name == "tirx.SplitHostDevice" and "relax" in kept:
-                if "tir" in kept:
-                    raise RuntimeError("SplitHostDevice ran twice in one build")
-                kept["tir"] = m
-
     pipe = tvm.transform.Sequential([build.pipeline(target, weight_layouts), keep])
-    outer = tvm.transform.PassContext.current()  # keep its settings, add the instrument
-    with tvm.transform.PassContext(opt_level=outer.opt_level, config=dict(outer.config),
-                                   instruments=[*outer.instruments, KeepHostDevice()]):
-        executable = tvm.compile(mod, target, relax_pipeline=pipe)
+    # FoldConstant builds TIR too (for the CPU): only the build after the Relax pipeline is
+    # the webgpu one.
+    executable, lowered = build_keeping_host(
+        lambda: tvm.compile(mod, target, relax_pipeline=pipe), ready=lambda: "relax" in kept)
     webgpu = [m for m in _modules(executable.mod) if m.kind == "webgpu"]
     if len(webgpu) != 1:
         raise RuntimeError(f"expected one webgpu module in the build, found {len(webgpu)}")
@@ -207,7 +197,7 @@ def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None,
         raise RuntimeError("webgpu function table and sources disagree: "
                            f"{sorted(set(infos) ^ set(sources))}")
     kernels = {name: Kernel.from_info(info, sources[name]) for name, info in infos.items()}
-    host = {gv.name_hint: f for gv, f in kept["tir"].functions.items()
+    host = {gv.name_hint: f for gv, f in lowered.functions.items()
             if isinstance(f, tirx.PrimFunc) and int(f.attrs.get("calling_conv", 0)) != 2}
     return Program(kept["relax"], host, kernels, target)
 
@@ -567,35 +557,21 @@ class WebGPUExecutor:
                 raise TypeError(f"{name}: {param.name} is {shape} {param.dtype}, got {got}")
             env[param] = arg.storage  # a buffer variable stands for its storage
         self._host_call = (name, self._host_call[1] + 1)
-        self._host_stmt(func.body, env, name)
+        for step in host_steps(func.body, name):
+            kind = step[0]
+            if kind == "declare":
+                env[step[1]] = _host_expr(step[2], env)  # a buffer stands for its storage
+            elif kind == "allocate":
+                buffer = step[1]
+                shape = [_int(_host_expr(d, env)) for d in buffer.shape]
+                env[buffer] = self.alloc(_nbytes(shape, buffer.dtype))
+            elif kind == "bind":
+                env[step[1]] = _host_expr(step[2], env)
+            else:
+                self.launch(step[1], [_host_expr(a, env) for a in step[2]])
         return None
 
-    def _host_stmt(self, stmt, env, where):
-        if isinstance(stmt, tirx.SeqStmt):
-            for s in stmt.seq:
-                self._host_stmt(s, env, where)
-        elif isinstance(stmt, tirx.DeclBuffer):  # another view (flattened) of a buffer
-            env[stmt.buffer] = _host_expr(stmt.data, env)
-        elif isinstance(stmt, tirx.AllocBuffer):  # a workspace between two kernels
-            buffer = stmt.buffer
-            scope = buffer.scope()
-            if scope not in ("global", ""):
-                raise NotImplementedError(f"{where}: host allocation in scope {scope}")
-            shape = [_int(_host_expr(d, env)) for d in buffer.shape]
-            env[buffer] = self.alloc(_nbytes(shape, buffer.dtype))
-        elif isinstance(stmt, tirx.Bind):
-            env[stmt.var] = _host_expr(stmt.value, env)
-        elif isinstance(stmt, tirx.AttrStmt):
-            self._host_stmt(stmt.body, env, where)
-        elif isinstance(stmt, tirx.AssertStmt):
-            pass  # argument checks; the executor checks shapes and dtypes itself
-        elif isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, tvm.ir.expr.Call) \
-                and stmt.value.op.same_as(CALL_KERNEL):
-            call = stmt.value
-            kernel = call.args[0].value
-            self.launch(kernel, [_host_expr(a, env) for a in call.args[1:]])
-        else:
-            raise NotImplementedError(f"{where}: host statement {type(stmt).__name__}")
+
 
     # -- kernels
     def _pipeline(self, kernel: Kernel):
@@ -692,6 +668,61 @@ _BINARY = {
 
 BUFFER_DATA = tvm.ir.Op.get("tirx.buffer_data")
 CALL_KERNEL = tvm.ir.Op.get("tirx.call_ffi_kernel")
+
+
+def build_keeping_host(build_fn, ready=lambda: True):
+    """Run `build_fn()` (tvm.compile or tvm.tirx.build) in the current pass context's
+    settings plus an instrument that keeps the TIR module right after SplitHostDevice (the
+    first time once `ready()`): (build_fn's result, that module). Its host functions are
+    what host_steps reads."""
+    kept = []
+
+    @tvm.ir.instrument.pass_instrument
+    class KeepHost:
+        def run_after_pass(self, mod, info):
+            if info.name == "tirx.SplitHostDevice" and ready():
+                if kept:
+                    raise RuntimeError("SplitHostDevice ran twice in one build")
+                kept.append(mod)
+
+    outer = tvm.transform.PassContext.current()
+    with tvm.transform.PassContext(opt_level=outer.opt_level, config=dict(outer.config),
+                                   instruments=[*outer.instruments, KeepHost()]):
+        result = build_fn()
+    if not kept:
+        raise RuntimeError("the build ran no SplitHostDevice")
+    return result, kept[0]
+
+
+def host_steps(stmt, where: str = "host"):
+    """A host PrimFunc's body after SplitHostDevice, as the steps it takes, in order:
+      ("declare", buffer, data)      another (flattened) view of a buffer's data
+      ("allocate", buffer)           a workspace between two kernels, in global memory
+      ("bind", var, value)           a scalar
+      ("launch", kernel, arguments)  call_ffi_kernel: buffers and scalars, then one extent
+                                     per launch tag
+    Argument checks are passed over; any other statement is an error naming `where`."""
+    if isinstance(stmt, tirx.SeqStmt):
+        for inner in stmt.seq:
+            yield from host_steps(inner, where)
+    elif isinstance(stmt, tirx.DeclBuffer):
+        yield "declare", stmt.buffer, stmt.data
+    elif isinstance(stmt, tirx.AllocBuffer):
+        scope = stmt.buffer.scope()
+        if scope not in ("global", ""):
+            raise NotImplementedError(f"{where}: host allocation in scope {scope}")
+        yield "allocate", stmt.buffer
+    elif isinstance(stmt, tirx.Bind):
+        yield "bind", stmt.var, stmt.value
+    elif isinstance(stmt, tirx.AttrStmt):
+        yield from host_steps(stmt.body, where)
+    elif isinstance(stmt, tirx.AssertStmt):
+        pass  # argument checks (shapes, dtypes): the callers check their arguments
+    elif isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, tvm.ir.expr.Call) \
+            and stmt.value.op.same_as(CALL_KERNEL):
+        yield "launch", stmt.value.args[0].value, list(stmt.value.args[1:])
+    else:
+        raise NotImplementedError(f"{where}: host statement {type(stmt).__name__}")
 
 
 def _host_expr(expr, env):

@@ -43,18 +43,7 @@ CASES = {
     "ragged": (1, 100, 45, 3, 24),  # no length a multiple of a tile
     "odd-dim": (2, 70, 33, 2, 20),  # a head dim not a multiple of 8 (no 16-byte loads)
 }
-# Full size, batch 2 (classifier-free guidance), 8 heads; the VAE's one head.
-SD15 = {
-    "unet64-self": (2, 4096, 4096, 8, 40),
-    "unet64-cross": (2, 4096, 77, 8, 40),
-    "unet32-self": (2, 1024, 1024, 8, 80),
-    "unet32-cross": (2, 1024, 77, 8, 80),
-    "unet16-self": (2, 256, 256, 8, 160),
-    "unet16-cross": (2, 256, 77, 8, 160),
-    "unet8-self": (2, 64, 64, 8, 160),
-    "unet8-cross": (2, 64, 77, 8, 160),
-    "vae-mid": (1, 4096, 4096, 1, 512),
-}
+SD15 = attention.SD15_SHAPES
 # PSNR against float64 torch, and the largest error relative to the output's range.
 # TVM's own fp16 lowering reached 31 dB at 4096 tokens; ours keeps float32 sums.
 BARS = {"float32": (100.0, 2e-5), "float16": (75.0, 2e-3)}
