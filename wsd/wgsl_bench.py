@@ -192,8 +192,11 @@ class Runner:
 
     def time(self, launches, repeat: int, sync_buffer) -> dict:
         """Median GPU time of one execution of `launches` (ms): timestamp queries around each
-        pass where the adapter has them, else host time over `repeat` back-to-back passes."""
-        self.run(launches)  # warm-up
+        pass where the adapter has them, else host time over `repeat` back-to-back passes.
+        The timed passes follow `repeat` untimed ones in the same submission: a GPU that
+        idled while the host checked outputs has dropped its clocks, and short kernels timed
+        straight away ran up to 5x slow (H100, Vulkan)."""
+        self.run(launches)  # pipelines, caches
         self.sync(sync_buffer)
         if self.timestamps:
             query_set = self.device.create_query_set(type="timestamp", count=2 * repeat)
@@ -201,6 +204,8 @@ class Runner:
                 size=16 * repeat, usage=self.wgpu.BufferUsage.QUERY_RESOLVE
                 | self.wgpu.BufferUsage.COPY_SRC)
             encoder = self.device.create_command_encoder()
+            for _ in range(repeat):  # clocks up
+                self.encode(encoder, launches)
             for r in range(repeat):
                 self.encode(encoder, launches, (query_set, 2 * r))
             encoder.resolve_query_set(query_set, 0, 2 * repeat, resolve, 0)
@@ -210,6 +215,11 @@ class Runner:
             ms = sorted(ns / 1e6)
             return {"ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1],
                     "method": "timestamp-query", "repeat": repeat}
+        encoder = self.device.create_command_encoder()
+        for _ in range(repeat):  # clocks up
+            self.encode(encoder, launches)
+        self.device.queue.submit([encoder.finish()])
+        self.sync(sync_buffer)
         start = time.perf_counter()
         encoder = self.device.create_command_encoder()
         for _ in range(repeat):

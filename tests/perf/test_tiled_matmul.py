@@ -190,6 +190,25 @@ def test_taps_outer_reorders_a_convolutions_reduction():
     assert tune.taps_candidates(lin, tune.candidates(lin, 3), db, 2) == []
 
 
+def test_timed_passes_follow_as_many_untimed_ones(runner, small_bench, monkeypatch):
+    """Runner.time runs the kernel `repeat` times untimed, in the same submission, before
+    the `repeat` timed passes: a GPU left idle while the host checked outputs has lowered
+    its clocks (short kernels measured up to 5x slow on an H100 without this)."""
+    folder, manifest = small_bench
+    kernel = manifest["kernels"][0]
+    buffers = wgsl_bench.kernel_buffers(runner, kernel["buffers"])
+    launches = runner.prepare(folder, kernel["variants"][0], buffers)
+    passes = []
+    encode = runner.encode
+    monkeypatch.setattr(runner, "encode", lambda enc, launch, stamp=None: (
+        passes.append(stamp is not None), encode(enc, launch, stamp))[1])
+    out = buffers[next(s["name"] for s in kernel["buffers"] if s["output"])]
+    result = runner.time(launches, 3, out)
+    assert result["repeat"] == 3 and result["ms"] > 0
+    timed = [True] * 3 if runner.timestamps else [False] * 3
+    assert passes[-6:] == [False] * 3 + timed
+
+
 def test_split_for():
     """Parts enough for two waves of workgroups, none shorter than MIN_PART_K, at most an
     eighth of K padding; the most parts allowed when two waves are out of reach."""
