@@ -17,6 +17,7 @@ faster than the portable one in the results (docs/PERF.md has the table).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import sys
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wsd import attention, tune, wgsl_bench  # noqa: E402
 
 
-# (threads y, threads x, score rows, score columns per thread)
+# (threads y, threads x, score rows, score columns per thread); each also with P V's loop
+# over the key tile unrolled
 LAYOUTS = [(16, 8, 2, 4), (8, 16, 4, 2), (8, 8, 4, 4), (16, 16, 4, 2), (16, 16, 2, 4),
            (8, 16, 4, 4), (16, 8, 4, 4), (32, 8, 2, 4), (8, 32, 4, 2), (8, 8, 8, 4),
            (8, 8, 4, 8)]
@@ -38,7 +40,7 @@ LAYOUTS = [(16, 8, 2, 4), (8, 16, 4, 2), (8, 8, 4, 4), (16, 16, 4, 2), (16, 16, 
 
 def label(layout: attention.GPULayout, cfg: attention.Config) -> str:
     return (f"attention:{layout.ty}x{layout.tx}/{layout.ry}x{layout.rx}"
-            f"/dk{cfg.dk}/dv{cfg.dvk}")
+            f"/dk{cfg.dk}/dv{cfg.dvk}" + ("/unroll" if cfg.unroll_keys else ""))
 
 
 def reference(shape: attention.Shape, specs: list[dict]) -> dict:
@@ -71,7 +73,8 @@ def export(out: Path, dtypes: list[str], log=print) -> dict:
                      "flops": 2 * b * h * sq * skv * 2 * d, "calls": {},
                      "reference": f"refs/{key}.npz", "variants": []}
             seen = set()
-            for layout in [attention.GPULayout()] + [attention.GPULayout(*t) for t in LAYOUTS]:
+            layouts = [attention.GPULayout()] + [attention.GPULayout(*t) for t in LAYOUTS]
+            for layout in layouts + [dataclasses.replace(x, unroll_keys=True) for x in layouts]:
                 if layout.ty * layout.tx > attention.WEBGPU_MAX_INVOCATIONS:
                     continue
                 try:
@@ -89,7 +92,7 @@ def export(out: Path, dtypes: list[str], log=print) -> dict:
                 entry["variants"].append({
                     "label": "default" if index == 0 else label(layout, cfg),
                     "params": {"ty": cfg.ty, "tx": cfg.tx, "ry": cfg.ry, "rx": cfg.rx,
-                               "dk": cfg.dk, "dvk": cfg.dvk},
+                               "dk": cfg.dk, "dvk": cfg.dvk, "unroll_keys": cfg.unroll_keys},
                     "rule": None, "wgsl": fname, "launches": compiled["launches"],
                     "workspaces": compiled["workspaces"]})
                 entry.setdefault("buffers", tune.buffer_specs(func))

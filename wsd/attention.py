@@ -106,6 +106,7 @@ class Config:
     dk: int
     dvk: int
     gpu: bool
+    unroll_keys: bool = False  # GPUs: P V's loop over the key tile unrolled
 
     @property
     def rows(self) -> int:
@@ -136,14 +137,15 @@ MAX_UNROLLED_VALUE_CHUNKS = 4
 
 @dataclass(frozen=True)
 class GPULayout:
-    """Threads (ty x tx) of a workgroup, scores each owns (ry x rx), and the workgroup
-    storage the chunk widths must fit."""
+    """Threads (ty x tx) of a workgroup, scores each owns (ry x rx), the workgroup storage
+    the chunk widths must fit, and whether P V's loop over the key tile is unrolled."""
 
     ty: int = 16
     tx: int = 16
     ry: int = TILE_Q // 16
     rx: int = TILE_KV // 16
     max_bytes: int = WEBGPU_MAX_WORKGROUP_STORAGE
+    unroll_keys: bool = False
 
 
 # WebGPU's portable layout is every GPU target's unless one is listed here. CUDA: measured
@@ -154,9 +156,10 @@ GPU_LAYOUTS: dict[str, GPULayout] = {"cuda": GPULayout(8, 16, 4, 4, 48 * 1024)}
 # WebGPU: per (head dim, dtype), the layout measured fastest through Vulkan on an H100 with
 # scripts/webgpu_attention_layouts.py (docs/PERF.md): correct on every SD v1.5 shape and more
 # than 5% faster than the portable layout on those of its head dim (64x64 and 32x32 latents;
-# the VAE's 512 in fp16). Within WebGPU's defaults, so every adapter runs them.
+# the VAE's 512 in fp16; P V unrolled where that was > 5% faster too). Within WebGPU's
+# defaults, so every adapter runs them.
 WEBGPU_LAYOUTS: dict[tuple[int, str], GPULayout] = {
-    (40, "float32"): GPULayout(16, 8, 2, 4),
+    (40, "float32"): GPULayout(16, 8, 2, 4, unroll_keys=True),
     (80, "float32"): GPULayout(16, 8, 4, 4),
     (40, "float16"): GPULayout(8, 8, 4, 4),
     (80, "float16"): GPULayout(16, 8, 4, 4),
@@ -186,7 +189,7 @@ def choose_config(shape: Shape, gpu: bool, layout: GPULayout = GPULayout()) -> C
     best, best_cost = None, None
     for dk in _chunks(shape.head_dim):
         for dvk in _chunks(shape.v_dim, multiple=tx):
-            cfg = Config(ty, tx, ry, rx, dk, dvk, gpu=True)
+            cfg = Config(ty, tx, ry, rx, dk, dvk, gpu=True, unroll_keys=layout.unroll_keys)
             if workgroup_bytes(shape, cfg) > max_bytes:
                 continue
             nkc, nvc = -(-shape.head_dim // dk), -(-shape.v_dim // dvk)
@@ -363,7 +366,7 @@ def attention_func(shape: Shape, cfg: Config) -> tvm.tirx.PrimFunc:
                                 load_kv(v, kvs, b, h, kt * BC, vc * DVK, DVK, DVK, DV, VLOAD,
                                         tid)
                                 sync()
-                                for c in T.serial(BC):
+                                for c in (T.unroll(BC) if cfg.unroll_keys else T.serial(BC)):
                                     for i in U(RY):
                                         for n in U(VPT):
                                             acc[i, vc * VPT + n] = acc[i, vc * VPT + n] + (

@@ -180,6 +180,8 @@ def test_webgpu_build_takes_the_measured_layout(key):
     assert sorted(threads, key=str) == sorted([
         {"threadIdx.y": layout.ty, "threadIdx.x": layout.tx},
         {"threadIdx.y": portable.ty, "threadIdx.x": portable.tx}], key=str)
+    unrolled = sorted("for c in T.unroll(" in f.script() for f in kernels)
+    assert unrolled == sorted([layout.unroll_keys, portable.unroll_keys])
 
 
 CUDA_SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
