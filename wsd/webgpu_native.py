@@ -26,7 +26,8 @@ webgpu-native` to time it on a GPU.
                            `timed(name, ...)` also times a call: the GPU time of its command
                            buffer (timestamp queries where the adapter has them), apart from
                            the host's time interpreting and encoding it (`wsd bench --target
-                           webgpu-native`).
+                           webgpu-native`); `profiled(name, ...)` times each kernel
+                           (timestamps around every compute pass, `--profile`).
 
 wgpu-py on Mesa's lavapipe (a CPU Vulkan) is enough: it has shader-f16, so float16 builds run
 too. A machine with a GPU gets its GPU adapter instead.
@@ -265,8 +266,9 @@ class WebGPUExecutor:
         self.device = self.gpu.device
         self._pipelines: dict[str, tuple] = {}
         self._constants: dict = {}
-        # Kernels launched and not yet submitted: (pipeline, bind group, workgroups), encoded
-        # at flush, when the first and last compute pass (for timestamps) are known.
+        # Kernels launched and not yet submitted: (pipeline, bind group, workgroups, host
+        # call), encoded at flush, when the first and last compute pass (for timestamps)
+        # are known.
         self._pending: list[tuple] = []
         self._host_call = ("", 0)  # (host PrimFunc, serial) launching kernels now (profiles)
         self._keep: list = []  # buffers the pending commands use
