@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import sys
 import time
@@ -59,11 +58,7 @@ def reference(shape: attention.Shape, specs: list[dict]) -> dict:
 
 def export(out: Path, dtypes: list[str], log=print) -> dict:
     target = tune.webgpu_target()
-    (out / "refs").mkdir(parents=True, exist_ok=True)
-    (out / "wgsl").mkdir(parents=True, exist_ok=True)
-    manifest = {"format": wgsl_bench.FORMAT, "version": wgsl_bench.VERSION,
-                "target": "webgpu", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "kernels": []}
+    manifest = tune.new_bench_folder(out, "webgpu")
     for dtype in dtypes:
         for name, (b, sq, skv, h, d) in attention.SD15_SHAPES.items():
             start = time.time()
@@ -85,16 +80,13 @@ def export(out: Path, dtypes: list[str], log=print) -> dict:
                     continue
                 seen.add(cfg)
                 func = attention.attention_func(shape, cfg)
-                compiled = tune.compile_wgsl(func, target)
                 index = len(entry["variants"])
-                fname = f"wgsl/{key}_{index}.wgsl.gz"
-                (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
                 entry["variants"].append({
                     "label": "default" if index == 0 else label(layout, cfg),
                     "params": {"ty": cfg.ty, "tx": cfg.tx, "ry": cfg.ry, "rx": cfg.rx,
                                "dk": cfg.dk, "dvk": cfg.dvk, "unroll_keys": cfg.unroll_keys},
-                    "rule": None, "wgsl": fname, "launches": compiled["launches"],
-                    "workspaces": compiled["workspaces"]})
+                    "rule": None,
+                    **tune.write_wgsl(out, f"{key}_{index}", tune.compile_wgsl(func, target))})
                 entry.setdefault("buffers", tune.buffer_specs(func))
             if not (out / entry["reference"]).is_file():
                 np.savez_compressed(out / entry["reference"],

@@ -1359,24 +1359,25 @@ class WebGPUModelBench(ModelBench):
         if not self.device.torch_cuda:
             self.tvm_note += "; PyTorch on cpu (no CUDA)"
 
+    def _device_args(self, function: str, inputs: tuple) -> list:
+        """`function`'s arguments on the device: the inputs uploaded, the weights as loaded."""
+        return [*(self.executor.upload(x.numpy()) for x in inputs), *self.weights[function]]
+
     def _tvm_call(self, function: str, inputs: tuple):
-        run, weights = self.executor, self.weights[function]
-        uploaded = [run.upload(x.numpy()) for x in inputs]
+        run, args = self.executor, self._device_args(function, inputs)
 
         def timer():
-            _, timing = run.timed(function, *uploaded, *weights)
+            _, timing = run.timed(function, *args)
             return timing.gpu_s, timing.encode_s
 
-        return (lambda: run(function, *uploaded, *weights)), timer
+        return (lambda: run(function, *args)), timer
 
     def profile(self, part: str, rounds: int = 2) -> dict:
         """The part's function with every kernel timed on the GPU (timestamps around each
         compute pass, WebGPUExecutor.profiled), after one untimed call; the total is one
         call's GPU time, so the rows' shares leave the gaps between passes out."""
         function = PART_FUNCTIONS[part]
-        executor = self.executor
-        args = [*(executor.upload(x.numpy()) for x in self.inputs(function)),
-                *self.weights[function]]
+        executor, args = self.executor, self._device_args(function, self.inputs(function))
         executor(function, *args)
         runs = [executor.profiled(function, *args)[1] for _ in range(rounds)]
         total = sum(executor.timed(function, *args)[1].gpu_s for _ in range(rounds))

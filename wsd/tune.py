@@ -480,6 +480,24 @@ def sample_outputs(specs: list[dict], arrays: list, samples: int = SAMPLES,
 
 # --------------------------------------------------------------------------- export
 
+def new_bench_folder(out: Path, kind: str) -> dict:
+    """Make a bench folder's refs/ (and for WebGPU wgsl/) directories; its empty manifest."""
+    (out / "refs").mkdir(parents=True, exist_ok=True)
+    if kind == "webgpu":
+        (out / "wgsl").mkdir(parents=True, exist_ok=True)
+    return {"format": wgsl_bench.FORMAT, "version": wgsl_bench.VERSION, "target": kind,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "kernels": []}
+
+
+def write_wgsl(out: Path, stem: str, compiled: dict) -> dict:
+    """Write compile_wgsl's source as wgsl/STEM.wgsl.gz in a bench folder; the variant's
+    fields for it (wgsl, launches, workspaces)."""
+    fname = f"wgsl/{stem}.wgsl.gz"
+    (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
+    return {"wgsl": fname, "launches": compiled["launches"],
+            "workspaces": compiled["workspaces"]}
+
+
 def export(works: list[Workload], out: Path, configs: dict, log=print,
            target: tvm.target.Target | None = None) -> dict:
     """Write the bench folder: manifest.json, refs/*.npz and, for WebGPU, wgsl/*.wgsl (CUDA
@@ -487,12 +505,7 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
     configs: key -> list of (label, Config)."""
     target = target or webgpu_target()
     kind = target.kind.name
-    (out / "refs").mkdir(parents=True, exist_ok=True)
-    if kind == "webgpu":
-        (out / "wgsl").mkdir(parents=True, exist_ok=True)
-    manifest = {"format": wgsl_bench.FORMAT, "version": wgsl_bench.VERSION,
-                "target": kind, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "kernels": []}
+    manifest = new_bench_folder(out, kind)
     for work in works:
         start = time.time()
         specs = buffer_specs(work.func)
@@ -522,10 +535,7 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
                        "rule": None if cfg is None else cfg.rule}
             index = len(entry["variants"])
             if kind == "webgpu":
-                fname = f"wgsl/{work.key}_{index}.wgsl.gz"
-                (out / fname).write_bytes(gzip.compress(compiled["source"].encode(), mtime=0))
-                variant.update(wgsl=fname, launches=compiled["launches"],
-                               workspaces=compiled["workspaces"])
+                variant.update(write_wgsl(out, f"{work.key}_{index}", compiled))
             else:
                 variant["lib"] = f"cuda_lib/{work.key}_{index}.so"
             entry["variants"].append(variant)

@@ -377,11 +377,7 @@ class WebGPUExecutor:
                 self._clock = (None, _buffer(self.device, 4))
         query_set, readback = self._clock
         start, dispatches = time.perf_counter(), self.dispatches
-        try:
-            result = self._interpret(name, args)
-        except BaseException:
-            self.flush()
-            raise
+        result = self._pending_call(name, args)
         commands = self._encode(query_set, readback)
         if commands is None:
             raise RuntimeError(f"{name} launches no kernel: there is no GPU work to time")
@@ -410,12 +406,7 @@ class WebGPUExecutor:
         if not self.gpu.timestamps:
             raise TargetError(f"the WebGPU adapter ({self.gpu.adapter}) has no "
                               "timestamp-query: kernels cannot be timed one by one")
-        self.flush()
-        try:
-            result = self._interpret(name, args)
-        except BaseException:
-            self.flush()
-            raise
+        result = self._pending_call(name, args)
         launched = [entry[3] for entry in self._pending]
         if not launched:
             raise RuntimeError(f"{name} launches no kernel: there is no GPU work to time")
@@ -444,6 +435,16 @@ class WebGPUExecutor:
         for call, s in zip(launched, seconds.tolist()):
             calls[call] = calls.get(call, 0.0) + s
         return result, [(function, s) for (function, _), s in calls.items()]
+
+    def _pending_call(self, name: str, args):
+        """Run `name` with nothing else pending, its kernels left pending for the caller to
+        encode (submitted if the call fails, so nothing half-done stays behind)."""
+        self.flush()
+        try:
+            return self._interpret(name, args)
+        except BaseException:
+            self.flush()
+            raise
 
     def _interpret(self, name: str, args):
         """Run the Relax function `name`; its kernels are left pending."""
