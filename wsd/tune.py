@@ -227,6 +227,10 @@ SPLITS = (2, 3, 4, 6, 8, 12, 16)
 MIN_PART_K = 256
 
 
+# Workgroups per compute unit below which --retune also measures split-K.
+RETUNE_WAVES = 3.0
+
+
 def split_for(groups: int, k: int, bk: int, units: int = 132) -> int | None:
     """Parts to split K into so that `groups` workgroups become two waves on `units` compute
     units (or as close as parts of MIN_PART_K allow); None if K is too short to split."""
@@ -239,19 +243,20 @@ def split_for(groups: int, k: int, bk: int, units: int = 132) -> int | None:
 def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
                units: int = 132, shapes=None,
                max_bytes: int = tiled_matmul.MAX_WORKGROUP_BYTES,
-               split: bool = False) -> list[tiled_matmul.Config]:
+               split: bool = False, staged: bool = True) -> list[tiled_matmul.Config]:
     """Parameter sets worth measuring for one kernel: tiles within `max_bytes` of workgroup
     memory (WebGPU's portable limit by default), at most a quarter of padding per axis, and
     (for the larger tiles) at least `waves` workgroups per compute unit of a large GPU (an
     H100 has 132), in SHAPES' order. With `split`, a larger tile with fewer workgroups than
-    that splits K instead (split_for) of being passed over."""
+    that splits K instead (split_for) of being passed over. `staged`: copies through
+    registers (tiled_matmul.Config.staged; WebGPU's kernels were all faster with it)."""
     e = work.traits["extents"]
     ebytes = 2 if work.dtype == "float16" else 4
     out = []
     for bm, bn, bk, tm, tn, x_is_j, pad, pipeline in shapes or SHAPES:
         cfg = tiled_matmul.Config(bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, tm_vec=min(4, tm),
                                   tn_vec=min(4, tn), x_is_j=x_is_j, pad=pad,
-                                  pipeline=pipeline)
+                                  pipeline=pipeline, staged=staged)
         try:
             cfg.check()
         except ValueError:
@@ -309,7 +314,7 @@ def candidates_for(work: Workload, target_kind: str, limit: int = 8) -> list:
     if tensor_core_matmul.applies(work.func):
         return tensor_core_candidates(work, limit)
     return candidates(work, limit, waves=0.5, shapes=SHAPES_CUDA,
-                      max_bytes=CUDA_STATIC_SHARED_BYTES)
+                      max_bytes=CUDA_STATIC_SHARED_BYTES, staged=False)
 
 
 def tensor_core_candidates(work: Workload, limit: int = 8, units: int = 132,
@@ -637,6 +642,10 @@ def main(argv=None) -> int:
     exp.add_argument("--taps", action="store_true",
                      help="with --from-bench: convolutions only, their record and the best "
                           "tiles with K as (ry, rx, c) (tiled_matmul.Config.taps_outer)")
+    exp.add_argument("--retune", action="store_true",
+                     help="with --from-bench: every kernel's stored record (as stored and "
+                          "staged), its tiles, and split-K where 128x128 tiles make fewer "
+                          f"than {RETUNE_WAVES} waves")
     exp.add_argument("--waves", type=float, default=0.5,
                      help="with --from-bench: workgroups per compute unit below which a "
                           "large tile is too few (passed over, or split with --split-k)")
@@ -676,7 +685,14 @@ def main(argv=None) -> int:
                                waves=args.waves, split=args.split_k)
             if args.split_k:  # the unsplit ones were measured in the earlier export
                 found = [c for c in found if c.split_k > 1]
-            if args.taps:
+            if args.retune:
+                found += [c for c in candidates(w, args.max_candidates, waves=RETUNE_WAVES,
+                                                split=True) if c.split_k > 1]
+                if w.key in db["records"]:
+                    stored = records.config_of(db["records"][w.key])
+                    found = [stored, dataclasses.replace(stored, staged=True)] + found
+                found = [c for n, c in enumerate(found) if c not in found[:n]]
+            elif args.taps:
                 found = taps_candidates(w, found, db, args.max_candidates)
             elif w.key in db["records"] and found:  # the incumbent beside the new ones
                 found = [records.config_of(db["records"][w.key])] + \

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -65,6 +67,13 @@ CONFIGS = [
     tiled_matmul.Config(bm=64, bn=32, bk=8, tm=4, tn=4, split_k=3),  # K padded to 3 parts
     tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, taps_outer=True),  # K as (ry, rx, c)
     tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, split_k=2, taps_outer=True),
+    # copies staged through registers, stored as vectors
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, staged=True),
+    tiled_matmul.Config(bm=64, bn=32, bk=8, tm=4, tn=4, split_k=3, staged=True),  # B scalar
+    tiled_matmul.Config(bm=32, bn=64, bk=8, tm=2, tn=8, tm_vec=1, tn_vec=4, pad=0,
+                        staged=True),  # A's runs of 1: a scalar array
+    tiled_matmul.Config(bm=64, bn=64, bk=16, tm=4, tn=4, x_is_j=False, taps_outer=True,
+                        staged=True),
 ]
 
 
@@ -188,6 +197,27 @@ def test_taps_outer_reorders_a_convolutions_reduction():
     assert tune.taps_candidates(conv, found, db, 2) == [
         found[0], *(dataclasses.replace(c, taps_outer=True) for c in found[:2])]
     assert tune.taps_candidates(lin, tune.candidates(lin, 3), db, 2) == []
+
+
+def test_staged_copies_make_workgroup_arrays_of_vectors(small_bench):
+    """staged: every workgroup buffer of the WGSL is an array of vec4 (one load per fragment
+    of four), unstaged ones arrays of scalars; a tile too small for a run of four per
+    invocation stays scalar. WebGPU's candidates are staged, CUDA's are not (their
+    records were measured without)."""
+    folder, manifest = small_bench
+    kernel = manifest["kernels"][2]
+    by_label = {v["label"]: v for v in kernel["variants"]}
+
+    def workgroup_types(config):
+        text = gzip.decompress((folder / by_label[config.label()]["wgsl"]).read_bytes())
+        return set(re.findall(r"var<workgroup> \w+ : array<([^,]+), \d+>", text.decode()))
+
+    assert workgroup_types(CONFIGS[0]) == {"f32"}
+    assert workgroup_types(dataclasses.replace(CONFIGS[0], staged=True)) == {"vec4<f32>"}
+    assert workgroup_types(CONFIGS[9]) == {"vec4<f32>", "f32"}  # 64x32: B's 32 x 8 tile
+    (conv,) = _works([_conv(1, 16, 8, 8, 32, 3)])
+    assert all(c.staged for c in tune.candidates_for(conv, "webgpu"))
+    assert not any(c.staged for c in tune.candidates_for(conv, "cuda"))
 
 
 def test_timed_passes_follow_as_many_untimed_ones(runner, small_bench, monkeypatch):
