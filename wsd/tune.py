@@ -249,7 +249,8 @@ def candidates(work: Workload, limit: int = 8, waves: float = 1.0,
     (for the larger tiles) at least `waves` workgroups per compute unit of a large GPU (an
     H100 has 132), in SHAPES' order. With `split`, a larger tile with fewer workgroups than
     that splits K instead (split_for) of being passed over. `staged`: copies through
-    registers (tiled_matmul.Config.staged; WebGPU's kernels were all faster with it)."""
+    registers (tiled_matmul.Config.staged: 150 of the 164 WebGPU kernels of its first
+    measurement were faster with it, the same tiles beside each other)."""
     e = work.traits["extents"]
     ebytes = 2 if work.dtype == "float16" else 4
     out = []
