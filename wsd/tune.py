@@ -296,14 +296,19 @@ TC_SHAPES = [
 ]
 
 
+def unique(configs: list) -> list:
+    """The parameter sets in order, each once."""
+    return [c for n, c in enumerate(configs) if c not in configs[:n]]
+
+
 def taps_candidates(work: Workload, found: list, db: dict, limit: int) -> list:
     """A convolution's stored record (or first candidate) as it is, then it and the other
     candidates with K as (ry, rx, c); nothing for other kernels."""
     if not tiled_matmul.is_convolution(work.func):
         return []
     record = db["records"].get(work.key)
-    base = ([records.config_of(record)] if record else []) + found
-    base = [c for n, c in enumerate(base) if c not in base[:n] and not c.taps_outer]
+    base = unique([c for c in ([records.config_of(record)] if record else []) + found
+                   if not c.taps_outer])
     return base[:1] + [dataclasses.replace(c, taps_outer=True) for c in base[:limit]]
 
 
@@ -686,18 +691,18 @@ def main(argv=None) -> int:
                                waves=args.waves, split=args.split_k)
             if args.split_k:  # the unsplit ones were measured in the earlier export
                 found = [c for c in found if c.split_k > 1]
+            stored = (records.config_of(db["records"][w.key]) if w.key in db["records"]
+                      else None)
             if args.retune:
                 found += [c for c in candidates(w, args.max_candidates, waves=RETUNE_WAVES,
                                                 split=True) if c.split_k > 1]
-                if w.key in db["records"]:
-                    stored = records.config_of(db["records"][w.key])
+                if stored:
                     found = [stored, dataclasses.replace(stored, staged=True)] + found
-                found = [c for n, c in enumerate(found) if c not in found[:n]]
+                found = unique(found)
             elif args.taps:
                 found = taps_candidates(w, found, db, args.max_candidates)
-            elif w.key in db["records"] and found:  # the incumbent beside the new ones
-                found = [records.config_of(db["records"][w.key])] + \
-                    [c for c in found if c != records.config_of(db["records"][w.key])]
+            elif stored and found:  # the incumbent beside the new ones
+                found = unique([stored] + found)
             configs[w.key] = [(c.label(), c) for c in found]
         works = [w for w in works if configs[w.key]]
         # the references of the earlier export hold for the same kernels

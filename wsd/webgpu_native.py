@@ -574,8 +574,6 @@ class WebGPUExecutor:
                 self.launch(step[1], [_host_expr(a, env) for a in step[2]])
         return None
 
-
-
     # -- kernels
     def _pipeline(self, kernel: Kernel):
         cached = self._pipelines.get(kernel.name)
