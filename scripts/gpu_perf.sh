@@ -21,7 +21,8 @@
 #                                  browser build's WGSL on this GPU through wgpu-py (Vulkan),
 #                                  GPU time per call, next to PyTorch on CUDA (default parts
 #                                  clip,unet,vae; OPTIONS e.g. --profile 30); needs .gl/ and .wgpuwhl/ carried
-#                                  (scripts/webgpu_env.sh)
+#                                  (scripts/webgpu_env.sh); WEBGPU_TARGET=webgpu-native-subgroups
+#                                  times the bundle's subgroup kernel set instead
 #   gpu_perf.sh tune DIR           python -m wsd.cuda_bench DIR: build, check and time the
 #                                  tensor-core candidates of a `wsd.tune export --target cuda`
 #                                  folder (carried); results and references to $OUT, then
@@ -132,8 +133,8 @@ models() {
 }
 
 webgpu() {  # webgpu DTYPE [PARTS [wsd bench options, e.g. --profile 30]]
-    local dtype=${1:-float16} parts=${2:-clip,unet,vae}
-    local name="webgpu-sd15-$dtype${2:+-${2//,/-}}"
+    local dtype=${1:-float16} parts=${2:-clip,unet,vae} target=${WEBGPU_TARGET:-webgpu-native}
+    local name="${target/-native/}-sd15-$dtype${2:+-${2//,/-}}"
     shift 2 2>/dev/null || shift $#
     # Not under `step`: its exports (VK_DRIVER_FILES) must reach the bench below.
     if ! webgpu_env >>"$OUT/$name.log" 2>&1; then
@@ -142,8 +143,8 @@ webgpu() {  # webgpu DTYPE [PARTS [wsd bench options, e.g. --profile 30]]
         SUMMARY+=("webgpu sd15 $dtype $parts: install failed")
         return 0
     fi
-    step "webgpu sd15 $dtype $parts" "$name.log" \
-        $PY -m wsd bench --model sd15 --target webgpu-native --dtype "$dtype" --parts "$parts" \
+    step "$target sd15 $dtype $parts" "$name.log" \
+        $PY -m wsd bench --model sd15 --target "$target" --dtype "$dtype" --parts "$parts" \
         --torch-compile off --json "$OUT/$name.json" --markdown "$OUT/$name.md" "$@"
 }
 

@@ -148,6 +148,15 @@ class GPULayout:
     unroll_keys: bool = False
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """wsd.attention_rows' kernel: `threads` query rows per workgroup (one per invocation),
+    `keys` keys per tile."""
+
+    threads: int = 128
+    keys: int = 32
+
+
 # WebGPU's portable layout is every GPU target's unless one is listed here. CUDA: measured
 # with scripts/cuda_attention_layouts.py on an H100 (docs/PERF.md), SD v1.5's fp16 shapes took
 # 5.80 ms in sum against 7.16 with the portable layout, equally correct.
@@ -158,7 +167,7 @@ GPU_LAYOUTS: dict[str, GPULayout] = {"cuda": GPULayout(8, 16, 4, 4, 48 * 1024)}
 # than 5% faster than the portable layout on those of its head dim (64x64 and 32x32 latents;
 # the VAE's 512 in fp16; P V unrolled where that was > 5% faster too). Within WebGPU's
 # defaults, so every adapter runs them.
-WEBGPU_LAYOUTS: dict[tuple[int, str], GPULayout] = {
+WEBGPU_LAYOUTS: dict[tuple[int, str], GPULayout | RowLayout] = {
     (40, "float32"): GPULayout(16, 8, 2, 4, unroll_keys=True),
     (80, "float32"): GPULayout(16, 8, 4, 4),
     (40, "float16"): GPULayout(8, 8, 4, 4),
@@ -167,7 +176,7 @@ WEBGPU_LAYOUTS: dict[tuple[int, str], GPULayout] = {
 }
 
 
-def layout_for(target_kind: str, shape: Shape) -> GPULayout:
+def layout_for(target_kind: str, shape: Shape) -> GPULayout | RowLayout:
     """A GPU target's layout for one shape: WebGPU's measured table, else the target's entry
     in GPU_LAYOUTS, else the portable layout."""
     if target_kind == "webgpu":
@@ -482,7 +491,13 @@ class _Rewriter(relax.PyExprMutator):
             cfg = attention_wmma.choose_config(shape)
             if cfg is not None:
                 return attention_wmma.attention_func(shape, cfg)
-        layout = layout_for(self.target_kind, shape)
+        layout = layout_for(self.target_kind, shape) if self.gpu else GPULayout()
+        if isinstance(layout, RowLayout):
+            from wsd import attention_rows  # it builds on this module's Shape
+
+            if attention_rows.fits(shape, layout) is None:
+                return attention_rows.attention_func(shape, layout)
+            layout = GPULayout()
         return attention_func(shape, choose_config(shape, self.gpu, layout))
 
     def _fallback(self, call, dtype):

@@ -53,8 +53,11 @@ import numpy as np
 from wsd import profile
 
 DTYPES = ("float32", "float16")
-WEBGPU_NATIVE = "webgpu-native"  # wsd.webgpu_native.TARGET_NAME (not imported: it loads TVM)
-TARGETS = ("llvm", "cuda", WEBGPU_NATIVE)
+# wsd.webgpu_native.TARGET_NAMES (not imported: it loads TVM): the portable kernel set and the
+# subgroup one
+WEBGPU_NATIVE = "webgpu-native"
+WEBGPU_NATIVES = (WEBGPU_NATIVE, "webgpu-native-subgroups")
+TARGETS = ("llvm", "cuda") + WEBGPU_NATIVES
 PARTS = ("clip", "unet", "vae", "image", "memory")
 PART_FUNCTIONS = {"clip": "encode_text", "unet": "unet_guided", "vae": "decode"}
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -84,13 +87,14 @@ class Device:
 
         if target == "cuda" and (not tvm.cuda(0).exist or not torch.cuda.is_available()):
             raise BenchError("target 'cuda' needs an NVIDIA GPU visible to TVM and PyTorch")
-        if target == WEBGPU_NATIVE:
-            from wsd import webgpu_native
+        if target in WEBGPU_NATIVES:
+            from wsd.build import TargetError
 
-            reason = webgpu_native.available()
-            if reason is not None:
-                raise BenchError(reason)
-        self.torch_cuda = target == "cuda" or (target == WEBGPU_NATIVE
+            try:
+                self.tvm_target  # the adapter, and for the subgroup set its subgroup size
+            except TargetError as err:
+                raise BenchError(str(err)) from None
+        self.torch_cuda = target == "cuda" or (target in WEBGPU_NATIVES
                                                and torch.cuda.is_available())
         if not self.torch_cuda:
             # The same number of threads on both sides: TVM's (TVM_NUM_THREADS; by default
@@ -108,7 +112,7 @@ class Device:
     def tvm(self):
         import tvm
 
-        if self.target == WEBGPU_NATIVE:
+        if self.target in WEBGPU_NATIVES:
             raise BenchError("target webgpu-native has no TVM runtime device: its kernels run "
                              "through wsd.webgpu_native (wsd bench --parts clip,unet,vae)")
         return tvm.cuda(0) if self.is_cuda else tvm.cpu()
@@ -121,10 +125,10 @@ class Device:
 
     @cached_property
     def tvm_target(self):
-        if self.target == WEBGPU_NATIVE:
+        if self.target in WEBGPU_NATIVES:
             from wsd import webgpu_native
 
-            return webgpu_native.make_target()
+            return webgpu_native.make_target(self.target)
         from wsd.build import make_target
 
         return make_target(self.target)
@@ -148,7 +152,7 @@ class Device:
 
     @cached_property
     def name(self) -> str:
-        if self.target == WEBGPU_NATIVE:
+        if self.target in WEBGPU_NATIVES:
             from wsd import webgpu_native
 
             return (f"{webgpu_native.gpu().adapter} through WebGPU (wgpu-py); PyTorch on "
@@ -1342,9 +1346,12 @@ class WebGPUModelBench(ModelBench):
                  f"{', '.join(self.functions)} ...")
         traced = trace_model(self.model, self.height, self.width, self.dtype,
                              names=self.functions)
-        self.log("compiling as the browser bundle (webgpu, wasm32 host) ...")
+        target = self.device.tvm_target
+        sets = "subgroup" if target.attrs["supports_subgroups"] else "portable"
+        self.log(f"compiling as the browser bundle (webgpu, {sets} kernel set, wasm32 host) ...")
         weight_layouts = WeightLayouts(traced.num_inputs)  # stored as the browser stores them
-        self.program = webgpu_native.compile_program(traced.mod, weight_layouts=weight_layouts)
+        self.program = webgpu_native.compile_program(traced.mod, target,
+                                                     weight_layouts=weight_layouts)
         self.meta = {"dtype": self.dtype, "functions": function_meta(traced, weight_layouts)}
         self.log(f"compiled {len(self.program.kernels)} WGSL kernels in "
                  f"{time.perf_counter() - start:.0f} s")
@@ -1508,7 +1515,7 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
     from wsd.trace import resolve_size
 
     load_start = os.getloadavg()[0]
-    if target == WEBGPU_NATIVE:  # before minutes of loading
+    if target in WEBGPU_NATIVES:  # before minutes of loading
         WebGPUModelBench.functions_of(parts)
     model = load_model(model_spec)
     device = Device(target)
@@ -1532,7 +1539,7 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         log(f"peak {p.dtype}: {p.tflops:.3g} TFLOP/s ({p.label}, {p.ms:.3g} ms)")
     for dtype in dtypes:
         peak = next(p for p in report.peaks if p.dtype == dtype)
-        if target == WEBGPU_NATIVE:
+        if target in WEBGPU_NATIVES:
             bench = WebGPUModelBench(model, device, dtype, height, width, compile_option,
                                      parts, log)
         else:
@@ -1562,7 +1569,7 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         "(torch.compile: its UNet compiled). Every figure warm; implementations timed "
         "round-robin; median.",
     ]
-    if target == WEBGPU_NATIVE:
+    if target in WEBGPU_NATIVES:
         report.notes.append(
             "webgpu-native: TVM is the browser bundle's build (same target, passes and tuned "
             "records), its WGSL run through wgpu-py on the WebGPU adapter named above; the "

@@ -66,8 +66,24 @@ class BundleError(RuntimeError):
     """The web bundle cannot be built here (e.g. no emscripten)."""
 
 
-def webgpu_target() -> tvm.target.Target:
-    return tvm.target.Target({"kind": "webgpu", "host": WASM_HOST})
+# The subgroup kernel set: TVM lowers cross-thread reductions to subgroup shuffles written for
+# subgroups of exactly this many invocations (its warp size for WebGPU), so an adapter runs
+# that set only if all its subgroups have this size (the app checks subgroupMin/MaxSize).
+SUBGROUP_SIZE = 32
+
+
+def webgpu_target(subgroups: bool = False) -> tvm.target.Target:
+    """The browser build's target. `subgroups`: the kernel set for adapters with the WebGPU
+    "subgroups" feature and subgroups of SUBGROUP_SIZE (reductions through shuffles instead
+    of workgroup memory and barriers); the portable set runs on every adapter."""
+    attrs = {"kind": "webgpu", "host": WASM_HOST}
+    if subgroups:
+        attrs["supports_subgroups"] = True
+    target = tvm.target.Target(attrs)
+    if subgroups and int(target.attrs["thread_warp_size"]) != SUBGROUP_SIZE:
+        raise RuntimeError(f"TVM's WebGPU warp size is {target.attrs['thread_warp_size']}, "
+                           f"wsd's subgroup check assumes {SUBGROUP_SIZE}")
+    return target
 
 
 def web_runtime_dir(log=print) -> str:

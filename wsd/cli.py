@@ -23,7 +23,9 @@ def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False,
     parser.add_argument("--target", default="llvm", help="llvm (CPU) or cuda"
                         + (", or webgpu (a browser bundle, with --out DIR)" if webgpu else "")
                         + (", or webgpu-native (the browser build's WGSL kernels on a native "
-                           "WebGPU through wgpu-py, e.g. Mesa lavapipe)" if webgpu_native else ""))
+                           "WebGPU through wgpu-py, e.g. Mesa lavapipe), or "
+                           "webgpu-native-subgroups (its kernel set for adapters with "
+                           "subgroups of 32)" if webgpu_native else ""))
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
                         "(default: the model's native size)")
     parser.add_argument("--height", type=int, help="image height, a multiple of 8")
@@ -187,7 +189,8 @@ def parser() -> argparse.ArgumentParser:
                      help="llvm (CPU), cuda, or webgpu-native: the browser build's WGSL on this "
                           "machine's WebGPU adapter through wgpu-py (GPU time of each call), "
                           "PyTorch on CUDA if there is one, else on the CPU; parts clip, unet, "
-                          "vae")
+                          "vae; webgpu-native-subgroups: the same with the bundle's kernel set "
+                          "for adapters with subgroups of 32")
     bch.add_argument("--dtype", default="float32,float16",
                      help="float32, float16 or both, comma-separated (default both)")
     bch.add_argument("--parts", default="clip,unet,vae,image,memory",

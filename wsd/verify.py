@@ -26,7 +26,8 @@ How one sweep works, per model part (CLIP text encoder, UNet, VAE decoder):
 5. Run each block with its weights through `wsd.executor.Executor` and compare all its
    outputs (cast to float32) with the fp32 PyTorch outputs. Target 'webgpu-native' compiles
    as the browser bundle does and runs TVM's WGSL on a native WebGPU instead
-   (`wsd.webgpu_native`).
+   (`wsd.webgpu_native`); 'webgpu-native-subgroups' the same with the bundle's subgroup
+   kernel set.
 
 PSNR of a block, in dB, over all of its outputs taken together (N elements in total):
 
@@ -365,13 +366,15 @@ def export_block(block: Block, dtype: str, name: str) -> Exported:
 # ---- compile and run -----------------------------------------------------------------------
 
 def make_target(name: str) -> tvm.target.Target:
-    """build.make_target, plus 'webgpu-native': the browser's WGSL on a native WebGPU."""
-    if name == "webgpu-native":
+    """build.make_target, plus 'webgpu-native' and 'webgpu-native-subgroups': the browser's
+    WGSL (portable or subgroup kernel set) on a native WebGPU."""
+    if name.startswith("webgpu-native"):
         from wsd import webgpu_native
-        return webgpu_native.make_target()
+        return webgpu_native.make_target(name)
     if name not in build.TARGETS:
         raise build.TargetError(f"unknown target {name!r}; verify runs on "
-                                f"{', '.join(build.TARGETS)} or webgpu-native")
+                                f"{', '.join(build.TARGETS)}, webgpu-native or "
+                                "webgpu-native-subgroups")
     return build.make_target(name)
 
 

@@ -46,10 +46,14 @@ from tvm import relax, tirx
 from tvm.tirx.buffer import BufferType
 
 from wsd import build
-from wsd.wgsl_bench import split_sources
+from wsd.wgsl_bench import for_naga, split_sources, subgroup_sizes
 from wsd.build import TargetError
 
 TARGET_NAME = "webgpu-native"
+# The same with the subgroup kernel set (wsd.bundle.webgpu_target(subgroups=True)), on an
+# adapter with subgroups of wsd.bundle.SUBGROUP_SIZE.
+SUBGROUPS_TARGET_NAME = "webgpu-native-subgroups"
+TARGET_NAMES = (TARGET_NAME, SUBGROUPS_TARGET_NAME)
 # Limits the kernels may need beyond WebGPU's defaults; requested at the adapter's maximum
 # (tvmjs asks for these too).
 _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
@@ -69,6 +73,7 @@ class Gpu:
     shader_f16: bool
     limits: dict
     timestamps: bool = False  # the device has timestamp queries (WebGPU "timestamp-query")
+    subgroup_sizes: frozenset = frozenset()  # what kernels get (empty: no "subgroup" feature)
 
 
 _GPU: Gpu | None = None
@@ -95,14 +100,16 @@ def gpu() -> Gpu:
         raise TargetError(f"target '{TARGET_NAME}' found no WebGPU adapter ({reason}); on a "
                           "machine without a GPU install Mesa's lavapipe (apt "
                           "mesa-vulkan-drivers; scripts/setup.sh does)")
-    features = [f for f in ("shader-f16", "timestamp-query") if f in adapter.features]
+    features = [f for f in ("shader-f16", "timestamp-query", "subgroup")
+                if f in adapter.features]
     limits = {k: adapter.limits[k] for k in _LIMITS if k in adapter.limits}
     device = adapter.request_device_sync(required_features=features, required_limits=limits)
+    sizes = frozenset(subgroup_sizes(device)) if "subgroup" in features else frozenset()
     info = adapter.info
     details = ", ".join(str(info[k]) for k in ("backend_type", "description") if info.get(k))
     name = f"{info.get('device') or '?'} ({details})" if details else info.get("device") or "?"
     _GPU = Gpu(device, name, "shader-f16" in features, dict(device.limits),
-               "timestamp-query" in features)
+               "timestamp-query" in features, sizes)
     return _GPU
 
 
@@ -115,12 +122,23 @@ def available() -> str | None:
     return None
 
 
-def make_target() -> tvm.target.Target:
-    """The browser bundle's target (checks first that a WebGPU device is there)."""
-    from wsd.bundle import webgpu_target
+def make_target(name: str = TARGET_NAME) -> tvm.target.Target:
+    """The browser bundle's target for `name` (one of TARGET_NAMES): the portable kernel set
+    or the subgroup one. Checks first that a WebGPU device is there, and for the subgroup set
+    that its subgroups are the size the kernels are written for."""
+    from wsd.bundle import SUBGROUP_SIZE, webgpu_target
 
-    gpu()
-    return webgpu_target()
+    if name not in TARGET_NAMES:
+        raise TargetError(f"unknown WebGPU-native target {name!r}: {', '.join(TARGET_NAMES)}")
+    dev = gpu()
+    subgroups = name == SUBGROUPS_TARGET_NAME
+    if subgroups and dev.subgroup_sizes != {SUBGROUP_SIZE}:
+        have = (f"subgroups of {sorted(dev.subgroup_sizes)} invocations" if dev.subgroup_sizes
+                else "no subgroup feature")
+        raise TargetError(f"target '{name}' needs subgroups of exactly {SUBGROUP_SIZE} "
+                          f"invocations; this adapter ({dev.adapter}) has {have}. Use "
+                          f"'{TARGET_NAME}'")
+    return webgpu_target(subgroups)
 
 
 # ---- compiling: the browser build, with its intermediate modules kept ----------------------
@@ -584,6 +602,9 @@ class WebGPUExecutor:
         if "enable f16;" in kernel.wgsl and not self.gpu.shader_f16:
             raise TargetError(f"kernel {kernel.name} computes in float16, and this WebGPU "
                               f"adapter ({self.gpu.adapter}) has no shader-f16")
+        if "enable subgroups;" in kernel.wgsl and not self.gpu.subgroup_sizes:
+            raise TargetError(f"kernel {kernel.name} uses subgroups, and this WebGPU adapter "
+                              f"({self.gpu.adapter}) has none")
         entries = [{"binding": i, "visibility": wgpu.ShaderStage.COMPUTE,
                     "buffer": {"type": wgpu.BufferBindingType.storage if write
                                else wgpu.BufferBindingType.read_only_storage}}
@@ -591,7 +612,8 @@ class WebGPUExecutor:
         entries.append({"binding": len(entries), "visibility": wgpu.ShaderStage.COMPUTE,
                         "buffer": {"type": wgpu.BufferBindingType.uniform}})
         layout = self.device.create_bind_group_layout(entries=entries)
-        module = self.device.create_shader_module(code=kernel.wgsl, label=kernel.name)
+        module = self.device.create_shader_module(code=for_naga(kernel.wgsl),
+                                                  label=kernel.name)
         pipeline = self.device.create_compute_pipeline(
             layout=self.device.create_pipeline_layout(bind_group_layouts=[layout]),
             compute={"module": module, "entry_point": kernel.name})

@@ -237,6 +237,44 @@ def _np_dtype(dtype: str):
 _HEADER = re.compile(r"^// Function: (\S+)$", re.M)
 
 
+def for_naga(source: str) -> str:
+    """WGSL as wgpu-py's shader compiler (naga) takes it: naga offers subgroup builtins once
+    the device has the "subgroup" feature but rejects the `enable subgroups;` directive that
+    the WGSL spec (and Chrome) require, so it is dropped here; nothing else changes."""
+    return source.replace("enable subgroups;\n", "")
+
+
+_SUBGROUP_PROBE = """
+@group(0) @binding(0) var<storage, read_write> sizes : array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) i : u32, @builtin(subgroup_size) n : u32) {
+  sizes[i] = n;
+}
+"""
+
+
+def subgroup_sizes(device) -> set[int]:
+    """The subgroup sizes a 256-invocation kernel runs with on this wgpu device (which must
+    have the "subgroup" feature): adapters report a range, a kernel gets one of it."""
+    import wgpu
+
+    pipeline = device.create_compute_pipeline(
+        layout="auto", compute={"module": device.create_shader_module(code=_SUBGROUP_PROBE),
+                                "entry_point": "main"})
+    out = device.create_buffer(size=256 * 4,
+                               usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC)
+    group = device.create_bind_group(layout=pipeline.get_bind_group_layout(0),
+                                     entries=[{"binding": 0, "resource": {"buffer": out}}])
+    encoder = device.create_command_encoder()
+    compute = encoder.begin_compute_pass()
+    compute.set_pipeline(pipeline)
+    compute.set_bind_group(0, group)
+    compute.dispatch_workgroups(1)
+    compute.end()
+    device.queue.submit([encoder.finish()])
+    return {int(n) for n in np.frombuffer(device.queue.read_buffer(out), dtype=np.uint32)}
+
+
 def split_sources(source: str) -> dict[str, str]:
     """The webgpu module's `inspect_source()` -> {kernel name: its WGSL}.
 

@@ -311,12 +311,14 @@ def webgpu():
     return webgpu_native
 
 
-@pytest.mark.parametrize("layout", ["measured", "portable", "cuda"])
+@pytest.mark.parametrize("layout", ["measured", "portable", "cuda", "rows"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_webgpu_matches_torch_and_llvm(webgpu, dtype, layout, monkeypatch):
     """WebGPU's layouts (the measured ones where WEBGPU_LAYOUTS has the head dim, the
-    portable one everywhere), and CUDA's thread and register tiling (within WebGPU's storage
-    default, so that lavapipe runs it): the same program logic the CUDA build runs."""
+    portable one everywhere), CUDA's thread and register tiling (within WebGPU's storage
+    default, so that lavapipe runs it): the same program logic the CUDA build runs; and
+    wsd.attention_rows' kernel for every head dim whose K and V tiles of 8 keys fit (the VAE's
+    512 falls back to the portable layout), partial key tiles included."""
     if dtype == "float16" and not webgpu.gpu().shader_f16:
         pytest.skip("adapter without shader-f16")
     head_dims = {case[-1] for case in WEBGPU_CASES.values()}
@@ -324,6 +326,9 @@ def test_webgpu_matches_torch_and_llvm(webgpu, dtype, layout, monkeypatch):
         assert any((d, dtype) in attention.WEBGPU_LAYOUTS for d in head_dims)
     elif layout == "portable":
         monkeypatch.setattr(attention, "WEBGPU_LAYOUTS", {})
+    elif layout == "rows":
+        monkeypatch.setattr(attention, "WEBGPU_LAYOUTS", {
+            (d, dtype): attention.RowLayout(64, 8) for d in head_dims})
     else:
         cuda = attention.GPU_LAYOUTS["cuda"]
         monkeypatch.setattr(attention, "WEBGPU_LAYOUTS", {(d, dtype): attention.GPULayout(
