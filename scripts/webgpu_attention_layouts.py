@@ -1,13 +1,13 @@
 """Which layout should WebGPU's attention kernel use? A wsd.wgsl_bench folder to find out.
 
-For every SD v1.5 attention shape (wsd.attention.SD15_SHAPES), in
-fp32 and fp16, the WGSL of wsd.attention's flash kernel in WebGPU's portable layout (the
-variant labelled "default") and in each candidate layout below that fits WebGPU's default
-16 KiB of workgroup storage, with reference samples computed in float64 by numpy from the
-bench's hash inputs. The GPU machine checks every variant against them and times it
+For every SD v1.5 attention shape (wsd.attention.SD15_SHAPES), in fp32 and fp16, the WGSL of
+wsd.attention's flash kernel in WebGPU's portable layout (the variant labelled "default") and
+in each candidate layout below that fits WebGPU's default 16 KiB of workgroup storage, and of
+wsd.attention_rows' kernel in each of ROW_LAYOUTS that fits, with reference samples computed
+in float64 by numpy from the bench's hash inputs. The GPU machine checks every variant against them and times it
 (no TVM needed there):
 
-    python scripts/webgpu_attention_layouts.py --out .tune/attn        # here, ~2 minutes
+    python scripts/webgpu_attention_layouts.py --out .tune/attn        # here, ~4 minutes
     bash scripts/device_wgsl_bench.sh .tune/attn --budget-ms 40 --rounds 2   # GPU machine
 
 A layout goes into wsd.attention.WEBGPU_LAYOUTS only if it is correct on every shape and
@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsd import attention, tune, wgsl_bench  # noqa: E402
+from wsd import attention, attention_rows, tune, wgsl_bench  # noqa: E402
 
 
 # (threads y, threads x, score rows, score columns per thread); each also with P V's loop
@@ -35,6 +35,12 @@ from wsd import attention, tune, wgsl_bench  # noqa: E402
 LAYOUTS = [(16, 8, 2, 4), (8, 16, 4, 2), (8, 8, 4, 4), (16, 16, 4, 2), (16, 16, 2, 4),
            (8, 16, 4, 4), (16, 8, 4, 4), (32, 8, 2, 4), (8, 32, 4, 2), (8, 8, 8, 4),
            (8, 8, 4, 8)]
+
+
+# wsd.attention_rows (one query row per invocation): rows per workgroup x keys per tile, for
+# head dims up to ROWS_MAX_DIM (its registers grow with the head dim)
+ROW_LAYOUTS = [(t, k) for t in (64, 128, 256) for k in (8, 16, 32, 48, 64)]
+ROWS_MAX_DIM = 160
 
 
 def label(layout: attention.GPULayout, cfg: attention.Config) -> str:
@@ -88,6 +94,16 @@ def export(out: Path, dtypes: list[str], log=print) -> dict:
                     "rule": None,
                     **tune.write_wgsl(out, f"{key}_{index}", tune.compile_wgsl(func, target))})
                 entry.setdefault("buffers", tune.buffer_specs(func))
+            for threads, keys in ROW_LAYOUTS if d <= ROWS_MAX_DIM else []:
+                rows = attention.RowLayout(threads, keys)
+                if attention_rows.fits(shape, rows):
+                    continue
+                func = attention_rows.attention_func(shape, rows)
+                entry["variants"].append({
+                    "label": f"rows:{threads}/k{keys}",
+                    "params": {"rows": threads, "keys": keys}, "rule": None,
+                    **tune.write_wgsl(out, f"{key}_{len(entry['variants'])}",
+                                      tune.compile_wgsl(func, target))})
             if not (out / entry["reference"]).is_file():
                 np.savez_compressed(out / entry["reference"],
                                     **reference(shape, entry["buffers"]))

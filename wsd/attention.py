@@ -165,12 +165,14 @@ GPU_LAYOUTS: dict[str, GPULayout] = {"cuda": GPULayout(8, 16, 4, 4, 48 * 1024)}
 # WebGPU: per (head dim, dtype), the layout measured fastest through Vulkan on an H100 with
 # scripts/webgpu_attention_layouts.py (docs/PERF.md): correct on every SD v1.5 shape and more
 # than 5% faster than the portable layout on those of its head dim (64x64 and 32x32 latents;
-# the VAE's 512 in fp16; P V unrolled where that was > 5% faster too). Within WebGPU's
-# defaults, so every adapter runs them.
+# the VAE's 512 in fp16; P V unrolled where that was > 5% faster too). A RowLayout is
+# wsd.attention_rows' kernel, where it beat every layout of this one (64x64 latents: 1.9 ms
+# per self-attention against 3.5; 32x32 in fp32). Within WebGPU's defaults, so every adapter
+# runs them.
 WEBGPU_LAYOUTS: dict[tuple[int, str], GPULayout | RowLayout] = {
-    (40, "float32"): GPULayout(16, 8, 2, 4, unroll_keys=True),
-    (80, "float32"): GPULayout(16, 8, 4, 4),
-    (40, "float16"): GPULayout(8, 8, 4, 4),
+    (40, "float32"): RowLayout(256, 16),
+    (80, "float32"): RowLayout(64, 8),
+    (40, "float16"): RowLayout(256, 16),
     (80, "float16"): GPULayout(16, 8, 4, 4),
     (512, "float16"): GPULayout(8, 16, 4, 2),
 }
@@ -182,6 +184,20 @@ def layout_for(target_kind: str, shape: Shape) -> GPULayout | RowLayout:
     if target_kind == "webgpu":
         return WEBGPU_LAYOUTS.get((shape.head_dim, shape.dtype), GPULayout())
     return GPU_LAYOUTS.get(target_kind, GPULayout())
+
+
+def kernel_for(target_kind: str, shape: Shape, gpu: bool = True) -> tvm.tirx.PrimFunc:
+    """The flash kernel for one shape on a target, in its layout (layout_for; CPUs: one
+    thread per workgroup): wsd.attention_rows' kernel for a RowLayout that fits the shape,
+    else this module's."""
+    layout = layout_for(target_kind, shape) if gpu else GPULayout()
+    if isinstance(layout, RowLayout):
+        from wsd import attention_rows  # it builds on this module's Shape
+
+        if attention_rows.fits(shape, layout) is None:
+            return attention_rows.attention_func(shape, layout)
+        layout = GPULayout()
+    return attention_func(shape, choose_config(shape, gpu, layout))
 
 
 def choose_config(shape: Shape, gpu: bool, layout: GPULayout = GPULayout()) -> Config:
@@ -491,14 +507,7 @@ class _Rewriter(relax.PyExprMutator):
             cfg = attention_wmma.choose_config(shape)
             if cfg is not None:
                 return attention_wmma.attention_func(shape, cfg)
-        layout = layout_for(self.target_kind, shape) if self.gpu else GPULayout()
-        if isinstance(layout, RowLayout):
-            from wsd import attention_rows  # it builds on this module's Shape
-
-            if attention_rows.fits(shape, layout) is None:
-                return attention_rows.attention_func(shape, layout)
-            layout = GPULayout()
-        return attention_func(shape, choose_config(shape, self.gpu, layout))
+        return kernel_for(self.target_kind, shape, self.gpu)
 
     def _fallback(self, call, dtype):
         """What our kernel does not cover (masks, dynamic shapes) goes to TVM's lowering,

@@ -140,8 +140,7 @@ def gpu_kernel(case, dtype):
     """The kernel the WebGPU build makes for `case` (its measured layout, or the portable)."""
     b, sq, skv, h, d = case
     shape = attention.Shape(b, sq, skv, h, d, d, dtype, attention.default_scale(d))
-    layout = attention.layout_for("webgpu", shape)
-    return attention.attention_func(shape, attention.choose_config(shape, True, layout))
+    return attention.kernel_for("webgpu", shape)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -168,20 +167,27 @@ def test_gpu_kernels_within_webgpu_defaults(dtype):
 @pytest.mark.parametrize("key", list(attention.WEBGPU_LAYOUTS), ids=str)
 def test_webgpu_build_takes_the_measured_layout(key):
     """The pass on a webgpu target lays out a shape of a measured head dim and dtype as
-    WEBGPU_LAYOUTS says (threads per workgroup), other head dims in the portable layout."""
+    WEBGPU_LAYOUTS says (threads per workgroup; for wsd.attention_rows' kernel also the key
+    tile), other head dims in the portable layout."""
     d, dtype = key
     cases = {"measured": (2, 64, 64, 2, d), "other": (2, 64, 64, 2, 24)}
     mod = attention.flash_attention(webgpu_target())(attention_module(cases, dtype))
-    kernels = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("wsd_attention")]
-    threads = [{tag: int(n) for n, tag in re.findall(
-        r'T\.thread_binding\((\d+), thread="(threadIdx\.[xy])"\)', f.script())}
-        for f in kernels]
+    kernels = {gv.name_hint: f.script() for gv, f in mod.functions.items()
+               if gv.name_hint.startswith("wsd_attention")}
+    threads = sorted(({tag: int(n) for n, tag in re.findall(
+        r'T\.thread_binding\((\d+), thread="(threadIdx\.[xy])"\)', text)}
+        for text in kernels.values()), key=str)
     layout, portable = attention.WEBGPU_LAYOUTS[key], attention.GPULayout()
-    assert sorted(threads, key=str) == sorted([
-        {"threadIdx.y": layout.ty, "threadIdx.x": layout.tx},
-        {"threadIdx.y": portable.ty, "threadIdx.x": portable.tx}], key=str)
-    unrolled = sorted("for c in T.unroll(" in f.script() for f in kernels)
-    assert unrolled == sorted([layout.unroll_keys, portable.unroll_keys])
+    if isinstance(layout, attention.RowLayout):
+        measured = {"threadIdx.x": layout.threads}
+        key_tile = [t for t in kernels.values() if "ks = T.sblock_alloc_buffer" in t]
+        assert len(key_tile) == 1 and f"({d * layout.keys},)" in key_tile[0]
+    else:
+        measured = {"threadIdx.y": layout.ty, "threadIdx.x": layout.tx}
+        unrolled = sorted("for c in T.unroll(" in t for t in kernels.values())
+        assert unrolled == sorted([layout.unroll_keys, portable.unroll_keys])
+    assert threads == sorted([measured, {"threadIdx.y": portable.ty,
+                                         "threadIdx.x": portable.tx}], key=str)
 
 
 CUDA_SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,

@@ -233,6 +233,54 @@ def test_unknown_target_is_refused():
         verify.verify_layers(_tiny(), target="webgpu-nowhere", log=None)
 
 
+# ---- the subgroup kernel set (`webgpu-native-subgroups`) -----------------------------------
+
+@tvm.script.ir_module
+class _LayerNorm:
+    @R.function
+    def main(x: R.Tensor((2, 64, 320), dtype="float32"), g: R.Tensor((320,), dtype="float32"),
+             b: R.Tensor((320,), dtype="float32")):
+        return R.nn.layer_norm(x, g, b, axes=[-1])
+
+
+def test_subgroup_kernel_set_reduces_through_shuffles():
+    """The subgroup set's reductions are shuffle trees over 32 lanes and its WGSL enables
+    subgroups; the portable set has neither. For naga the `enable` line goes, nothing else."""
+    from wsd.bundle import SUBGROUP_SIZE, webgpu_target
+
+    portable, subgroups = (
+        "".join(k.wgsl for k in webgpu_native.compile_program(
+            _LayerNorm, webgpu_target(sg)).kernels.values()) for sg in (False, True))
+    assert "subgroup" not in portable and "workgroupBarrier" in portable
+    assert subgroups.startswith("//") and "enable subgroups;\n" in subgroups
+    assert f"subgroupShuffleDown(red_buf0[0i], u32({SUBGROUP_SIZE // 2}i))" in subgroups
+    naga = wgsl_bench.for_naga(subgroups)
+    assert "enable subgroups" not in naga
+    assert naga.count("subgroupShuffleDown") == subgroups.count("subgroupShuffleDown") > 0
+
+
+def test_subgroup_kernel_set_needs_subgroups_of_32(webgpu):
+    """The subgroup target runs only where every kernel gets subgroups of 32 (the WGSL's
+    shuffle trees assume it); elsewhere it is refused, naming what the adapter has."""
+    from wsd.build import TargetError
+
+    assert bool(webgpu.subgroup_sizes) == ("subgroup" in webgpu.device.features)
+    name = webgpu_native.SUBGROUPS_TARGET_NAME
+    if webgpu.subgroup_sizes == {32}:
+        assert webgpu_native.make_target(name).attrs["supports_subgroups"]
+    else:
+        with pytest.raises(TargetError, match="needs subgroups of exactly 32 invocations; "
+                                              r"this adapter .* has (subgroups of|no sub)"):
+            webgpu_native.make_target(name)
+        from wsd import bench
+
+        with pytest.raises(bench.BenchError, match="subgroups of exactly 32"):
+            bench.Device(name)  # `wsd bench` says so before timing anything
+    assert not webgpu_native.make_target(webgpu_native.TARGET_NAME).attrs["supports_subgroups"]
+    with pytest.raises(TargetError, match="unknown WebGPU-native target"):
+        webgpu_native.make_target("webgpu-native-warps")
+
+
 # ---- timing: WebGPUExecutor.timed and `wsd bench --target webgpu-native` -------------------
 
 @tvm.script.ir_module
