@@ -69,6 +69,15 @@ def attention_func(shape: Shape, layout: RowLayout) -> tvm.tirx.PrimFunc:
     MASK = SKV % BC != 0  # the last key tile runs past the sequence
     zero = T.cast(0, dtype)
 
+    @T.macro
+    def axpy(y, n, a, src, base, frag):
+        """y[0:n] += a * src[base:base + n], src read as vectors into the registers frag."""
+        for i4 in T.unroll(n // VEC):
+            for r in T.vectorized(VEC):
+                frag[i4 * VEC + r] = src[base + i4 * VEC + r]
+        for i in T.unroll(n):
+            y[i] = y[i] + a * T.cast(frag[i], "float32")
+
     @T.prim_func(private=True, s_tir=True)
     def main(q: T.Buffer((B, SQ, H, D), dtype), k: T.Buffer((B, SKV, H, D), dtype),
              v: T.Buffer((B, SKV, H, DV), dtype), out: T.Buffer((B, SQ, H, DV), dtype)):
@@ -133,11 +142,7 @@ def attention_func(shape: Shape, layout: RowLayout) -> tvm.tirx.PrimFunc:
                         for j in T.unroll(BC):
                             s[j] = T.float32(0)
                         for d in T.unroll(D):
-                            for j4 in T.unroll(BC // VEC):
-                                for r in T.vectorized(VEC):
-                                    kf[j4 * VEC + r] = ks[d * BC + j4 * VEC + r]
-                            for j in T.unroll(BC):
-                                s[j] = s[j] + q_loc[d] * T.cast(kf[j], "float32")
+                            axpy(s, BC, q_loc[d], ks, d * BC, kf)
                         # online softmax, all in this invocation's registers
                         ml[2] = ml[0]
                         for j in T.unroll(BC):
@@ -156,11 +161,7 @@ def attention_func(shape: Shape, layout: RowLayout) -> tvm.tirx.PrimFunc:
                         for n in T.unroll(DV):
                             acc[n] = acc[n] * ml[2]
                         for c in T.unroll(BC):
-                            for n4 in T.unroll(DV // VEC):
-                                for r in T.vectorized(VEC):
-                                    vf[n4 * VEC + r] = vs[c * DV + n4 * VEC + r]
-                            for n in T.unroll(DV):
-                                acc[n] = acc[n] + s[c] * T.cast(vf[n], "float32")
+                            axpy(acc, DV, s[c], vs, c * DV, vf)
                     if row < SQ:
                         for n in T.unroll(DV):
                             out[b, row, h, n] = T.cast(acc[n] / ml[1], dtype)
