@@ -262,6 +262,7 @@ def test_subgroup_kernel_set_reduces_through_shuffles():
 def test_subgroup_kernel_set_needs_subgroups_of_32(webgpu):
     """The subgroup target runs only where every kernel gets subgroups of 32 (the WGSL's
     shuffle trees assume it); elsewhere it is refused, naming what the adapter has."""
+    from wsd import bench
     from wsd.build import TargetError
 
     assert bool(webgpu.subgroup_sizes) == ("subgroup" in webgpu.device.features)
@@ -272,13 +273,12 @@ def test_subgroup_kernel_set_needs_subgroups_of_32(webgpu):
         with pytest.raises(TargetError, match="needs subgroups of exactly 32 invocations; "
                                               r"this adapter .* has (subgroups of|no sub)"):
             webgpu_native.make_target(name)
-        from wsd import bench
-
         with pytest.raises(bench.BenchError, match="subgroups of exactly 32"):
             bench.Device(name)  # `wsd bench` says so before timing anything
     assert not webgpu_native.make_target(webgpu_native.TARGET_NAME).attrs["supports_subgroups"]
     with pytest.raises(TargetError, match="unknown WebGPU-native target"):
         webgpu_native.make_target("webgpu-native-warps")
+    assert bench.WEBGPU_NATIVES == webgpu_native.TARGET_NAMES  # bench keeps its own copy
 
 
 # ---- timing: WebGPUExecutor.timed and `wsd bench --target webgpu-native` -------------------
