@@ -68,7 +68,8 @@ class BundleError(RuntimeError):
 
 # The subgroup kernel set: TVM lowers cross-thread reductions to subgroup shuffles written for
 # subgroups of exactly this many invocations (its warp size for WebGPU), so an adapter runs
-# that set only if all its subgroups have this size (the app checks subgroupMin/MaxSize).
+# that set only if all its subgroups have this size (wsd.webgpu_native checks it). Measured no
+# faster than the portable set (docs/PERF.md), so bundles ship only the portable set.
 SUBGROUP_SIZE = 32
 
 

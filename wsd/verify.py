@@ -368,13 +368,13 @@ def export_block(block: Block, dtype: str, name: str) -> Exported:
 def make_target(name: str) -> tvm.target.Target:
     """build.make_target, plus 'webgpu-native' and 'webgpu-native-subgroups': the browser's
     WGSL (portable or subgroup kernel set) on a native WebGPU."""
-    if name.startswith("webgpu-native"):
-        from wsd import webgpu_native
+    from wsd import webgpu_native
+
+    if name in webgpu_native.TARGET_NAMES:
         return webgpu_native.make_target(name)
     if name not in build.TARGETS:
         raise build.TargetError(f"unknown target {name!r}; verify runs on "
-                                f"{', '.join(build.TARGETS)}, webgpu-native or "
-                                "webgpu-native-subgroups")
+                                f"{', '.join(build.TARGETS + webgpu_native.TARGET_NAMES)}")
     return build.make_target(name)
 
 

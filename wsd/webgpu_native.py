@@ -39,6 +39,7 @@ import json
 import struct
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import tvm
@@ -46,7 +47,7 @@ from tvm import relax, tirx
 from tvm.tirx.buffer import BufferType
 
 from wsd import build
-from wsd.wgsl_bench import for_naga, split_sources, subgroup_sizes
+from wsd.wgsl_bench import for_naga, probe_subgroup_sizes, split_sources
 from wsd.build import TargetError
 
 TARGET_NAME = "webgpu-native"
@@ -73,7 +74,13 @@ class Gpu:
     shader_f16: bool
     limits: dict
     timestamps: bool = False  # the device has timestamp queries (WebGPU "timestamp-query")
-    subgroup_sizes: frozenset = frozenset()  # what kernels get (empty: no "subgroup" feature)
+    subgroups: bool = False  # the device has the WebGPU "subgroup" feature
+
+    @cached_property
+    def subgroup_sizes(self) -> frozenset:
+        """The subgroup sizes kernels get (empty without the feature); probed on first use,
+        by the subgroup target only."""
+        return frozenset(probe_subgroup_sizes(self.device) if self.subgroups else ())
 
 
 _GPU: Gpu | None = None
@@ -104,12 +111,11 @@ def gpu() -> Gpu:
                 if f in adapter.features]
     limits = {k: adapter.limits[k] for k in _LIMITS if k in adapter.limits}
     device = adapter.request_device_sync(required_features=features, required_limits=limits)
-    sizes = frozenset(subgroup_sizes(device)) if "subgroup" in features else frozenset()
     info = adapter.info
     details = ", ".join(str(info[k]) for k in ("backend_type", "description") if info.get(k))
     name = f"{info.get('device') or '?'} ({details})" if details else info.get("device") or "?"
     _GPU = Gpu(device, name, "shader-f16" in features, dict(device.limits),
-               "timestamp-query" in features, sizes)
+               "timestamp-query" in features, "subgroup" in features)
     return _GPU
 
 
@@ -602,7 +608,7 @@ class WebGPUExecutor:
         if "enable f16;" in kernel.wgsl and not self.gpu.shader_f16:
             raise TargetError(f"kernel {kernel.name} computes in float16, and this WebGPU "
                               f"adapter ({self.gpu.adapter}) has no shader-f16")
-        if "enable subgroups;" in kernel.wgsl and not self.gpu.subgroup_sizes:
+        if "enable subgroups;" in kernel.wgsl and not self.gpu.subgroups:
             raise TargetError(f"kernel {kernel.name} uses subgroups, and this WebGPU adapter "
                               f"({self.gpu.adapter}) has none")
         entries = [{"binding": i, "visibility": wgpu.ShaderStage.COMPUTE,

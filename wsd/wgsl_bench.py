@@ -253,7 +253,7 @@ fn main(@builtin(local_invocation_index) i : u32, @builtin(subgroup_size) n : u3
 """
 
 
-def subgroup_sizes(device) -> set[int]:
+def probe_subgroup_sizes(device) -> set[int]:
     """The subgroup sizes a 256-invocation kernel runs with on this wgpu device (which must
     have the "subgroup" feature): adapters report a range, a kernel gets one of it."""
     import wgpu
