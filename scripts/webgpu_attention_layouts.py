@@ -62,6 +62,15 @@ def reference(shape: attention.Shape, specs: list[dict]) -> dict:
     return tune.sample_outputs(specs, [None, None, None, out])
 
 
+def add_variant(out: Path, entry: dict, target, func, name: str, params: dict) -> None:
+    """One variant of a kernel's entry: its WGSL written to the folder, its parameters."""
+    entry["variants"].append({
+        "label": name, "params": params, "rule": None,
+        **tune.write_wgsl(out, f"{entry['key']}_{len(entry['variants'])}",
+                          tune.compile_wgsl(func, target))})
+    entry.setdefault("buffers", tune.buffer_specs(func))
+
+
 def export(out: Path, dtypes: list[str], log=print) -> dict:
     target = tune.webgpu_target()
     manifest = tune.new_bench_folder(out, "webgpu")
@@ -86,24 +95,16 @@ def export(out: Path, dtypes: list[str], log=print) -> dict:
                     continue
                 seen.add(cfg)
                 func = attention.attention_func(shape, cfg)
-                index = len(entry["variants"])
-                entry["variants"].append({
-                    "label": "default" if index == 0 else label(layout, cfg),
-                    "params": {"ty": cfg.ty, "tx": cfg.tx, "ry": cfg.ry, "rx": cfg.rx,
-                               "dk": cfg.dk, "dvk": cfg.dvk, "unroll_keys": cfg.unroll_keys},
-                    "rule": None,
-                    **tune.write_wgsl(out, f"{key}_{index}", tune.compile_wgsl(func, target))})
-                entry.setdefault("buffers", tune.buffer_specs(func))
+                add_variant(out, entry, target, func,
+                            label(layout, cfg) if entry["variants"] else "default",
+                            {"ty": cfg.ty, "tx": cfg.tx, "ry": cfg.ry, "rx": cfg.rx,
+                             "dk": cfg.dk, "dvk": cfg.dvk, "unroll_keys": cfg.unroll_keys})
             for threads, keys in ROW_LAYOUTS if d <= ROWS_MAX_DIM else []:
                 rows = attention.RowLayout(threads, keys)
                 if attention_rows.fits(shape, rows):
                     continue
-                func = attention_rows.attention_func(shape, rows)
-                entry["variants"].append({
-                    "label": f"rows:{threads}/k{keys}",
-                    "params": {"rows": threads, "keys": keys}, "rule": None,
-                    **tune.write_wgsl(out, f"{key}_{len(entry['variants'])}",
-                                      tune.compile_wgsl(func, target))})
+                add_variant(out, entry, target, attention_rows.attention_func(shape, rows),
+                            f"rows:{threads}/k{keys}", {"rows": threads, "keys": keys})
             if not (out / entry["reference"]).is_file():
                 np.savez_compressed(out / entry["reference"],
                                     **reference(shape, entry["buffers"]))
