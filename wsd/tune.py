@@ -301,15 +301,27 @@ def unique(configs: list) -> list:
     return [c for n, c in enumerate(configs) if c not in configs[:n]]
 
 
-def taps_candidates(work: Workload, found: list, db: dict, limit: int) -> list:
-    """A convolution's stored record (or first candidate) as it is, then it and the other
-    candidates with K as (ry, rx, c); nothing for other kernels."""
-    if not tiled_matmul.is_convolution(work.func):
-        return []
+def with_option(work: Workload, found: list, db: dict, limit: int, option: str) -> list:
+    """The kernel's stored record (or first candidate) as it is, then it and the other
+    candidates with `option` (a boolean field of tiled_matmul.Config) set."""
     record = db["records"].get(work.key)
     base = unique([c for c in ([records.config_of(record)] if record else []) + found
-                   if not c.taps_outer])
-    return base[:1] + [dataclasses.replace(c, taps_outer=True) for c in base[:limit]]
+                   if not getattr(c, option)])
+    return base[:1] + [dataclasses.replace(c, **{option: True}) for c in base[:limit]]
+
+
+def taps_candidates(work: Workload, found: list, db: dict, limit: int) -> list:
+    """Convolutions: with K as (ry, rx, c) (with_option); nothing for other kernels."""
+    if not tiled_matmul.is_convolution(work.func):
+        return []
+    return with_option(work, found, db, limit, "taps_outer")
+
+
+def f16_candidates(work: Workload, found: list, db: dict, limit: int) -> list:
+    """Kernels with fp16 operands: with f16 partial sums (with_option); nothing for others."""
+    if work.traits["dtypes"] != ["float16", "float16", "float32"]:
+        return []
+    return with_option(work, found, db, limit, "f16_partials")
 
 
 def candidates_for(work: Workload, target_kind: str, limit: int = 8) -> list:
@@ -648,6 +660,9 @@ def main(argv=None) -> int:
     exp.add_argument("--taps", action="store_true",
                      help="with --from-bench: convolutions only, their record and the best "
                           "tiles with K as (ry, rx, c) (tiled_matmul.Config.taps_outer)")
+    exp.add_argument("--f16-partials", action="store_true",
+                     help="with --from-bench: fp16 kernels only, their record and the best "
+                          "tiles with f16 partial sums (tiled_matmul.Config.f16_partials)")
     exp.add_argument("--retune", action="store_true",
                      help="with --from-bench: every kernel's stored record (as stored and "
                           "staged), its tiles, and split-K where 128x128 tiles make fewer "
@@ -701,6 +716,8 @@ def main(argv=None) -> int:
                 found = unique(found)
             elif args.taps:
                 found = taps_candidates(w, found, db, args.max_candidates)
+            elif args.f16_partials:
+                found = f16_candidates(w, found, db, args.max_candidates)
             elif stored and found:  # the incumbent beside the new ones
                 found = unique([stored] + found)
             configs[w.key] = [(c.label(), c) for c in found]

@@ -20,31 +20,38 @@ from wsd import tune, wgsl_bench  # noqa: E402
 from wsd.schedules import records, tiled_matmul  # noqa: E402
 
 
-def _linear(m, k, n, batch=1):
+def _product(bb, y, dtype):
+    """fp16 as wsd's importer emits it (wsd.trace_ops): fp32 sums, cast to fp16."""
+    return y if dtype == "float32" else bb.emit(relax.op.astype(y, dtype))
+
+
+def _linear(m, k, n, batch=1, dtype="float32"):
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((batch, m, k), "float32"))
-    w = relax.Var("w", relax.TensorType((n, k), "float32"))
-    b = relax.Var("b", relax.TensorType((n,), "float32"))
+    x = relax.Var("x", relax.TensorType((batch, m, k), dtype))
+    w = relax.Var("w", relax.TensorType((n, k), dtype))
+    b = relax.Var("b", relax.TensorType((n,), dtype))
     with bb.function("main", [x, w, b]):
         with bb.dataflow():
-            y = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w)))
-            z = bb.emit_output(relax.op.add(y, b))
+            y = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w), out_dtype="float32"))
+            z = bb.emit_output(relax.op.add(_product(bb, y, dtype), b))
         bb.emit_func_output(z)
     return bb.get()
 
 
-def _conv(n, c, h, w_, f, k, stride=1, pad=1, residual=False):
+def _conv(n, c, h, w_, f, k, stride=1, pad=1, residual=False, dtype="float32"):
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((n, c, h, w_), "float32"))
-    w = relax.Var("w", relax.TensorType((f, c, k, k), "float32"))
-    b = relax.Var("b", relax.TensorType((1, f, 1, 1), "float32"))
+    x = relax.Var("x", relax.TensorType((n, c, h, w_), dtype))
+    w = relax.Var("w", relax.TensorType((f, c, k, k), dtype))
+    b = relax.Var("b", relax.TensorType((1, f, 1, 1), dtype))
     oh, ow = (h + 2 * pad - k) // stride + 1, (w_ + 2 * pad - k) // stride + 1
-    r = relax.Var("r", relax.TensorType((n, f, oh, ow), "float32"))
+    r = relax.Var("r", relax.TensorType((n, f, oh, ow), dtype))
     with bb.function("main", [x, w, b, r] if residual else [x, w, b]):
         with bb.dataflow():
-            y = bb.emit(relax.op.add(relax.op.nn.conv2d(x, w, strides=stride, padding=pad), b))
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=pad,
+                                           out_dtype="float32"))
+            y = bb.emit(relax.op.add(_product(bb, y, dtype), b))
             if residual:
-                y = bb.emit(relax.op.divide(relax.op.add(y, r), relax.const(2.0, "float32")))
+                y = bb.emit(relax.op.divide(relax.op.add(y, r), relax.const(2.0, dtype)))
             z = bb.emit_output(y)
         bb.emit_func_output(z)
     return bb.get()
@@ -77,6 +84,20 @@ CONFIGS = [
 ]
 
 
+# f16 partial sums (fp16 kernels only), beside fp32 sums (F16_CONFIGS[0])
+F16_CONFIGS = [
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, staged=True),
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, staged=True, f16_partials=True),
+    tiled_matmul.Config(bm=64, bn=32, bk=8, tm=8, tn=4, tm_vec=4, tn_vec=2,
+                        f16_partials=True),  # two chunks of rows, unstaged
+    tiled_matmul.Config(bm=32, bn=64, bk=8, tm=2, tn=8, tm_vec=1, tn_vec=4, pad=0,
+                        f16_partials=True),  # runs of one row: scalar partial sums
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, split_k=2, staged=True,
+                        f16_partials=True),
+    tiled_matmul.Config(bm=32, bn=32, bk=8, tm=4, tn=4, taps_outer=True, f16_partials=True),
+]
+
+
 @pytest.fixture(scope="module")
 def runner():
     pytest.importorskip("wgpu")
@@ -101,6 +122,19 @@ def small_bench(tmp_path_factory):
     manifest = tune.export(works, out, {w.key: [(c.label(), c) for c in CONFIGS]
                                         for w in works}, log=lambda *_: None)
     return out, manifest
+
+
+@pytest.fixture(scope="module")
+def f16_bench(tmp_path_factory):
+    works = _works([
+        _linear(77, 64, 96, dtype="float16"),
+        _conv(1, 16, 16, 16, 32, 3, residual=True, dtype="float16"),
+        _conv(1, 4, 8, 8, 32, 3, dtype="float16"),  # K = 36: padded reduction
+    ])
+    assert [w.traits["dtypes"] for w in works] == [["float16", "float16", "float32"]] * 3
+    out = tmp_path_factory.mktemp("f16_bench")
+    configs = [(c.label(), c) for c in F16_CONFIGS]
+    return out, tune.export(works, out, {w.key: configs for w in works}, log=lambda *_: None)
 
 
 def test_conv_is_implicit_gemm():
@@ -199,6 +233,19 @@ def test_taps_outer_reorders_a_convolutions_reduction():
     assert tune.taps_candidates(lin, tune.candidates(lin, 3), db, 2) == []
 
 
+def test_f16_candidates_are_for_fp16_kernels():
+    """`export --f16-partials`: an fp16 kernel's stored record as it is, then it and the
+    other candidates with f16 partial sums; nothing for fp32 kernels."""
+    (half,) = _works([_linear(1024, 512, 1024, dtype="float16")])
+    (single,) = _works([_linear(1024, 512, 1024)])
+    found = tune.candidates(half, 3)
+    stored = found[2]
+    db = {"records": {half.key: {"rule": stored.rule, "params": stored.to_json()}}}
+    assert tune.f16_candidates(half, found, db, 2) == [
+        stored, *(dataclasses.replace(c, f16_partials=True) for c in (stored, found[0]))]
+    assert tune.f16_candidates(single, tune.candidates(single, 3), {"records": {}}, 2) == []
+
+
 def test_staged_copies_make_workgroup_arrays_of_vectors(small_bench):
     """staged: every workgroup buffer of the WGSL is an array of vec4 (one load per fragment
     of four), unstaged ones arrays of scalars; a tile too small for a run of four per
@@ -218,6 +265,41 @@ def test_staged_copies_make_workgroup_arrays_of_vectors(small_bench):
     (conv,) = _works([_conv(1, 16, 8, 8, 32, 3)])
     assert all(c.staged for c in tune.candidates_for(conv, "webgpu"))
     assert not any(c.staged for c in tune.candidates_for(conv, "cuda"))
+
+
+def test_f16_partials_match_reference(runner, f16_bench):
+    """Every f16-partials variant of every fp16 kernel passes the gate's check, and its
+    error exceeds that of the same tiles with fp32 sums: the sums really are in f16."""
+    folder, manifest = f16_bench
+    fp32_sums = F16_CONFIGS[0].label()
+    for kernel in manifest["kernels"]:
+        assert len(kernel["variants"]) == 1 + len(F16_CONFIGS), kernel["name"]
+        res = wgsl_bench.check_kernel(runner, folder, kernel, repeat=3, rounds=1,
+                                      log=lambda *_: None, budget_ms=1)
+        assert all(r.get("ok") for r in res.values()), (kernel["name"], res)
+        for cfg in F16_CONFIGS[1:]:
+            assert res[cfg.label()]["err_ref"] > res[fp32_sums]["err_ref"], cfg.label()
+
+
+def test_f16_partials_are_f16_registers(f16_bench):
+    """The partial sums are a register array of vec4<f16> updated by vec4 FMAs (scalar f16
+    for runs of one row); with fp32 sums there is no f16 arithmetic at all. The option is
+    refused for fp32 kernels."""
+    folder, manifest = f16_bench
+    kernel = manifest["kernels"][1]
+    by_label = {v["label"]: v for v in kernel["variants"]}
+
+    def wgsl(config):
+        return gzip.decompress((folder / by_label[config.label()]["wgsl"]).read_bytes()).decode()
+
+    vec, scalar = wgsl(F16_CONFIGS[1]), wgsl(F16_CONFIGS[3])
+    assert re.search(r"var \w+_rf_local : array<vec4<f16>, 4>;", vec)
+    assert re.search(r"_rf_local\[\w+\] = fma\(\w+\[\w+\], vec4<f16>\(", vec)
+    assert re.search(r"var \w+_rf_local : array<f16, 16>;", scalar)
+    assert "_rf_local" not in wgsl(F16_CONFIGS[0])
+    (fp32,) = _works([_linear(77, 64, 96)])
+    with pytest.raises(ValueError, match="f16 partials need fp16 operands"):
+        tiled_matmul.apply(fp32.func, F16_CONFIGS[1])
 
 
 def test_timed_passes_follow_as_many_untimed_ones(runner, small_bench, monkeypatch):

@@ -29,6 +29,14 @@ into parts, each part's tiles are workgroups of their own writing fp32 partial p
 workspace (TVM's rfactor), and a second kernel sums each output's parts and runs the
 epilogue. WGSL has no float atomics, so the sum is a kernel, not an atomic add.
 
+F16 partial sums (`f16_partials`, kernels with fp16 operands): the BK products of one k step
+are summed in f16 registers, four rows per vec4<f16> FMA, and added to the fp32 accumulators
+once per step: fp32 over K, f16 within a step (TIR's rfactor over the k step, see
+_partials_at and _in_f16). GPUs with double-rate f16 run the FMAs at twice the fp32 rate, and
+no operand is converted to fp32 per multiply-add. It costs accuracy: about 7e-4 relative
+error per GEMM against 3e-5 with fp32 sums (hash inputs, K 320 to 11520), which the gate's
+fp16 bound (2e-3) admits.
+
 The rule is parameterised (`Config`); which parameters a kernel gets is decided by
 measurement (wsd.tune) and stored in a records database (wsd.schedules.records). Without a
 record the rule is not applied: dlight's default stays in place.
@@ -39,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import (
@@ -79,6 +88,7 @@ class Config(RuleParams):
     split_k: int = 1    # K in this many parts, each a workgroup of its own (split-K)
     taps_outer: bool = False  # convolutions: K as (ry, rx, c), so one BK step is one tap
     staged: bool = False  # copies through registers, stored as vectors (see to_shared)
+    f16_partials: bool = False  # fp16 operands: each k step's products summed in f16
 
     @property
     def threads(self) -> int:
@@ -94,7 +104,8 @@ class Config(RuleParams):
                 + ("/pipe" if self.pipeline else "")
                 + (f"/sk{self.split_k}" if self.split_k > 1 else "")
                 + ("/taps" if self.taps_outer else "")
-                + ("/st" if self.staged else ""))
+                + ("/st" if self.staged else "")
+                + ("/h" if self.f16_partials else ""))
 
     def check(self) -> None:
         for name in ("bm", "bn", "bk", "tm", "tn", "tm_vec", "tn_vec", "split_k"):
@@ -103,6 +114,8 @@ class Config(RuleParams):
         if self.bm % self.tm or self.bn % self.tn or self.tm % self.tm_vec \
                 or self.tn % self.tn_vec:
             raise ValueError(f"tiles must divide: {self}")
+        if self.f16_partials and self.pipeline:
+            raise ValueError(f"f16 partials are not pipelined: {self}")
         if self.threads > MAX_INVOCATIONS:
             raise ValueError(f"{self.threads} invocations > {MAX_INVOCATIONS}: {self}")
 
@@ -159,6 +172,8 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     info = matmul_traits(func)
     if info is None:
         return None
+    if config.f16_partials and info["dtypes"] != ["float16", "float16", "float32"]:
+        raise ValueError(f"f16 partials need fp16 operands and fp32 sums, not {info['dtypes']}")
     sch = s_tir.Schedule(func)
     main = main_block(sch)
     if config.taps_outer:
@@ -173,9 +188,19 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
         s, i, j, k = sch.get_loops(main)
         part, k = sch.split(k, [config.split_k, None])
         total, main = main, sch.rfactor(part, factor_axis=0)
-        s, i, j, part, k = sch.get_loops(main)
+    mac = main  # the block that multiplies and adds
+    if config.f16_partials:
+        # Each BK step's products summed in f16 registers (a partial the size of the
+        # register tile, vec4 along I), then added to the fp32 accumulators: TIR's rfactor
+        # over the k step makes `mac` the per-step sum and `main` the sum of the steps.
+        k = sch.get_loops(main)[-1]
+        k_step, _ = sch.split(k, [None, config.bk])
+        mac = sch.rfactor(k_step, factor_axis=0)
+    *lead, k = sch.get_loops(main)
+    if total is None:
+        s, i, j = lead
     else:
-        s, i, j, k = sch.get_loops(main)
+        s, i, j, part = lead
 
     # 2. Tiles: i = bi*BM + io*(TY*tm_vec) + ty*tm_vec + iv, likewise j; k = ko*BK + ki.
     # The strided chunks (io, jo) are virtual threads: each chunk's accumulators are a dense
@@ -183,12 +208,16 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     ty_n, tx_n = config.bm // config.tm, config.bn // config.tn
     bi, io, ty, iv = sch.split(i, [None, config.tm // config.tm_vec, ty_n, config.tm_vec])
     bj, jo, tx, jv = sch.split(j, [None, config.tn // config.tn_vec, tx_n, config.tn_vec])
-    ko, ki = sch.split(k, [None, config.bk])
+    if config.f16_partials:
+        ko, ki = k, None  # main's k is already in steps; mac has the k within one
+    else:
+        ko, ki = sch.split(k, [None, config.bk])
+    inner_k = [ko] if ki is None else [ko, ki]
     if total is None:
-        sch.reorder(s, bi, bj, io, jo, ty, tx, ko, ki, iv, jv)
+        sch.reorder(s, bi, bj, io, jo, ty, tx, *inner_k, iv, jv)
         bi = sch.fuse(s, bi)
     else:  # the K part is the outermost workgroup index
-        sch.reorder(part, s, bi, bj, io, jo, ty, tx, ko, ki, iv, jv)
+        sch.reorder(part, s, bi, bj, io, jo, ty, tx, *inner_k, iv, jv)
         bi = sch.fuse(part, s, bi)
     sch.bind(bi, "blockIdx.y")
     sch.bind(bj, "blockIdx.x")
@@ -209,6 +238,8 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     # 3. Accumulators in registers; the epilogue (bias, residual, ...) runs on them.
     acc = sch.cache_write(main, 0, "local")
     sch.reverse_compute_at(acc, inner, preserve_unit_loops=True)
+    if mac is not main:
+        ki = _partials_at(sch, mac, ko)
 
     # 4. Operands to workgroup memory, k-major, copied along the source's contiguous axis.
     nthreads = ty_n * tx_n
@@ -234,7 +265,7 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
 
     def to_shared(index: int, rows: int, fast: str, vec: int, lanes: int):
         """The copy to workgroup memory; returns the block that reads the source."""
-        block = sch.cache_read(main, index, "shared")
+        block = sch.cache_read(mac, index, "shared")
         sch.compute_at(block, ko, preserve_unit_loops=True)
         source = block
         if config.staged and vec > 1 and (rows * config.bk // vec) % nthreads == 0:
@@ -264,8 +295,8 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     b_src = to_shared(1, config.bn, info["b_fast"], config.tn_vec, tx_n)
 
     # 5. Per k: the invocation's TM (TN) operands from workgroup memory into registers.
-    a_reg = sch.cache_read(main, 0, "local")
-    b_reg = sch.cache_read(main, 1, "local")
+    a_reg = sch.cache_read(mac, 0, "local")
+    b_reg = sch.cache_read(mac, 1, "local")
     sch.compute_at(a_reg, ki, preserve_unit_loops=True)
     sch.compute_at(b_reg, ki, preserve_unit_loops=True)
     for reg, vec in ((a_reg, config.tm_vec), (b_reg, config.tn_vec)):
@@ -280,12 +311,65 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     else:
         _sum_parts(sch, total, config.threads)
     sch.decompose_reduction(main, ko)
+    if mac is not main:
+        return _in_f16(sch, mac, sch.decompose_reduction(mac, ki))
     if config.pipeline:
         # ko's body: [copy A, copy B, the ki loop]; the copies of step k+1 go ahead of
         # the compute of step k, in a second buffer (TVM's InjectSoftwarePipeline).
         sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
         sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
     return sch
+
+
+def _partials_at(sch: s_tir.Schedule, mac, ko):
+    """Place the partial sums of one k step (mac) in main's k step loop: loops (k, J run,
+    I run), the sums in registers with I innermost, so that a run of rows is one vector.
+    Returns mac's k loop."""
+    sch.compute_at(mac, ko, preserve_unit_loops=True)
+    *_, i_run, j_run, k_in = sch.get_loops(mac)[-5:]
+    sch.reorder(k_in, j_run, i_run)
+    sch.set_scope(mac, 0, "local")
+    ndim = len(sch.get(mac).writes[0].source.shape)  # (step, [part,] s, i, j)
+    sch.transform_layout(mac, ("write", 0), tirx.IndexMap.from_func(
+        lambda *idx: (*idx[:-2], idx[-1], idx[-2]), ndim=ndim))
+    return k_in
+
+
+def _in_f16(sch: s_tir.Schedule, mac, init) -> s_tir.Schedule:
+    """Make the partial sums f16, and their arithmetic: unsafe_set_dtype types the buffer
+    but leaves the update as cast(f16, f32(p) + f32(a) * f32(b)), which becomes p + a * b
+    here. The I run is vectorized (a vec4<f16> FMA per four rows; the schedule's vectorize
+    refuses a reduction block under a loop without its k, so that is done here too)."""
+    sch.unsafe_set_dtype(mac, 0, "float16")
+    vector_loops = [sch.get(sch.get_loops(b)[-1]) for b in (init, mac)]
+    vector_vars = [loop.loop_var for loop in vector_loops if int(loop.extent) > 1]
+    partials = sch.get(mac).writes[0].source
+    func = sch.mod["main"]
+    rewritten = []
+
+    def vectorize(op):
+        if not any(op.loop_var.same_as(v) for v in vector_vars):
+            return op
+        return tirx.For(op.loop_var, op.min, op.extent, tirx.ForKind.VECTORIZED, op.body,
+                        op.thread_binding, op.annotations)
+
+    def to_f16(op):
+        value = op.value
+        if not (op.buffer.same_as(partials) and isinstance(value, tirx.Cast)
+                and isinstance(value.value, tirx.Add) and isinstance(value.value.b, tirx.Mul)):
+            return op
+        terms = [value.value.a, value.value.b.a, value.value.b.b]
+        if not all(isinstance(t, tirx.Cast) for t in terms):
+            return op
+        p, a, b = (t.value for t in terms)
+        rewritten.append(op)
+        return tirx.BufferStore(op.buffer, tirx.Add(p, tirx.Mul(a, b)), op.indices)
+
+    body = tvm_ffi.structural_map(func.body, [(tirx.BufferStore, to_f16), (tirx.For, vectorize)])
+    if len(rewritten) != 1:
+        raise RuntimeError(f"f16 partials: {len(rewritten)} updates of the partial sums "
+                           "had the expected form, not 1")
+    return s_tir.Schedule(func.with_body(body))
 
 
 def _sum_parts(sch: s_tir.Schedule, total, threads: int) -> None:
