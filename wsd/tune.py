@@ -319,7 +319,7 @@ def taps_candidates(work: Workload, found: list, db: dict, limit: int) -> list:
 
 def f16_candidates(work: Workload, found: list, db: dict, limit: int) -> list:
     """Kernels with fp16 operands: with f16 partial sums (with_option); nothing for others."""
-    if work.traits["dtypes"] != ["float16", "float16", "float32"]:
+    if work.traits["dtypes"] != tiled_matmul.F16_PARTIALS_DTYPES:
         return []
     return with_option(work, found, db, limit, "f16_partials")
 

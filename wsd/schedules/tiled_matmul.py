@@ -69,6 +69,9 @@ NAME = "tiled_matmul"
 MAX_INVOCATIONS = 256
 MAX_WORKGROUP_BYTES = 16384
 
+# (A, B, sums) dtypes of the kernels f16_partials applies to: fp16 operands, fp32 sums
+F16_PARTIALS_DTYPES = ["float16", "float16", "float32"]
+
 
 @dataclass(frozen=True)
 class Config(RuleParams):
@@ -172,7 +175,7 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     info = matmul_traits(func)
     if info is None:
         return None
-    if config.f16_partials and info["dtypes"] != ["float16", "float16", "float32"]:
+    if config.f16_partials and info["dtypes"] != F16_PARTIALS_DTYPES:
         raise ValueError(f"f16 partials need fp16 operands and fp32 sums, not {info['dtypes']}")
     sch = s_tir.Schedule(func)
     main = main_block(sch)
@@ -209,10 +212,11 @@ def apply(func: tirx.PrimFunc, config: Config) -> s_tir.Schedule | None:
     bi, io, ty, iv = sch.split(i, [None, config.tm // config.tm_vec, ty_n, config.tm_vec])
     bj, jo, tx, jv = sch.split(j, [None, config.tn // config.tn_vec, tx_n, config.tn_vec])
     if config.f16_partials:
-        ko, ki = k, None  # main's k is already in steps; mac has the k within one
+        ko = k  # main's k is already in steps; mac has the k within one (ki, set below)
+        inner_k = [ko]
     else:
         ko, ki = sch.split(k, [None, config.bk])
-    inner_k = [ko] if ki is None else [ko, ki]
+        inner_k = [ko, ki]
     if total is None:
         sch.reorder(s, bi, bj, io, jo, ty, tx, *inner_k, iv, jv)
         bi = sch.fuse(s, bi)
