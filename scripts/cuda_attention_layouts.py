@@ -2,8 +2,8 @@
 
 For every SD v1.5 attention shape (fp16, 512x512, batch 2), each candidate is built for the
 GPU, checked against PyTorch's SDPA on the same inputs and timed next to it (round-robin,
-median): wsd.attention's scalar flash kernel in WebGPU's portable layout and in CUDA's
-(wsd.attention.GPU_LAYOUTS), and the tensor-core kernel (wsd.attention_wmma) in each block
+median): wsd.kernels.attention's scalar flash kernel in WebGPU's portable layout and in CUDA's
+(wsd.kernels.attention.GPU_LAYOUTS), and the tensor-core kernel (wsd.kernels.attention_wmma) in each block
 layout it offers. A candidate is eligible only if it is correct on every shape it covers; the
 table says how much faster it is than the portable layout (the first row per shape).
 
@@ -22,7 +22,8 @@ import tvm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsd import attention, attention_wmma, bench  # noqa: E402
+from wsd.kernels import attention, attention_wmma
+from wsd import bench  # noqa: E402
 
 SHAPES = {name: attention.SD15_SHAPES[name] for name in (
     "unet64-self", "unet64-cross", "unet32-self", "unet16-self", "vae-mid")}

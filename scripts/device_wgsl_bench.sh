@@ -1,8 +1,8 @@
 #!/bin/bash
-# Time a wsd.tune bench folder on the GPU machine's WebGPU (wgpu-native over Vulkan).
-# No TVM needed there: wsd.wgsl_bench uses numpy and wgpu only.
+# Time a wsd.tuning.tune bench folder on the GPU machine's WebGPU (wgpu-native over Vulkan).
+# No TVM needed there: wsd.tuning.wgsl_bench uses numpy and wgpu only.
 #
-#   bash scripts/device_wgsl_bench.sh BENCH_DIR [wsd.wgsl_bench options]
+#   bash scripts/device_wgsl_bench.sh BENCH_DIR [wsd.tuning.wgsl_bench options]
 #   bash scripts/device_wgsl_bench.sh --pytest BENCH_DIR   (pytest tests/perf/test_records.py)
 #
 # Expects .gl/ and .wgpuwhl/ carried with the working tree (scripts/webgpu_env.sh).
@@ -21,5 +21,5 @@ if [ $mode = pytest ]; then
     WSD_BENCH_DIR=$dir python3 -m pytest -q -p no:cacheprovider tests/perf/test_records.py \
         -k "earns_its_place or admitted or database" "$@" 2>&1 | tee "$out/pytest.log"
 else
-    python3 -m wsd.wgsl_bench "$dir" --out "$out/results.json" "$@" 2>&1 | tee "$out/bench.log"
+    python3 -m wsd.tuning.wgsl_bench "$dir" --out "$out/results.json" "$@" 2>&1 | tee "$out/bench.log"
 fi

@@ -23,10 +23,10 @@
 #                                  clip,unet,vae; OPTIONS e.g. --profile 30); needs .gl/ and .wgpuwhl/ carried
 #                                  (scripts/webgpu_env.sh); WEBGPU_TARGET=webgpu-native-subgroups
 #                                  times the bundle's subgroup kernel set instead
-#   gpu_perf.sh tune DIR           python -m wsd.cuda_bench DIR: build, check and time the
-#                                  tensor-core candidates of a `wsd.tune export --target cuda`
+#   gpu_perf.sh tune DIR           python -m wsd.tuning.cuda_bench DIR: build, check and time the
+#                                  tensor-core candidates of a `wsd.tuning.tune export --target cuda`
 #                                  folder (carried); results and references to $OUT, then
-#                                  `python -m wsd.tune admit` here
+#                                  `python -m wsd.tuning.tune admit` here
 #   gpu_perf.sh all                every step above after install, one after another
 #
 # With one call limited to 10 minutes, run the steps as separate calls (the machine keeps /tmp
@@ -148,10 +148,10 @@ webgpu() {  # webgpu DTYPE [PARTS [wsd bench options, e.g. --profile 30]]
         --torch-compile off --json "$OUT/$name.json" --markdown "$OUT/$name.md" "$@"
 }
 
-tune() {  # tune DIR: the folder of `python -m wsd.tune export --target cuda`
+tune() {  # tune DIR: the folder of `python -m wsd.tuning.tune export --target cuda`
     local dir=$1
     step "tune cuda $dir" "tune-cuda.log" \
-        $PY -m wsd.cuda_bench "$dir" --out "$OUT/cuda-results.json"
+        $PY -m wsd.tuning.cuda_bench "$dir" --out "$OUT/cuda-results.json"
     cp -r "$dir/refs" "$OUT/cuda-refs" 2>/dev/null || true
 }
 

@@ -1,16 +1,16 @@
-"""Which layout should WebGPU's attention kernel use? A wsd.wgsl_bench folder to find out.
+"""Which layout should WebGPU's attention kernel use? A wsd.tuning.wgsl_bench folder to find out.
 
-For every SD v1.5 attention shape (wsd.attention.SD15_SHAPES), in fp32 and fp16, the WGSL of
-wsd.attention's flash kernel in WebGPU's portable layout (the variant labelled "default") and
+For every SD v1.5 attention shape (wsd.kernels.attention.SD15_SHAPES), in fp32 and fp16, the WGSL of
+wsd.kernels.attention's flash kernel in WebGPU's portable layout (the variant labelled "default") and
 in each candidate layout below that fits WebGPU's default 16 KiB of workgroup storage, and of
-wsd.attention_rows' kernel in each of ROW_LAYOUTS that fits, with reference samples computed
+wsd.kernels.attention_rows' kernel in each of ROW_LAYOUTS that fits, with reference samples computed
 in float64 by numpy from the bench's hash inputs. The GPU machine checks every variant against them and times it
 (no TVM needed there):
 
     python scripts/webgpu_attention_layouts.py --out .tune/attn        # here, ~4 minutes
     bash scripts/device_wgsl_bench.sh .tune/attn --budget-ms 40 --rounds 2   # GPU machine
 
-A layout goes into wsd.attention.WEBGPU_LAYOUTS only if it is correct on every shape and
+A layout goes into wsd.kernels.attention.WEBGPU_LAYOUTS only if it is correct on every shape and
 faster than the portable one in the results (docs/PERF.md has the table).
 """
 
@@ -27,7 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsd import attention, attention_rows, tune, wgsl_bench  # noqa: E402
+from wsd.kernels import attention, attention_rows
+from wsd.tuning import tune
+from wsd import wgsl_bench  # noqa: E402
 
 
 # (threads y, threads x, score rows, score columns per thread); each also with P V's loop
@@ -37,7 +39,7 @@ LAYOUTS = [(16, 8, 2, 4), (8, 16, 4, 2), (8, 8, 4, 4), (16, 16, 4, 2), (16, 16, 
            (8, 8, 4, 8)]
 
 
-# wsd.attention_rows (one query row per invocation): rows per workgroup x keys per tile, for
+# wsd.kernels.attention_rows (one query row per invocation): rows per workgroup x keys per tile, for
 # head dims up to ROWS_MAX_DIM (its registers grow with the head dim)
 ROW_LAYOUTS = [(t, k) for t in (64, 128, 256) for k in (8, 16, 32, 48, 64)]
 ROWS_MAX_DIM = 160

@@ -33,7 +33,7 @@ RARE_CASE_SEEDS = {
 }
 
 # Prompts whose CLIP token ids are checked against transformers (tests/unit/test_tokenizer.py)
-# and, in the browser, web-tokenizers + the app against wsd.tokenizer (tests/web/test_browser.py).
+# and, in the browser, web-tokenizers + the app against wsd.runtime.tokenizer (tests/web/test_browser.py).
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 LONG = ", ".join(["a highly detailed oil painting of a majestic castle on a hill at sunset"] * 8)
 

@@ -32,7 +32,7 @@ def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False,
 
 
 def _build_library(args, log):
-    from wsd.build import TargetError, build
+    from wsd.compiler.pipeline import TargetError, build
     from wsd.models import load_model
 
     if args.target == "webgpu":
@@ -51,7 +51,7 @@ def cmd_generate(args) -> int:
     from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
-    from wsd.runtime import Pipeline, check_settings
+    from wsd.runtime.pipeline import Pipeline, check_settings
 
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     check_settings(args.steps, args.guidance_scale, seed)
@@ -91,7 +91,7 @@ def cmd_build(args) -> int:
 
 
 def _build_bundle(args) -> int:
-    from wsd.bundle import build_bundle
+    from wsd.web.bundle import build_bundle
     from wsd.models import load_model
 
     if not args.out:
@@ -102,7 +102,7 @@ def _build_bundle(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from wsd.serve import make_server
+    from wsd.web.serve import make_server
 
     server = make_server(args.dir, args.host, args.port)
     host, port = server.server_address[:2]
@@ -121,7 +121,7 @@ def cmd_serve(args) -> int:
 
 def cmd_verify(args) -> int:
     from wsd.models import load_model
-    from wsd.verify import format_report, verify_layers
+    from wsd.checks.verify import format_report, verify_layers
 
     model = load_model(args.model)
     rows = verify_layers(model, target=args.target, dtype=args.dtype,
@@ -131,7 +131,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from wsd import bench
+    from wsd.bench import run as bench
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     options = ["model", "target", "dtype", "parts", "height", "width", "repeat", "warmup",
@@ -149,7 +149,7 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from wsd.bench import TARGETS as bench_targets
+    from wsd.bench.run import TARGETS as bench_targets
 
     p = argparse.ArgumentParser(prog="wsd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -212,10 +212,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from wsd.build import TargetError
-    from wsd.bundle import BundleError
-    from wsd.serve import ServeError
-    from wsd.webapp import WebAppError
+    from wsd.compiler.pipeline import TargetError
+    from wsd.web.bundle import BundleError
+    from wsd.web.serve import ServeError
+    from wsd.web.app import WebAppError
 
     try:
         return args.func(args)

@@ -1,4 +1,4 @@
-"""Our attention kernel (wsd.attention) against PyTorch's SDPA at SD v1.5's shapes.
+"""Our attention kernel (wsd.kernels.attention) against PyTorch's SDPA at SD v1.5's shapes.
 
 - llvm: the kernel the pass puts in every build (CPU layout: same tiles, masks and online
   softmax as the GPU layout), fp32 and fp16, real sequence lengths and head dims with small
@@ -9,7 +9,7 @@
 - The lowered GPU module for full SD shapes holds no buffer anywhere near the score matrix
   (and the same check finds TVM's default lowering's 1 GiB one).
 - The GPU kernels stay within WebGPU's default limits and build for CUDA.
-- CUDA's tensor-core kernel (wsd.attention_wmma): chosen for fp16 where it applies, built for
+- CUDA's tensor-core kernel (wsd.kernels.attention_wmma): chosen for fp16 where it applies, built for
   every SD v1.5 UNet shape here; on a CUDA GPU (marked gpu) the whole pass for CUDA, both
   kernels, against torch at every case.
 """
@@ -24,9 +24,11 @@ import torch
 import tvm
 from tvm import relax
 
-import wsd.optimize
-from wsd import attention, attention_wmma, build, limits
-from wsd.bundle import webgpu_target
+import wsd.compiler.optimize
+from wsd.kernels import attention, attention_wmma
+from wsd.compiler import pipeline as build
+from wsd.web import limits
+from wsd.web.bundle import webgpu_target
 
 # name: (batch, q_len, kv_len, heads, head_dim). SD v1.5 at 512x512: UNet self-attention over
 # 64x64 / 32x32 / 16x16 / 8x8 latents with 8 heads of 40 / 80 / 160 / 160, cross-attention
@@ -167,7 +169,7 @@ def test_gpu_kernels_within_webgpu_defaults(dtype):
 @pytest.mark.parametrize("key", list(attention.WEBGPU_LAYOUTS), ids=str)
 def test_webgpu_build_takes_the_measured_layout(key):
     """The pass on a webgpu target lays out a shape of a measured head dim and dtype as
-    WEBGPU_LAYOUTS says (threads per workgroup; for wsd.attention_rows' kernel also the key
+    WEBGPU_LAYOUTS says (threads per workgroup; for wsd.kernels.attention_rows' kernel also the key
     tile), other head dims in the portable layout."""
     d, dtype = key
     cases = {"measured": (2, 64, 64, 2, d), "other": (2, 64, 64, 2, 24)}
@@ -285,7 +287,7 @@ def test_no_score_matrix_in_lowered_gpu_module(dtype):
 def test_the_check_finds_the_default_score_matrix(monkeypatch):
     """The same inspection on TVM's default lowering (our pass switched off) finds the 1 GiB
     float32 score matrix of the UNet's first self-attention: the check above can fail."""
-    monkeypatch.setattr(wsd.optimize, "flash_attention",
+    monkeypatch.setattr(wsd.compiler.optimize, "flash_attention",
                         lambda target: tvm.transform.Sequential([]))
     mod = attention_module({"unet64-self": SD15["unet64-self"]}, "float32")
     _, scratch = _largest_buffers(_lowered(mod, webgpu_target()))
@@ -309,7 +311,7 @@ WEBGPU_CASES = {
 
 @pytest.fixture(scope="module")
 def webgpu():
-    from wsd import webgpu_native
+    from wsd.runtime import webgpu_native
 
     reason = webgpu_native.available()
     if reason:
@@ -323,7 +325,7 @@ def test_webgpu_matches_torch_and_llvm(webgpu, dtype, layout, monkeypatch):
     """WebGPU's layouts (the measured ones where WEBGPU_LAYOUTS has the head dim, the
     portable one everywhere), CUDA's thread and register tiling (within WebGPU's storage
     default, so that lavapipe runs it): the same program logic the CUDA build runs; and
-    wsd.attention_rows' kernel for every head dim whose K and V tiles of 8 keys fit (the VAE's
+    wsd.kernels.attention_rows' kernel for every head dim whose K and V tiles of 8 keys fit (the VAE's
     512 falls back to the portable layout), partial key tiles included."""
     if dtype == "float16" and not webgpu.gpu().shader_f16:
         pytest.skip("adapter without shader-f16")

@@ -2,8 +2,8 @@
 
 import pytest
 
-import wsd.build
-from wsd.build import build, library_key, make_target
+import wsd.compiler.pipeline
+from wsd.compiler.pipeline import build, library_key, make_target
 from wsd.models import load_model
 
 
@@ -14,13 +14,13 @@ def test_second_build_is_served_from_cache(monkeypatch):
     def no_tracing(*_args, **_kwargs):
         raise AssertionError("a cached library was traced again")
 
-    monkeypatch.setattr(wsd.build, "trace_model", no_tracing)
+    monkeypatch.setattr(wsd.compiler.pipeline, "trace_model", no_tracing)
     messages = []
     second = build(model, "llvm", "float32", log=messages.append)
     assert second.path == first.path
     assert any("using cached library" in m for m in messages)
     assert set(second.meta["functions"]) == {"encode_text", "unet_guided", "unet", "decode"}
-    # llvm reads linear weights as (K, N): the build stores them so (wsd.layout.WeightLayouts)
+    # llvm reads linear weights as (K, N): the build stores them so (wsd.compiler.layout.WeightLayouts)
     assert [1, 0] in second.meta["functions"]["unet"]["weight_layouts"]
 
 
@@ -47,7 +47,7 @@ def test_weights_do_not_change_the_key():
 
 def test_cache_location_override(monkeypatch, tmp_path):
     monkeypatch.setenv("WSD_CACHE", str(tmp_path))
-    assert wsd.build.cache_dir() == tmp_path
+    assert wsd.compiler.pipeline.cache_dir() == tmp_path
 
 
 def test_bad_dtype_is_refused():

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from wsd.build import build
+from wsd.compiler.pipeline import build
 from wsd.models import load_model
-from wsd.reference import Reference, Settings
-from wsd.runtime import Pipeline
+from wsd.checks.reference import Reference, Settings
+from wsd.runtime.pipeline import Pipeline
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 SCHEDULERS = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")

@@ -1,4 +1,4 @@
-"""wsd.group_norm (partial sums over pixel chunks, group totals, fused apply) against
+"""wsd.kernels.group_norm (partial sums over pixel chunks, group totals, fused apply) against
 PyTorch's group norm, in both layouts the build uses, at sizes that exercise the chunking:
 pixel counts with no power-of-two factor, fewer pixels than one chunk, more chunks than
 MAX_CHUNKS would allow at the minimum chunk size."""
@@ -11,8 +11,8 @@ import torch
 import tvm
 from tvm import relax
 
-from wsd import build
-from wsd.group_norm import MAX_CHUNKS, MIN_CHUNK, _chunk
+from wsd.compiler import pipeline as build
+from wsd.kernels.group_norm import MAX_CHUNKS, MIN_CHUNK, _chunk
 
 CASES = {  # name: (batch, channels, height, width, groups)
     "unet-like": (2, 64, 16, 16, 32),

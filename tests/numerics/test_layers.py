@@ -14,8 +14,8 @@ import pytest
 import tvm
 
 from tests.cases import TINY_BLOCK_KINDS
-from wsd import verify
-from wsd.build import make_target
+from wsd.checks import verify
+from wsd.compiler.pipeline import make_target
 from wsd.models import load_model
 
 HAS_CUDA = tvm.cuda(0).exist

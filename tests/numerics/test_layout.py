@@ -1,4 +1,4 @@
-"""wsd.layout's rewrites (channels-last convolutions, NT linear layers, permutes folded) keep
+"""wsd.compiler.layout's rewrites (channels-last convolutions, NT linear layers, permutes folded) keep
 every block's numbers: they run on CUDA builds, and here on llvm with the same rewrites
 forced, one block per kind of the tiny model against fp32 PyTorch."""
 
@@ -8,9 +8,11 @@ import pytest
 import tvm
 from tvm import relax
 
-from wsd import bench, layout, optimize, verify
+from wsd.bench import run as bench
+from wsd.compiler import layout, optimize
+from wsd.checks import verify
 from wsd.models import load_model
-from wsd.trace import resolve_size, trace_model
+from wsd.compiler.trace import resolve_size, trace_model
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_cuda_graph_reads_weights_as_stored():
 def test_cuda_passes_take_every_function():
     """The whole module the build compiles (every model part and the samplers' functions)
     goes through CUDA's graph passes; the block sweep above sees only pieces of it."""
-    from wsd.build import add_scheduler_functions
+    from wsd.compiler.pipeline import add_scheduler_functions
 
     model = load_model("tiny")
     traced = trace_model(model, *resolve_size(model, None, None), "float16")
@@ -73,7 +75,7 @@ def test_cuda_passes_take_every_function():
 def _weight_only_kernels(target: tvm.target.Target, weight_layouts) -> dict[str, list[str]]:
     """{function: kernels whose every argument is a weight} after the build's graph passes
     and its reshape rewrite (weight reshapes become views there, and cost nothing)."""
-    from wsd import schedule
+    from wsd.compiler import schedule
 
     model = load_model("tiny")
     traced = trace_model(model, *resolve_size(model, None, None), "float16")
@@ -136,15 +138,15 @@ def test_weight_layouts_record_each_permute():
 
 def test_weights_stored_permuted_match_pytorch(cuda_layouts_on_llvm):
     """The VAE decoder compiled with CUDA's layouts (forced on llvm) and its weights stored
-    permuted, uploaded as wsd.runtime uploads them (the layouts from the build's meta),
+    permuted, uploaded as wsd.runtime.pipeline uploads them (the layouts from the build's meta),
     against fp32 PyTorch."""
     import numpy as np
     import torch
 
-    from wsd import build
-    from wsd.executor import Executor
-    from wsd.runtime import upload_weights
-    from wsd.trace import example_inputs
+    from wsd.compiler import pipeline as build
+    from wsd.runtime.executor import Executor
+    from wsd.runtime.pipeline import upload_weights
+    from wsd.compiler.trace import example_inputs
 
     model = load_model("tiny")
     size = resolve_size(model, None, None)

@@ -19,7 +19,9 @@ import tvm
 from tvm.script import relax as R
 
 from tests.cases import TINY_BLOCK_KINDS
-from wsd import verify, webgpu_native, wgsl_bench
+from wsd.checks import verify
+from wsd.runtime import webgpu_native
+from wsd.tuning import wgsl_bench
 from wsd.models import load_model
 
 TARGET = webgpu_native.TARGET_NAME
@@ -201,10 +203,10 @@ def _shaders_in_wasm(wasm: bytes) -> dict[str, str]:
 @pytest.mark.slow
 def test_kernels_are_the_bundles(tmp_path):
     """The WGSL the executor runs is, byte for byte, the WGSL in the browser bundle."""
-    from wsd.build import add_scheduler_functions
-    from wsd.bundle import BundleError, build_bundle
-    from wsd.layout import WeightLayouts
-    from wsd.trace import resolve_size, trace_model
+    from wsd.compiler.pipeline import add_scheduler_functions
+    from wsd.web.bundle import BundleError, build_bundle
+    from wsd.compiler.layout import WeightLayouts
+    from wsd.compiler.trace import resolve_size, trace_model
 
     model = _tiny()
     try:
@@ -246,7 +248,7 @@ class _LayerNorm:
 def test_subgroup_kernel_set_reduces_through_shuffles():
     """The subgroup set's reductions are shuffle trees over 32 lanes and its WGSL enables
     subgroups; the portable set has neither. For naga the `enable` line goes, nothing else."""
-    from wsd.bundle import SUBGROUP_SIZE, webgpu_target
+    from wsd.web.bundle import SUBGROUP_SIZE, webgpu_target
 
     portable, subgroups = (
         "".join(k.wgsl for k in webgpu_native.compile_program(
@@ -262,8 +264,8 @@ def test_subgroup_kernel_set_reduces_through_shuffles():
 def test_subgroup_kernel_set_needs_subgroups_of_32(webgpu):
     """The subgroup target runs only where every kernel gets subgroups of 32 (the WGSL's
     shuffle trees assume it); elsewhere it is refused, naming what the adapter has."""
-    from wsd import bench
-    from wsd.build import TargetError
+    from wsd.bench import run as bench
+    from wsd.compiler.pipeline import TargetError
 
     assert bool(webgpu.subgroup_sizes) == ("subgroup" in webgpu.device.features)
     name = webgpu_native.SUBGROUPS_TARGET_NAME
@@ -361,7 +363,7 @@ def test_profile_needs_timestamps(webgpu, chain):
 def unet_bench(webgpu):
     """`wsd bench --target webgpu-native --parts unet` on the tiny model (fp32, 2 repeats),
     and the WebGPUModelBench it ran."""
-    from wsd import bench
+    from wsd.bench import run as bench
 
     made = []
 
@@ -380,7 +382,7 @@ def unet_bench(webgpu):
 def test_bench_row_is_the_webgpu_build_next_to_pytorch(webgpu, unet_bench):
     import torch
 
-    from wsd import bench
+    from wsd.bench import run as bench
 
     report, mb = unet_bench
     (row,) = report.rows
@@ -401,7 +403,7 @@ def test_bench_times_the_gpu_and_keeps_the_weights(unet_bench):
     its figure is the GPU's: a host slowed down while encoding shows in the encode time."""
     import time
 
-    from wsd import bench
+    from wsd.bench import run as bench
 
     _, mb = unet_bench
     prep = mb.prepare_part("unet")

@@ -1,6 +1,6 @@
 """Per model, TVM next to PyTorch on the same device: CLIP (`encode_text`), the UNet step with
 guidance (`unet_guided`, batch 2 inside), the VAE decoder (`decode`), a whole image (20 steps,
-wsd.runtime.Pipeline against diffusers' StableDiffusionPipeline), in fp32 and fp16; and the
+wsd.runtime.pipeline.Pipeline against diffusers' StableDiffusionPipeline), in fp32 and fp16; and the
 pipeline's memory (weights + planned activations from the build; measured on CUDA).
 
 `--perf-model tiny` (default) runs in minutes on a CPU; `--perf-model sd15` is SD v1.5 at
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsd import bench
+from wsd.bench import run as bench
 
 IMPLS = ("torch", "torch.compile", "tvm")
 PARTS = ("clip", "unet", "vae", "image")

@@ -1,4 +1,4 @@
-"""Every stored tuned-schedule record must still earn its place (wsd/tuned/<target>.json).
+"""Every stored tuned-schedule record must still earn its place (wsd/kernels/gemm/tuned/<target>.json).
 
 - well formed, admitted with a measured win (anywhere), inside its target's limits (WebGPU's
   portable ones; CUDA's threads and shared memory);
@@ -9,11 +9,11 @@
 - on a GPU WebGPU adapter: the tuned kernel matches the llvm reference and dlight's output,
   and runs faster than dlight's default schedule in the same run;
 - on an NVIDIA GPU: the same for the CUDA records (built with nvcc, against the SIMT
-  reference of wsd.cuda_bench).
+  reference of wsd.tuning.cuda_bench).
 
 The WebGPU check runs where a WebGPU adapter on a GPU exists. On a machine without TVM,
 point WSD_BENCH_DIR at a folder made here by
-`python -m wsd.tune export --records --out DIR` and run `pytest tests/perf/test_records.py`
+`python -m wsd.tuning.tune export --records --out DIR` and run `pytest tests/perf/test_records.py`
 there. On a CPU adapter (Mesa's lavapipe) timings say nothing about GPUs: that check skips.
 """
 
@@ -76,7 +76,7 @@ def test_record_admitted_on_evidence(target, key, record):
     elif record["rule"] == "tensor_core_matmul":
         assert target == "cuda", "tensor-core records are CUDA's"
         pytest.importorskip("tvm")
-        from wsd.schedules import tensor_core_matmul
+        from wsd.kernels.gemm import tensor_core_matmul
 
         tensor_core_matmul.Config.from_json(p).check()  # threads, tiles, shared memory
     else:
@@ -88,15 +88,15 @@ def test_record_still_schedules(target, key, record):
     """Stored kernel -> same key; the rule applies; TVM lowers it (CUDA) and the WGSL stays
     inside portable limits (WebGPU)."""
     pytest.importorskip("tvm")
-    from wsd import tune
-    from wsd.schedules import records
+    from wsd.tuning import tune
+    from wsd.kernels.gemm import records
 
     func = records.record_func(record)
     assert records.workload_key(func) == key
     sch = records.schedule_record(func, record)
     assert sch is not None, "the rule no longer matches this kernel"
     if target == "cuda":
-        from wsd import cuda_bench
+        from wsd.tuning import cuda_bench
 
         cuda_bench.lower_kernel(sch.mod["main"], tune.target_of("cuda"))
         return
@@ -115,7 +115,7 @@ def test_records_match_the_model(target):
     """Every record is a kernel of today's SD v1.5 build for its target (else it is dead
     weight), in the dtype it was measured in."""
     pytest.importorskip("tvm")
-    from wsd import tune
+    from wsd.tuning import tune
 
     stale = []
     mine = [(k, r) for t, k, r in RECORDS if t == target]
@@ -132,8 +132,8 @@ def _bench_folder(tmp_path_factory) -> Path:
     if folder:
         return Path(folder)
     pytest.importorskip("tvm")
-    from wsd import tune
-    from wsd.schedules import records
+    from wsd.tuning import tune
+    from wsd.kernels.gemm import records
 
     db = records.load("webgpu")
     works = tune.record_workloads(db)
@@ -145,7 +145,7 @@ def _bench_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gpu_runner():
-    wgsl_bench = pytest.importorskip("wsd.wgsl_bench")
+    wgsl_bench = pytest.importorskip("wsd.tuning.wgsl_bench")
     pytest.importorskip("wgpu")
     try:
         runner = wgsl_bench.Runner(portable=True)
@@ -162,8 +162,8 @@ WEBGPU = [(k, r) for t, k, r in RECORDS if t == "webgpu"]
 
 @pytest.mark.parametrize("key,record", WEBGPU, ids=[f"{r['name']}:{k}" for k, r in WEBGPU])
 def test_record_earns_its_place(gpu_runner, tmp_path_factory, key, record):
-    from wsd import wgsl_bench
-    from wsd.schedules import records
+    from wsd.tuning import wgsl_bench
+    from wsd.kernels.gemm import records
 
     folder = _earn_folder(tmp_path_factory)
     manifest = wgsl_bench.load_manifest(folder)
@@ -199,12 +199,12 @@ CUDA = [(k, r) for t, k, r in RECORDS if t == "cuda"]
 @pytest.fixture(scope="module")
 def cuda_folder(tmp_path_factory):
     """The CUDA records' kernels (default vs record) built on this machine's NVIDIA GPU,
-    with their SIMT references (wsd.cuda_bench)."""
+    with their SIMT references (wsd.tuning.cuda_bench)."""
     tvm = pytest.importorskip("tvm")
     if not tvm.cuda(0).exist:
         pytest.skip("no CUDA GPU here")
-    from wsd import cuda_bench, tune
-    from wsd.schedules import records
+    from wsd.tuning import cuda_bench, tune
+    from wsd.kernels.gemm import records
 
     gpu = tvm.target.Target.from_device(tvm.cuda(0))
     db = records.load("cuda")
@@ -223,13 +223,13 @@ def cuda_folder(tmp_path_factory):
 
 @pytest.mark.parametrize("key,record", CUDA, ids=[f"{r['name']}:{k}" for k, r in CUDA])
 def test_cuda_record_earns_its_place(cuda_folder, key, record):
-    from wsd import wgsl_bench
+    from wsd.tuning import wgsl_bench
 
     folder, runner = cuda_folder
     kernel = next((k for k in wgsl_bench.load_manifest(folder)["kernels"] if k["key"] == key),
                   None)
     if kernel is None:
-        pytest.skip("this GPU cannot run the record (wsd.schedules.records.runs_on)")
+        pytest.skip("this GPU cannot run the record (wsd.kernels.gemm.records.runs_on)")
     res = wgsl_bench.check_kernel(runner, folder, kernel, repeat=50, rounds=3,
                                   log=lambda *_: None)
     default, tuned = res["default"], res["record"]

@@ -1,9 +1,9 @@
-"""Our tensor-core GEMM rule (wsd.schedules.tensor_core_matmul) and the CUDA half of the
-tuning flow (wsd.tune export --target cuda, wsd.cuda_bench).
+"""Our tensor-core GEMM rule (wsd.kernels.gemm.tensor_core_matmul) and the CUDA half of the
+tuning flow (wsd.tuning.tune export --target cuda, wsd.tuning.cuda_bench).
 
 Everywhere: which kernels the rule takes, which parameters it refuses, and that TVM lowers
 what it schedules to wmma with cp.async copies. On an NVIDIA GPU: the scheduled kernels match
-the reference and dlight's default (wsd.cuda_bench, the bench the admission gate reads).
+the reference and dlight's default (wsd.tuning.cuda_bench, the bench the admission gate reads).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from wsd import cuda_bench, tune, wgsl_bench  # noqa: E402
-from wsd.schedules import records, tensor_core_matmul as tc, tiled_matmul  # noqa: E402
+from wsd.tuning import cuda_bench, tune
+from wsd import wgsl_bench  # noqa: E402
+from wsd.kernels.gemm import records, tensor_core_matmul as tc, tiled_matmul  # noqa: E402
 
 
 def _conv(n, c, h, w_, f, k, dtype="float16", residual=False):

@@ -16,12 +16,13 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from wsd import tune, wgsl_bench  # noqa: E402
-from wsd.schedules import records, tiled_matmul  # noqa: E402
+from wsd.tuning import tune
+from wsd import wgsl_bench  # noqa: E402
+from wsd.kernels.gemm import records, tiled_matmul  # noqa: E402
 
 
 def _product(bb, y, dtype):
-    """fp16 as wsd's importer emits it (wsd.trace_ops): fp32 sums, cast to fp16."""
+    """fp16 as wsd's importer emits it (wsd.compiler.trace_ops): fp32 sums, cast to fp16."""
     return y if dtype == "float32" else bb.emit(relax.op.astype(y, dtype))
 
 

@@ -1,4 +1,4 @@
-"""The benchmark library's own logic (wsd.bench, wsd.memory), on small inputs: the timing
+"""The benchmark library's own logic (wsd.bench.run, wsd.compiler.memory), on small inputs: the timing
 loop, FLOP counting, ratios and tables, kernel kinds, the kernel comparison and the memory
 analysis. The benchmarks themselves are in tests/perf (run explicitly)."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsd import bench
+from wsd.bench import run as bench
 
 
 def test_measure_warms_up_then_times_each_repeat():
@@ -87,8 +87,8 @@ def _small_matmul_bias():
     """A fused kernel as the build makes it: (2, 16, 8) @ (8, 12) + bias."""
     import tvm
 
-    from wsd import optimize
-    from wsd.trace import to_relax
+    from wsd.compiler import optimize
+    from wsd.compiler.trace import to_relax
 
     lin = torch.nn.Linear(8, 12)
     func, _ = to_relax(lin, (torch.randn(2, 16, 8),))
@@ -126,11 +126,11 @@ def test_fused_reference_matches_the_kernel_kind():
                                         ("unet_guided", "attention"),
                                         ("decode", "conv2d_add_add_divide")])
 def test_fused_reference_follows_cuda_layouts(monkeypatch, part, kind):
-    """With CUDA's layouts (wsd.layout, forced here on llvm) kernels read NHWC data, OHWI and
+    """With CUDA's layouts (wsd.compiler.layout, forced here on llvm) kernels read NHWC data, OHWI and
     (N, K) weights: the PyTorch counterparts still compute the same thing. Attention stays
     BSNH; the decoder's convolutions are wider than they have channels (a stride read from
     the NHWC output shape would be wrong)."""
-    from wsd import layout
+    from wsd.compiler import layout
     from wsd.models import load_model
 
     monkeypatch.setitem(layout.CONV_LAYOUTS, "llvm", layout.CONV_LAYOUTS["cuda"])
@@ -148,8 +148,8 @@ def test_memory_workspace_and_plan():
     import tvm
     from tvm import relax, te
 
-    from wsd import memory
-    from wsd.build import pipeline
+    from wsd.compiler import memory
+    from wsd.compiler.pipeline import pipeline
 
     def two_stage(a):
         doubled = te.compute(a.shape, lambda i, j: a[i, j] * 2.0, name="doubled")
@@ -191,21 +191,21 @@ def test_random_arrays_are_seeded():
 
 
 def test_editing_the_benchmarks_keeps_compiled_libraries(tmp_path, monkeypatch):
-    """wsd/bench.py is not compiler source: editing it must not invalidate the library cache
+    """wsd/bench/run.py is not compiler source: editing it must not invalidate the library cache
     (a SD v1.5 CUDA build takes minutes); editing a compiler file must."""
     import shutil
     from pathlib import Path
 
-    import wsd.build as build
+    import wsd.compiler.pipeline as build
 
     pkg = tmp_path / "wsd"
-    shutil.copytree(Path(build.__file__).parent, pkg,
+    shutil.copytree(Path(build.__file__).parents[1], pkg,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(build, "__file__", str(pkg / "build.py"))
+    monkeypatch.setattr(build, "__file__", str(pkg / "compiler" / "pipeline.py"))
     before = build._compiler_fingerprint()
-    (pkg / "bench.py").write_text((pkg / "bench.py").read_text() + "\n# edited\n")
+    (pkg / "bench/run.py").write_text((pkg / "bench/run.py").read_text() + "\n# edited\n")
     assert build._compiler_fingerprint() == before
-    (pkg / "memory.py").write_text((pkg / "memory.py").read_text() + "\n# edited\n")
+    (pkg / "compiler/memory.py").write_text((pkg / "compiler/memory.py").read_text() + "\n# edited\n")
     assert build._compiler_fingerprint() != before
 
 

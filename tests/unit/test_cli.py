@@ -18,7 +18,7 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """The tiny model written as a diffusers-format folder, as users have checkpoints."""
-    from wsd.reference import Reference
+    from wsd.checks.reference import Reference
 
     folder = tmp_path_factory.mktemp("models") / "tiny-sd"
     Reference(load_model("tiny")).save(folder)

@@ -1,4 +1,4 @@
-"""wsd.cuda_arch: what a CUDA target's architecture allows."""
+"""wsd.kernels.gemm.cuda_arch: what a CUDA target's architecture allows."""
 
 import pytest
 

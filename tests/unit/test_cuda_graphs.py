@@ -1,4 +1,4 @@
-"""CUDA builds capture their kernel runs as CUDA graphs (wsd.build.cuda_graphs).
+"""CUDA builds capture their kernel runs as CUDA graphs (wsd.compiler.pipeline.cuda_graphs).
 
 On the tiny model's guided UNet step, lowered for an sm_90 target (no GPU needed): nearly every
 kernel call moves into one captured function, the rest (kernels reading the step's inputs) stay
@@ -12,7 +12,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from wsd import build, memory, trace
+from wsd.compiler import pipeline as build, memory, trace
 from wsd.models import load_model
 
 SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,

@@ -1,9 +1,9 @@
-"""wsd.limits: reading WGSL workgroup needs, kernels' global buffers, the pooled memory plan,
+"""wsd.web.limits: reading WGSL workgroup needs, kernels' global buffers, the pooled memory plan,
 and the check against WebGPU's default limits."""
 
 from tvm import te
 
-from wsd import limits
+from wsd.web import limits
 
 MiB = 1 << 20
 

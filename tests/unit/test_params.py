@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from wsd.build import function_meta
+from wsd.compiler.pipeline import function_meta
 from wsd.models import load_model
-from wsd.params import (ShardError, collect_weights, load_tensor_cache, tensor_name,
+from wsd.runtime.weights import (ShardError, collect_weights, load_tensor_cache, tensor_name,
                         verify_tensor_cache, write_tensor_cache)
-from wsd.trace import trace_model
+from wsd.compiler.trace import trace_model
 
 DTYPES = ("float32", "float16")
 PART_PREFIX = {"encode_text": ("text_encoder", "text_encoder."), "unet_guided": ("unet", "unet."),
@@ -278,7 +278,7 @@ def test_plain_dict_mixed_dtypes(tmp_path):
 
 
 def test_weights_collected_in_their_stored_layouts(model):
-    """A build's weight_layouts (wsd.layout.WeightLayouts) permute the tensors as collected;
+    """A build's weight_layouts (wsd.compiler.layout.WeightLayouts) permute the tensors as collected;
     a weight two functions share must be stored one way."""
     meta = function_meta(trace_model(model, 128, 128, "float32"))
     plain = collect_weights(model, meta)

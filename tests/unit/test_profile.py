@@ -1,4 +1,4 @@
-"""wsd.profile: each call of a compiled function timed through the VM instrument."""
+"""wsd.bench.profile: each call of a compiled function timed through the VM instrument."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import tvm
 from tvm import relax
 
-from wsd import build, profile
-from wsd.bench import kind_of
+from wsd.compiler import pipeline as build
+from wsd.bench import profile
+from wsd.bench.run import kind_of
 
 
 @pytest.fixture(scope="module")

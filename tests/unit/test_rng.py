@@ -1,6 +1,6 @@
-"""wsd.rng must reproduce torch's CPU generator / randn.  All reference values
+"""wsd.runtime.rng must reproduce torch's CPU generator / randn.  All reference values
 come from torch (in this process, or in a subprocess with a forced
-ATEN_CPU_CAPABILITY), never from wsd.rng itself."""
+ATEN_CPU_CAPABILITY), never from wsd.runtime.rng itself."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from tests.cases import RARE_CASE_SEEDS  # noqa: E402
 from wsd import rng  # noqa: E402
-from wsd.rng import TorchGenerator, randn  # noqa: E402
+from wsd.runtime.rng import TorchGenerator, randn  # noqa: E402
 
 CAPABILITY = torch.backends.cpu.get_cpu_capability()
 # torch has no AVX512 normal kernel: AVX512 builds fall back to the AVX2 one.

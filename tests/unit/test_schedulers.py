@@ -1,6 +1,6 @@
 """The five samplers against diffusers' schedulers, step by step.
 
-The per-step math runs compiled (llvm) through wsd.executor.Executor; the reference is the
+The per-step math runs compiled (llvm) through wsd.runtime.executor.Executor; the reference is the
 diffusers scheduler built from the same config, driven as StableDiffusionPipeline drives it
 (scale_model_input, then step), fed the same random "model outputs" at every step.
 """
@@ -16,8 +16,8 @@ import tvm
 
 import diffusers
 from tests.cases import SCHEDULER_VARIANTS, SD15
-from wsd.executor import Executor
-from wsd.schedulers import (SCHEDULERS, diffusers_scheduler, make_scheduler,
+from wsd.runtime.executor import Executor
+from wsd.samplers import (SCHEDULERS, diffusers_scheduler, make_scheduler,
                             relax_functions)
 
 diffusers.utils.logging.set_verbosity_error()  # from_config's "unexpected keys" notes
@@ -38,7 +38,7 @@ def run():
 
 
 class TorchRng:
-    """Same interface as wsd.rng.TorchGenerator: torch.randn on a CPU torch.Generator."""
+    """Same interface as wsd.runtime.rng.TorchGenerator: torch.randn on a CPU torch.Generator."""
 
     def __init__(self, seed: int):
         self.generator = torch.Generator("cpu").manual_seed(seed)

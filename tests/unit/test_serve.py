@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from wsd.cli import main
-from wsd.serve import ServeError, make_server, resolve_inside
+from wsd.web.serve import ServeError, make_server, resolve_inside
 
 
 @pytest.fixture

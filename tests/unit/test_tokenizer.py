@@ -1,4 +1,4 @@
-"""wsd.tokenizer vs transformers' CLIPTokenizer (what diffusers uses).
+"""wsd.runtime.tokenizer vs transformers' CLIPTokenizer (what diffusers uses).
 
 Expected ids come from transformers (fed with vocab files we write) or from
 published values, never from our own code. Needs open_clip_torch (vocabulary
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsd.tokenizer import CLIPTokenizer
+from wsd.runtime.tokenizer import CLIPTokenizer
 
 if importlib.util.find_spec("open_clip") is None:
     pytest.skip("needs open_clip_torch: pip install --no-deps open_clip_torch", allow_module_level=True)
@@ -306,7 +306,7 @@ def test_missing_open_clip_gives_install_hint(monkeypatch):
 
 
 def test_runs_without_transformers_torch_or_open_clip_imports():
-    code = ("import sys; from wsd.tokenizer import CLIPTokenizer; t = CLIPTokenizer.default(); t('a cat'); "
+    code = ("import sys; from wsd.runtime.tokenizer import CLIPTokenizer; t = CLIPTokenizer.default(); t('a cat'); "
             "bad = [m for m in ('open_clip', 'transformers', 'torch', 'tokenizers') if m in sys.modules]; "
             "assert not bad, bad")
     root = Path(__file__).resolve().parents[2]

@@ -54,7 +54,7 @@ def tiny_bundle_fp16(web_runtime, tmp_path_factory) -> Path:
 def serving(directory):
     """`wsd serve DIR` on a free port in this process: yields (base URL, request log), the
     log being a list of (path, status) in arrival order."""
-    from wsd.serve import make_server
+    from wsd.web.serve import make_server
 
     log: list[tuple[str, int]] = []
     server = make_server(directory, port=0, quiet=True,

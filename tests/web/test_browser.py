@@ -111,7 +111,7 @@ def test_other_seed_differs(app):
 
 
 def test_tokenizer_matches_python(app):
-    """web-tokenizers + the app's bos/eos/padding give wsd.tokenizer's ids, prompt by prompt."""
+    """web-tokenizers + the app's bos/eos/padding give wsd.runtime.tokenizer's ids, prompt by prompt."""
     from wsd.models import load_model
 
     tokenizer = load_model("tiny").tokenizer()

@@ -1,4 +1,4 @@
-"""`wsd build --target webgpu --out DIR` writes a browser bundle (wsd.bundle), and its
+"""`wsd build --target webgpu --out DIR` writes a browser bundle (wsd.web.bundle), and its
 model.wasm runs under node with tvmjs on WebGPU: the `ddim_step` scheduler kernel, called
 through the Relax VM, equals numpy's evaluation of the same formula.
 
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from wsd.cli import main
-from wsd.limits import page_round
+from wsd.web.limits import page_round
 from wsd.models import load_model
-from wsd.params import read_manifest, verify_tensor_cache
+from wsd.runtime.weights import read_manifest, verify_tensor_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
@@ -164,7 +164,7 @@ def test_ddim_step_on_webgpu(bundle):
           f"wall {time.time() - t0:.1f} s")
     assert res["shape"] == shape
     got = np.array(res["out"], np.float32).reshape(shape)
-    # wsd/schedulers/ddim.py, the same float32 op order
+    # wsd/samplers/ddim.py, the same float32 op order
     b, a, a_prev, d = coeffs
     ref = a_prev * ((sample - b * model_output) / a) + d * model_output
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)

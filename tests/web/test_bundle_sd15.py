@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from wsd import limits
+from wsd.web import limits
 from wsd.cli import main
-from wsd.params import read_manifest
+from wsd.runtime.weights import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

@@ -37,7 +37,7 @@ def _check(image, expected, label):
 
 
 def test_fp16_end_to_end_on_wgpu(tiny_bundle_fp16, tmp_path):
-    from wsd.webapp import bundle_script
+    from wsd.web.app import bundle_script
 
     if not DENO.exists():
         pytest.skip("npm `deno` not installed in web/ (npm install in web/)")

@@ -3,7 +3,7 @@
 A small node driver (written to tmp_path) imports web/src/rng.js, replays a list
 of (seed, calls-in-sequence) cases on one TorchGenerator each and prints every
 result as base64 of its float32 bytes.  Every value is compared with torch
-(a CPU generator in this process), never with wsd/rng.py.
+(a CPU generator in this process), never with wsd/runtime/rng.py.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ SEQUENCE += [[1, 1, 5], LATENT, [15]]
 DEFAULT_KERNEL_SEEDS = [0, 1, 2, 2**32 + 9, -7]
 DEFAULT_KERNEL_SHAPES = [LATENT, SMALL_LATENT, [17], [3], [31], [1], [1000]]
 # torch's scalar kernel calls glibc logf/cosf/sinf (not correctly rounded); rng.js
-# rounds the engine's float64 Math.log/cos/sin instead (wsd/rng.py measured 3 ulp)
+# rounds the engine's float64 Math.log/cos/sin instead (wsd/runtime/rng.py measured 3 ulp)
 DEFAULT_KERNEL_MAX_ULP = 3
 
 SEEDS = [0, 42, 2**32 + 3, 2**64 - 1, -1, -(2**63), 1234, 2**63 + 5]

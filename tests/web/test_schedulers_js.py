@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("diffusers")
 
 from tests.cases import SCHEDULER_VARIANTS, SD15  # noqa: E402
-from wsd.schedulers import SCHEDULERS, diffusers_scheduler, make_scheduler  # noqa: E402
+from wsd.samplers import SCHEDULERS, diffusers_scheduler, make_scheduler  # noqa: E402
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")

@@ -49,11 +49,11 @@ def make_module():
 
 
 def add_split_k_matmul(mod):
-    """`matmul_split`: (M,K) @ (K,N) scheduled by wsd.schedules.tiled_matmul with K in two
+    """`matmul_split`: (M,K) @ (K,N) scheduled by wsd.kernels.gemm.tiled_matmul with K in two
     parts, so tvmjs must allocate the kernel's workspace and run its two launches in order."""
     from tvm import relax, te
 
-    from wsd.schedules import tiled_matmul
+    from wsd.kernels.gemm import tiled_matmul
 
     a = te.placeholder((M, K), "float32", name="a")
     b = te.placeholder((K, N), "float32", name="b")

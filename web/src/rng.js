@@ -1,4 +1,4 @@
-// Bit-exact JavaScript port of wsd/rng.py: PyTorch's CPU `torch.randn` (float32).
+// Bit-exact JavaScript port of wsd/runtime/rng.py: PyTorch's CPU `torch.randn` (float32).
 //
 // Reproduces, bit for bit,
 //
@@ -6,9 +6,9 @@
 //     torch.randn(shape, generator=g)      // any number of consecutive calls
 //
 // for torch's AVX2 CPU kernel (what torch runs on every x86-64 CPU with AVX2 or
-// AVX-512; the default of wsd/rng.py and of this file).  {kernel: "default"}
+// AVX-512; the default of wsd/runtime/rng.py and of this file).  {kernel: "default"}
 // approximates torch's scalar kernel (x86 without AVX2) to a few float32 ulp.  The algorithm is specified step by step
-// in the module docstring of wsd/rng.py; this file mirrors that code op by op:
+// in the module docstring of wsd/runtime/rng.py; this file mirrors that code op by op:
 //
 //   * MT19937 (init_genrand with the low 32 bits of the uint64 seed);
 //   * float32 uniforms u = (r & 0xffffff) * 2**-24;
@@ -24,7 +24,7 @@
 // double, and the double-rounding hazard of "exact product + c, then round
 // to float32" is removed by rounding the double sum to odd first (see fma32).
 //
-// Caveat (same as wsd/rng.py's docstring): the numel < 16 path calls the
+// Caveat (same as wsd/runtime/rng.py's docstring): the numel < 16 path calls the
 // engine's float64 Math.log1p/sin/cos; V8/SpiderMonkey/JSC use fdlibm-style
 // implementations, which may differ from glibc's by one float64 ulp and so,
 // very rarely, change a float32 result.  The numel >= 16 path uses only
@@ -92,7 +92,7 @@ const TWO_32 = 4294967296;
  * s = p + c is rounded *to odd*: if it was inexact (TwoSum error e != 0) and
  * the last mantissa bit of s is 0, s moves one double ulp towards the exact
  * value.  Rounding that to float32 cannot double-round (53 >= 2*24 + 2).
- * Same as _fma32 in wsd/rng.py.
+ * Same as _fma32 in wsd/runtime/rng.py.
  */
 export function fma32(a, b, c) {
   const p = a * b;

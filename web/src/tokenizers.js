@@ -6,7 +6,7 @@ import "@mlc-ai/web-tokenizers";
 export const { Tokenizer } = globalThis.tokenizers;
 
 /**
- * CLIP's fixed-length ids, as wsd/tokenizer.py's __call__ (and diffusers' tokenizer call
+ * CLIP's fixed-length ids, as wsd/runtime/tokenizer.py's __call__ (and diffusers' tokenizer call
  * with padding="max_length", truncation=True) gives them: bos, the text's tokens, eos;
  * too long: bos, the first n - 2 tokens, eos; short: padded with `pad`.
  * `body`: the text's ids without special tokens (web-tokenizers' encode()).

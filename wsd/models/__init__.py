@@ -122,7 +122,7 @@ class Model:
         return module.float().eval()
 
     def tokenizer(self):
-        from wsd.tokenizer import CLIPTokenizer
+        from wsd.runtime.tokenizer import CLIPTokenizer
 
         if self.path is None:
             return CLIPTokenizer.default()

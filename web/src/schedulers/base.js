@@ -1,5 +1,5 @@
 // What every sampler shares: config handling, the noise-schedule tables, numpy helpers and
-// the common interface. JavaScript port of the host half of wsd/schedulers/base.py.
+// the common interface. JavaScript port of the host half of wsd/samplers/base.py.
 //
 // Split of the work (as in Python): the host (this code) computes the timesteps and, for
 // each step, a few float32 coefficients (float64 math, rounded once with Math.fround, as the

@@ -1,4 +1,4 @@
-// DDIM (diffusers' DDIMScheduler) with eta = 0: host half of wsd/schedulers/ddim.py.
+// DDIM (diffusers' DDIMScheduler) with eta = 0: host half of wsd/samplers/ddim.py.
 
 import { ANY, COMMON_OPTIONS, Scheduler, kernel, npArange, npLinspace, npRound } from "./base.js";
 

@@ -1,5 +1,5 @@
 // DPM-Solver++ (diffusers' DPMSolverMultistepScheduler, algorithm_type "dpmsolver++"),
-// multistep, order 1 or 2: host half of wsd/schedulers/dpm_solver.py.
+// multistep, order 1 or 2: host half of wsd/samplers/dpm_solver.py.
 
 import { ANY, COMMON_OPTIONS, Scheduler, kernel, npArange, npInterpArange, npLinspace, npRound,
          sigmaTable } from "./base.js";

@@ -1,4 +1,4 @@
-// Euler (diffusers' EulerDiscreteScheduler, s_churn = 0): host half of wsd/schedulers/euler.py.
+// Euler (diffusers' EulerDiscreteScheduler, s_churn = 0): host half of wsd/samplers/euler.py.
 
 import { ANY, COMMON_OPTIONS, Scheduler, fr, kernel, npArange, npInterpArange, npLinspace,
          npRound, sigmaTable } from "./base.js";

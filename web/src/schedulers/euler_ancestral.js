@@ -1,5 +1,5 @@
 // Euler ancestral (diffusers' EulerAncestralDiscreteScheduler): host half of
-// wsd/schedulers/euler_ancestral.py. Every step (the last included) draws one
+// wsd/samplers/euler_ancestral.py. Every step (the last included) draws one
 // rng.randn(modelOutput.shape), as diffusers does.
 
 import { COMMON_OPTIONS, kernel } from "./base.js";

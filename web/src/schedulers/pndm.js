@@ -1,4 +1,4 @@
-// PNDM (diffusers' PNDMScheduler) with skip_prk_steps=True: host half of wsd/schedulers/pndm.py.
+// PNDM (diffusers' PNDMScheduler) with skip_prk_steps=True: host half of wsd/samplers/pndm.py.
 // With n inference steps the UNet runs n + 1 times (the second timestep is repeated).
 
 import { ANY, COMMON_OPTIONS, Scheduler, kernel, npArange, npLinspace, npRound } from "./base.js";

@@ -1,0 +1,1 @@
+"""Benchmarks side by side with PyTorch (`wsd bench`; results in docs/PERF.md)."""

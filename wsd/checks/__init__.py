@@ -1,0 +1,2 @@
+"""Checks of correctness: every block against PyTorch (verify), whole images against
+diffusers (reference)."""

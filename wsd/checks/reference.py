@@ -1,0 +1,77 @@
+"""The reference: diffusers' StableDiffusionPipeline over the same weights and settings.
+
+Used by the end-to-end tests and to (re)generate the golden images.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsd.models import Model
+from wsd.runtime.pipeline import to_uint8
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    negative_prompt: str = ""
+    scheduler: str = "pndm"
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Reference:
+    """diffusers' pipeline for one model, built once (safety checker off)."""
+
+    def __init__(self, model: Model, device: str = "cpu"):
+        # A fair float32 reference on GPUs: no TF32 in matrix products and convolutions.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        from diffusers import StableDiffusionPipeline
+        from transformers import CLIPTokenizer
+
+        from wsd.samplers import diffusers_scheduler
+
+        self.model = model
+        if model.path is not None:
+            folder = model.path / "tokenizer"
+        else:  # the same vocabulary files, written out for transformers
+            folder = tempfile.mkdtemp(prefix="wsd-tokenizer-")
+            model.tokenizer().save_pretrained_files(folder)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        self.pipe = StableDiffusionPipeline(
+            vae=model.vae(), text_encoder=model.text_encoder(), tokenizer=tokenizer,
+            unet=model.unet(), scheduler=diffusers_scheduler("pndm", model.configs["scheduler"]),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        ).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self._scheduler = diffusers_scheduler
+
+    def save(self, folder) -> None:
+        """Write the model as a diffusers-format folder (safetensors), with the model's own
+        scheduler config (not that of whichever sampler the reference ran last)."""
+        self.pipe.save_pretrained(folder, safe_serialization=True)
+        config = Path(folder) / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps(self.model.configs["scheduler"], indent=2))
+
+    def image(self, settings: Settings, height: int, width: int) -> np.ndarray:
+        """uint8 (height, width, 3). Noise comes from a CPU generator, as wsd's does."""
+        self.pipe.scheduler = self._scheduler(settings.scheduler, self.model.configs["scheduler"])
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        with torch.no_grad():
+            out = self.pipe(
+                settings.prompt, negative_prompt=settings.negative_prompt or None,
+                num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                generator=generator, height=height, width=width, output_type="np",
+            ).images[0]
+        return to_uint8(out)

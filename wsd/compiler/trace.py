@@ -1,0 +1,200 @@
+"""Stage 1, trace: PyTorch modules -> torch.export -> TVM Relax.
+
+Each model part is wrapped so that its boundary is what the runtime (native or browser)
+hands it: token ids as int32 (WebGPU has no 64-bit integers), timesteps, latents, text
+embeddings and the guidance scale as float32 tensors, whatever the model's compute dtype
+(scheduler math stays float32), all shapes static (resolution is a build option).
+Classifier-free guidance happens inside the compiled UNet function, with the guidance scale
+as a runtime input.
+
+`trace_model(model, height, width)` returns one Relax IRModule holding every model function
+and the weights of each function, in the function's parameter order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import tvm
+from tvm import relax
+from tvm.relax.frontend import detach_params
+from tvm.relax.frontend.torch import from_exported_program
+
+from wsd.models import Model
+from wsd.compiler.trace_ops import CONVERTERS
+
+
+class TextEncoder(torch.nn.Module):
+    """int32 token ids (1, 77) -> last hidden state (1, 77, hidden), float32."""
+
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        return self.text_encoder(input_ids, return_dict=False)[0].float()
+
+
+class GuidedUNet(torch.nn.Module):
+    """One denoising evaluation with classifier-free guidance, as diffusers computes it:
+    the UNet runs on [uncond, cond] and the two noise predictions are mixed by the scale."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, latents, timestep, cond, uncond, guidance_scale):
+        dtype = self.unet.dtype
+        sample = torch.cat([latents, latents]).to(dtype)
+        context = torch.cat([uncond, cond]).to(dtype)
+        noise = self.unet(sample, timestep.expand(2), encoder_hidden_states=context,
+                          return_dict=False)[0].float()
+        noise_uncond, noise_cond = noise.chunk(2)
+        return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+
+class PlainUNet(torch.nn.Module):
+    """One denoising evaluation without guidance (diffusers does this when scale <= 1)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, latents, timestep, cond):
+        dtype = self.unet.dtype
+        return self.unet(latents.to(dtype), timestep, encoder_hidden_states=cond.to(dtype),
+                         return_dict=False)[0].float()
+
+
+class VaeDecoder(torch.nn.Module):
+    """Latents -> RGB image (1, H, W, 3) in [0, 1], as diffusers' image processor leaves it."""
+
+    def __init__(self, vae):
+        super().__init__()
+        # Only the decoding half: the encoder's weights must not become inputs.
+        self.post_quant_conv = vae.post_quant_conv
+        self.decoder = vae.decoder
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def forward(self, latents):
+        latents = (latents / self.scaling_factor).to(self.decoder.conv_in.weight.dtype)
+        if self.post_quant_conv is not None:
+            latents = self.post_quant_conv(latents)
+        image = self.decoder(latents)
+        return (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+@dataclass
+class Traced:
+    """A Relax module, and for each function the weights it takes after its inputs."""
+
+    mod: tvm.IRModule
+    weight_names: dict[str, list[str]]  # function -> state-dict names, in parameter order
+    num_inputs: dict[str, int]  # function -> number of runtime (non-weight) inputs
+    modules: dict[str, torch.nn.Module]  # function -> the wrapped module (its weights)
+
+
+def to_relax(module: torch.nn.Module, example_inputs: tuple,
+             decompose: bool = False) -> tuple[relax.Function, list[str]]:
+    """torch.export one module and import it as a Relax function with weights as inputs.
+
+    Returns the function and the state-dict names of its weight parameters, in order.
+    Without decomposition, SDPA stays one relax.nn.attention op instead of kernels with i8
+    masks and -inf literals that WGSL cannot express. The CLIP text encoder (eager attention,
+    no SDPA) needs decomposition instead: its raw graph has ops the importer lacks.
+    """
+    with torch.no_grad():
+        program = torch.export.export(module.eval(), example_inputs)
+    mod = from_exported_program(program, keep_params_as_input=True,
+                                unwrap_unit_return_tuple=True, run_ep_decomposition=decompose,
+                                custom_convert_map=CONVERTERS)
+    mod, _ = detach_params(mod)
+    func = mod["main"]
+    names = [spec.target for spec in program.graph_signature.input_specs
+             if spec.kind == torch.export.graph_signature.InputKind.PARAMETER]
+    relax_names = [v.name for v in func.params[len(example_inputs):]]
+    if relax_names != ["p_" + n.replace(".", "_") for n in names]:
+        raise RuntimeError("Relax parameters do not follow the exported program's order")
+    return func, names
+
+
+def example_inputs(model: Model, height: int, width: int) -> dict[str, tuple]:
+    """Example inputs of every traced function; shapes are the compiled shapes."""
+    c, f = model.latent_channels, model.vae_scale_factor
+    latents = torch.randn(1, c, height // f, width // f)
+    t = torch.tensor([500.0])
+    emb = torch.randn(1, model.max_tokens, model.text_hidden_size)
+    ids = torch.zeros(1, model.max_tokens, dtype=torch.int32)
+    return {
+        "encode_text": (ids,),
+        "unet_guided": (latents, t, emb, emb.clone(), torch.tensor([7.5])),
+        "unet": (latents, t, emb),
+        "decode": (latents,),
+    }
+
+
+FUNCTIONS = ("encode_text", "unet_guided", "unet", "decode")
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def wrap_modules(model: Model, names=FUNCTIONS,
+                 dtype: str = "float32") -> dict[str, torch.nn.Module]:
+    """The PyTorch module behind each compiled function, in the compute dtype
+    (the UNet is loaded once and shared by the guided and plain functions)."""
+    makers = {
+        "encode_text": lambda: TextEncoder(model.text_encoder()),
+        "unet_guided": lambda: GuidedUNet(unet()),
+        "unet": lambda: PlainUNet(unet()),
+        "decode": lambda: VaeDecoder(model.vae()),
+    }
+    cache = {}
+
+    def unet():
+        if "unet" not in cache:
+            cache["unet"] = model.unet()
+        return cache["unet"]
+
+    return {name: makers[name]().to(DTYPES[dtype]) for name in names}
+
+
+def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
+                names=FUNCTIONS) -> Traced:
+    """Trace the model's functions (default: all) into one IRModule."""
+    check_size(model, height, width)
+    check_dtype(dtype)
+    modules = wrap_modules(model, names, dtype)
+    inputs = example_inputs(model, height, width)
+    mod = tvm.IRModule()
+    weight_names, num_inputs = {}, {}
+    for name, module in modules.items():
+        func, weight_names[name] = to_relax(module, inputs[name],
+                                            decompose=name == "encode_text")
+        num_inputs[name] = len(inputs[name])
+        # num_input: TVM's mark that the parameters after the inputs are weights, fixed
+        # from call to call (CUDA graphs may capture kernels that read them)
+        mod[name] = func.with_attr("global_symbol", name).with_attr("num_input",
+                                                                    num_inputs[name])
+    return Traced(mod, weight_names, num_inputs, modules)
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def resolve_size(model: Model, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width): the model's native size where not given; checked."""
+    height = model.default_size[0] if height is None else height
+    width = model.default_size[1] if width is None else width
+    check_size(model, height, width)
+    return height, width
+
+
+def check_size(model: Model, height: int, width: int) -> None:
+    step = model.vae_scale_factor
+    for label, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % step:
+            raise ValueError(f"{label} must be a positive multiple of {step}, got {value}")

@@ -1,0 +1,108 @@
+"""Stage 5, runtime: text-to-image on a compiled library, natively (llvm CPU or CUDA).
+
+The loop is diffusers' StableDiffusionPipeline.__call__, step for step, so that the same
+weights, scheduler, steps, guidance, prompts and seed give the same image:
+
+    tokens -> encode_text (prompt, and negative prompt when guidance > 1)
+    latents = randn(seed) * init_noise_sigma          (wsd.runtime.rng: torch.randn without torch)
+    for each timestep: scale_model_input -> unet_guided / unet -> scheduler step
+    decode -> RGB in [0, 1] -> uint8 with diffusers' rounding
+
+Everything between the token ids and the decoded image runs in compiled code on the device;
+the host only picks timesteps and coefficients (and draws noise for ancestral samplers).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from wsd.compiler.pipeline import Library
+from wsd.runtime.executor import Executor
+from wsd.models import Model
+from wsd.runtime.weights import collect_weights
+from wsd.runtime.rng import TorchGenerator
+from wsd.samplers import make_scheduler
+
+MAX_STEPS = 1000
+
+
+class Pipeline:
+    def __init__(self, model: Model, library: Library):
+        self.model = model
+        self.library = library
+        self.meta = library.meta
+        self.executor = Executor(library.module, library.device)
+        self.tokenizer = model.tokenizer()
+        self.weights = self._upload_weights()
+
+    def _upload_weights(self) -> dict[str, list]:
+        return upload_weights(self.executor, self.model, self.meta)
+
+    def call(self, name: str, *inputs):
+        return self.executor(name, *inputs, *self.weights[name])
+
+    def encode(self, prompt: str):
+        ids = self.tokenizer(prompt).reshape(1, -1).astype(np.int32)
+        dropped = len(self.tokenizer.encode(prompt)) - ids.shape[1]
+        if dropped > 0:  # as diffusers: CLIP sees only the first 77 tokens
+            warnings.warn(f"prompt truncated: its last {dropped} tokens are beyond CLIP's "
+                          f"{ids.shape[1]}-token window", stacklevel=2)
+        return self.call("encode_text", ids)
+
+    def generate(self, prompt: str, negative_prompt: str = "", scheduler: str = "pndm",
+                 steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Returns the image as uint8 (height, width, 3)."""
+        check_settings(steps, guidance_scale, seed)
+        sampler = make_scheduler(scheduler, self.model.configs["scheduler"])
+        sampler.set_timesteps(steps)
+        guided = guidance_scale > 1.0  # as diffusers: no guidance at or below 1
+        cond = self.encode(prompt)
+        uncond = self.encode(negative_prompt or "") if guided else None
+        scale = np.array([guidance_scale], dtype=np.float32)
+
+        rng = TorchGenerator(seed)
+        c, f = self.model.latent_channels, self.model.vae_scale_factor
+        shape = (1, c, self.meta["height"] // f, self.meta["width"] // f)
+        latents = rng.randn(shape) * np.float32(sampler.init_noise_sigma)
+        latents = self.executor.upload(latents.astype(np.float32))
+
+        run = self.executor
+        for i, t in enumerate(sampler.timesteps):
+            sample = sampler.scale_model_input(run, latents, i)
+            timestep = np.array([t], dtype=np.float32)
+            if guided:
+                noise = self.call("unet_guided", sample, timestep, cond, uncond, scale)
+            else:
+                noise = self.call("unet", sample, timestep, cond)
+            latents = sampler.step(run, noise, i, latents, rng)
+            if progress:
+                progress(i + 1, len(sampler.timesteps))
+        image = self.call("decode", latents).numpy()[0]
+        return to_uint8(image)
+
+
+def upload_weights(executor, model: Model, meta: dict, modules=None) -> dict[str, list]:
+    """Device copies (`executor.upload`) of each function's weights, named and ordered as in
+    the browser's tensor cache (wsd.runtime.weights); the two UNet functions share theirs. `modules`:
+    the wrapped modules if already loaded (wsd.runtime.weights.collect_weights)."""
+    tensors, order = collect_weights(model, meta, modules=modules)
+    uploaded = {name: executor.upload(array) for name, array in tensors.items()}
+    return {function: [uploaded[n] for n in names] for function, names in order.items()}
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """diffusers' numpy_to_pil: round(x * 255)."""
+    return (image * 255).round().astype(np.uint8)
+
+
+def check_settings(steps, guidance_scale, seed) -> None:
+    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+    if not np.isfinite(guidance_scale) or not 0 <= guidance_scale <= 100:
+        raise ValueError(f"guidance scale must be between 0 and 100, got {guidance_scale!r}")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer from 0 to 2**64-1, got {seed!r}")
