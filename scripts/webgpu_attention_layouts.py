@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wsd.kernels import attention, attention_rows
 from wsd.tuning import tune
-from wsd import wgsl_bench  # noqa: E402
+from wsd.tuning import wgsl_bench  # noqa: E402
 
 
 # (threads y, threads x, score rows, score columns per thread); each also with P V's loop
@@ -74,7 +74,7 @@ def add_variant(out: Path, entry: dict, target, func, name: str, params: dict) -
 
 
 def export(out: Path, dtypes: list[str], log=print) -> dict:
-    target = tune.webgpu_target()
+    target = tuning_target("webgpu")
     manifest = tune.new_bench_folder(out, "webgpu")
     for dtype in dtypes:
         for name, (b, sq, skv, h, d) in attention.SD15_SHAPES.items():

@@ -9,36 +9,32 @@ import sys
 import time
 from pathlib import Path
 
+from wsd import targets
 from wsd.models import ModelError
 
 SCHEDULER_NAMES = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
 
 
-def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False,
-                   webgpu_native: bool = False) -> None:
+def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
                              "weights) or the path of a diffusers-format model folder")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    parser.add_argument("--target", default="llvm", help="llvm (CPU) or cuda"
-                        + (", or webgpu (a browser bundle, with --out DIR)" if webgpu else "")
-                        + (", or webgpu-native (the browser build's WGSL kernels on a native "
-                           "WebGPU through wgpu-py, e.g. Mesa lavapipe), or "
-                           "webgpu-native-subgroups (its kernel set for adapters with "
-                           "subgroups of 32)" if webgpu_native else ""))
+    parser.add_argument("--target", default="llvm", help=targets.describe(command))
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
                         "(default: the model's native size)")
     parser.add_argument("--height", type=int, help="image height, a multiple of 8")
 
 
 def _build_library(args, log):
-    from wsd.compiler.pipeline import TargetError, build
+    from wsd.compiler.pipeline import build
     from wsd.models import load_model
 
-    if args.target == "webgpu":
-        raise TargetError(f"target 'webgpu' is only for `wsd build --target webgpu --out DIR` "
-                          f"(a browser bundle); `wsd {args.command}` runs natively: use "
-                          f"--target llvm or cuda. Generating in the browser is the web app's job")
+    if args.target == targets.WEBGPU:
+        raise targets.TargetError(
+            f"target 'webgpu' is only for `wsd build --target webgpu --out DIR` (a browser "
+            f"bundle); `wsd {args.command}` runs natively: use --target llvm or cuda. "
+            f"Generating in the browser is the web app's job")
 
     model = load_model(args.model)
     library = build(model, args.target, args.dtype, args.height, args.width, log=log,
@@ -81,7 +77,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_build(args) -> int:
-    if args.target == "webgpu":
+    if args.target == targets.WEBGPU:
         return _build_bundle(args)
     if args.out is not None:
         raise ValueError("--out is only for --target webgpu (native libraries go to the cache)")
@@ -149,8 +145,6 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from wsd.bench.run import TARGETS as bench_targets
-
     p = argparse.ArgumentParser(prog="wsd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -162,11 +156,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float, default=7.5)
     gen.add_argument("--seed", type=int, help="default: a random seed, printed")
     gen.add_argument("--out", default="wsd.png")
-    _model_options(gen)
+    _model_options(gen, "generate")
     gen.set_defaults(func=cmd_generate)
 
     bld = sub.add_parser("build", help="compile the model library (cached)")
-    _model_options(bld, webgpu=True)
+    _model_options(bld, "build")
     bld.add_argument("--force", action="store_true", help="rebuild even if cached")
     bld.add_argument("--out", help="with --target webgpu: the bundle directory to write")
     bld.set_defaults(func=cmd_build)
@@ -179,18 +173,16 @@ def parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=cmd_serve)
 
     ver = sub.add_parser("verify", help="compare every block with PyTorch, print PSNR table")
-    _model_options(ver, webgpu_native=True)
+    _model_options(ver, "verify")
     ver.set_defaults(func=cmd_verify)
 
     bch = sub.add_parser("bench", help="time the compiled model functions and a whole image "
                                        "against PyTorch on the same device (docs/PERF.md)")
     bch.add_argument("--model", default="tiny", help="tiny (default), sd15 or a model folder")
-    bch.add_argument("--target", default="llvm", choices=bench_targets,
-                     help="llvm (CPU), cuda, or webgpu-native: the browser build's WGSL on this "
-                          "machine's WebGPU adapter through wgpu-py (GPU time of each call), "
-                          "PyTorch on CUDA if there is one, else on the CPU; parts clip, unet, "
-                          "vae; webgpu-native-subgroups: the same with the bundle's kernel set "
-                          "for adapters with subgroups of 32")
+    bch.add_argument("--target", default="llvm", choices=targets.names("bench"),
+                     help=targets.describe("bench") + " (webgpu-native: the GPU time of each "
+                          "call, PyTorch on CUDA if there is one, else on the CPU; parts clip, "
+                          "unet, vae)")
     bch.add_argument("--dtype", default="float32,float16",
                      help="float32, float16 or both, comma-separated (default both)")
     bch.add_argument("--parts", default="clip,unet,vae,image,memory",
@@ -212,14 +204,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from wsd.compiler.pipeline import TargetError
     from wsd.web.bundle import BundleError
     from wsd.web.serve import ServeError
     from wsd.web.app import WebAppError
 
     try:
         return args.func(args)
-    except (ModelError, TargetError, BundleError, ServeError, WebAppError, ValueError,
+    except (ModelError, targets.TargetError, BundleError, ServeError, WebAppError, ValueError,
             FileNotFoundError) as err:
         print(f"wsd: error: {err}", file=sys.stderr)
         return 2

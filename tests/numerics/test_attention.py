@@ -28,7 +28,8 @@ import wsd.compiler.optimize
 from wsd.kernels import attention, attention_wmma
 from wsd.compiler import pipeline as build
 from wsd.web import limits
-from wsd.web.bundle import webgpu_target
+from wsd.targets import webgpu_target
+from wsd import targets
 
 # name: (batch, q_len, kv_len, heads, head_dim). SD v1.5 at 512x512: UNet self-attention over
 # 64x64 / 32x32 / 16x16 / 8x8 latents with 8 heads of 40 / 80 / 160 / 160, cross-attention
@@ -99,7 +100,7 @@ def check(out, ref, dtype, label):
 def llvm_vm(request):
     dtype = request.param
     mod = attention_module(CASES, dtype)
-    executable = build.compile_module(mod, build.make_target("llvm"))
+    executable = build.compile_module(mod, targets.make("llvm"))
     return dtype, relax.VirtualMachine(executable, tvm.cpu())
 
 
@@ -248,7 +249,7 @@ def test_pass_picks_tensor_cores_where_they_exist(arch, dtype, wmma):
 def test_cuda_matches_torch(dtype):
     """The pass as the CUDA build runs it (tensor cores for fp16 where they apply, the
     scalar kernel in CUDA's layout otherwise), every case against torch."""
-    target = build.make_target("cuda")
+    target = targets.make("cuda")
     vm = relax.VirtualMachine(build.compile_module(attention_module(CASES, dtype), target),
                               tvm.cuda())
     for name, case in CASES.items():
@@ -344,7 +345,7 @@ def test_webgpu_matches_torch_and_llvm(webgpu, dtype, layout, monkeypatch):
             for d in head_dims})
     mod = attention_module(WEBGPU_CASES, dtype)
     gpu = webgpu.load(mod)
-    cpu = relax.VirtualMachine(build.compile_module(mod, build.make_target("llvm")), tvm.cpu())
+    cpu = relax.VirtualMachine(build.compile_module(mod, targets.make("llvm")), tvm.cpu())
     print(f"WebGPU adapter: {webgpu.gpu().adapter}")
     for name, case in WEBGPU_CASES.items():
         func = name.replace("-", "_")

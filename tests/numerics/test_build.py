@@ -3,7 +3,8 @@
 import pytest
 
 import wsd.compiler.pipeline
-from wsd.compiler.pipeline import build, library_key, make_target
+from wsd.compiler.pipeline import build, library_key
+from wsd.targets import make as make_target
 from wsd.models import load_model
 
 

@@ -13,6 +13,7 @@ from tvm import relax
 
 from wsd.compiler import pipeline as build
 from wsd.kernels.group_norm import MAX_CHUNKS, MIN_CHUNK, _chunk
+from wsd import targets
 
 CASES = {  # name: (batch, channels, height, width, groups)
     "unet-like": (2, 64, 16, 16, 32),
@@ -50,7 +51,7 @@ def test_chunks():
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_matches_torch(dtype, channels_last):
-    target = build.make_target("llvm")
+    target = targets.make("llvm")
     rng = np.random.default_rng(0)
     for name, case in CASES.items():
         n, c, h, w, groups = case
@@ -75,7 +76,7 @@ def test_matches_torch(dtype, channels_last):
 
 def test_the_build_splits_group_norm():
     """No TVM group norm kernel is left in a build: our kernels replace it."""
-    target = build.make_target("llvm")
+    target = targets.make("llvm")
     mod = group_norm_module(CASES["unet-like"], "float32", False)
     with target:
         lowered = build.pipeline(target)(mod)

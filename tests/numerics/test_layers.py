@@ -15,7 +15,7 @@ import tvm
 
 from tests.cases import TINY_BLOCK_KINDS
 from wsd.checks import verify
-from wsd.compiler.pipeline import make_target
+from wsd.targets import make as make_target
 from wsd.models import load_model
 
 HAS_CUDA = tvm.cuda(0).exist

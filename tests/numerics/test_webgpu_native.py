@@ -19,12 +19,13 @@ import tvm
 from tvm.script import relax as R
 
 from tests.cases import TINY_BLOCK_KINDS
+from wsd import targets
 from wsd.checks import verify
+from wsd.models import load_model
 from wsd.runtime import webgpu_native
 from wsd.tuning import wgsl_bench
-from wsd.models import load_model
 
-TARGET = webgpu_native.TARGET_NAME
+TARGET = targets.WEBGPU_NATIVE
 
 SWEEPS = [
     pytest.param(("float32", "subset"), id="float32-one-per-kind"),
@@ -248,7 +249,7 @@ class _LayerNorm:
 def test_subgroup_kernel_set_reduces_through_shuffles():
     """The subgroup set's reductions are shuffle trees over 32 lanes and its WGSL enables
     subgroups; the portable set has neither. For naga the `enable` line goes, nothing else."""
-    from wsd.web.bundle import SUBGROUP_SIZE, webgpu_target
+    from wsd.targets import SUBGROUP_SIZE, webgpu_target
 
     portable, subgroups = (
         "".join(k.wgsl for k in webgpu_native.compile_program(
@@ -265,22 +266,22 @@ def test_subgroup_kernel_set_needs_subgroups_of_32(webgpu):
     """The subgroup target runs only where every kernel gets subgroups of 32 (the WGSL's
     shuffle trees assume it); elsewhere it is refused, naming what the adapter has."""
     from wsd.bench import run as bench
-    from wsd.compiler.pipeline import TargetError
+    from wsd.targets import TargetError
 
     assert bool(webgpu.subgroup_sizes) == ("subgroup" in webgpu.device.features)
-    name = webgpu_native.SUBGROUPS_TARGET_NAME
+    name = targets.WEBGPU_NATIVE_SUBGROUPS
     if webgpu.subgroup_sizes == {32}:
-        assert webgpu_native.make_target(name).attrs["supports_subgroups"]
+        assert targets.make(name).attrs["supports_subgroups"]
     else:
         with pytest.raises(TargetError, match="needs subgroups of exactly 32 invocations; "
                                               r"this adapter .* has (subgroups of|no sub)"):
-            webgpu_native.make_target(name)
+            targets.make(name)
         with pytest.raises(bench.BenchError, match="subgroups of exactly 32"):
             bench.Device(name)  # `wsd bench` says so before timing anything
-    assert not webgpu_native.make_target(webgpu_native.TARGET_NAME).attrs["supports_subgroups"]
-    with pytest.raises(TargetError, match="unknown WebGPU-native target"):
-        webgpu_native.make_target("webgpu-native-warps")
-    assert bench.WEBGPU_NATIVES == webgpu_native.TARGET_NAMES  # bench keeps its own copy
+    assert not targets.make(targets.WEBGPU_NATIVE).attrs["supports_subgroups"]
+    with pytest.raises(TargetError, match="unknown target 'webgpu-native-warps'"):
+        targets.make("webgpu-native-warps")
+    assert set(bench.WEBGPU_NATIVES) <= set(bench.TARGETS)  # bench's names: wsd.targets
 
 
 # ---- timing: WebGPUExecutor.timed and `wsd bench --target webgpu-native` -------------------

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from wsd.targets import tuning_target
+
 ROOT = Path(__file__).resolve().parents[2]
 DB_DIR = ROOT / "wsd" / "tuned"
 MAX_INVOCATIONS = 256
@@ -98,9 +100,9 @@ def test_record_still_schedules(target, key, record):
     if target == "cuda":
         from wsd.tuning import cuda_bench
 
-        cuda_bench.lower_kernel(sch.mod["main"], tune.target_of("cuda"))
+        cuda_bench.lower_kernel(sch.mod["main"], tuning_target("cuda"))
         return
-    source = tune.compile_wgsl(sch.mod["main"], tune.webgpu_target())["source"]
+    source = tune.compile_wgsl(sch.mod["main"], tuning_target("webgpu"))["source"]
     sizes = [int(x) for x in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", source)[0]]
     assert sizes[0] * sizes[1] * sizes[2] <= MAX_INVOCATIONS
     elem = {"f32": 4, "f16": 2, "i32": 4, "u32": 4}
@@ -120,7 +122,7 @@ def test_records_match_the_model(target):
     stale = []
     mine = [(k, r) for t, k, r in RECORDS if t == target]
     for dtype in sorted({r["workload"]["dtypes"][0] for _, r in mine}):
-        mod = tune.optimized_module("sd15", dtype, target=tune.target_of(target))
+        mod = tune.optimized_module("sd15", dtype, target=tuning_target(target))
         keys = {w.key for w in tune.workloads(mod, target)}
         stale += [(k, r["name"]) for k, r in mine
                   if r["workload"]["dtypes"][0] == dtype and k not in keys]
@@ -214,7 +216,7 @@ def cuda_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("cuda_records")
     tune.export(works, out, {w.key: [("record", records.config_of(db["records"][w.key]))]
                              for w in works}, log=lambda *_: None,
-                target=tune.target_of("cuda"))
+                target=tuning_target("cuda"))
     built = cuda_bench.build_folder(out, gpu, jobs=os.cpu_count() or 1, log=lambda *_: None)
     runner = cuda_bench.Runner(built)
     cuda_bench.write_references(out, runner, log=lambda *_: None)

@@ -15,9 +15,9 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from wsd.tuning import cuda_bench, tune
-from wsd import wgsl_bench  # noqa: E402
 from wsd.kernels.gemm import records, tensor_core_matmul as tc, tiled_matmul  # noqa: E402
+from wsd.targets import tuning_target  # noqa: E402
+from wsd.tuning import cuda_bench, tune, wgsl_bench  # noqa: E402
 
 
 def _conv(n, c, h, w_, f, k, dtype="float16", residual=False):

@@ -16,9 +16,9 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from wsd.tuning import tune
-from wsd import wgsl_bench  # noqa: E402
 from wsd.kernels.gemm import records, tiled_matmul  # noqa: E402
+from wsd.targets import tuning_target  # noqa: E402
+from wsd.tuning import tune, wgsl_bench  # noqa: E402
 
 
 def _product(bb, y, dtype):

@@ -4,7 +4,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from wsd import cuda_arch  # noqa: E402
+from wsd.kernels.gemm import cuda_arch  # noqa: E402
 
 
 @pytest.mark.parametrize("arch,sm,shared_kib", [

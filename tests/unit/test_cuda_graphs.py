@@ -14,6 +14,7 @@ from tvm import relax
 
 from wsd.compiler import pipeline as build, memory, trace
 from wsd.models import load_model
+from wsd import targets
 
 SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
                           "thread_warp_size": 32})
@@ -52,7 +53,7 @@ def test_cuda_build_captures_the_step(traced):
 
 
 def test_llvm_build_has_no_graphs(traced):
-    mod = build.pipeline(build.make_target("llvm"))(traced.mod)
+    mod = build.pipeline(targets.make("llvm"))(traced.mod)
     names = [g.name_hint for g in mod.functions]
     assert not [n for n in names if "cuda_graph" in n]
     assert kernel_calls(mod, mod["unet_guided"]) > 100

@@ -10,6 +10,7 @@ from tvm import relax
 from wsd.compiler import pipeline as build
 from wsd.bench import profile
 from wsd.bench.run import kind_of
+from wsd import targets
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def vm():
             h = bb.emit(relax.op.nn.relu(relax.op.matmul(x, w)))
             out = bb.emit_output(relax.op.matmul(h, w))
         bb.emit_func_output(out)
-    target = build.make_target("llvm")
+    target = targets.make("llvm")
     return relax.VirtualMachine(build.compile_module(bb.get(), target), tvm.cpu())
 
 

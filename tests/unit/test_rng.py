@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.cases import RARE_CASE_SEEDS  # noqa: E402
-from wsd import rng  # noqa: E402
+from wsd.runtime import rng  # noqa: E402
 from wsd.runtime.rng import TorchGenerator, randn  # noqa: E402
 
 CAPABILITY = torch.backends.cpu.get_cpu_capability()

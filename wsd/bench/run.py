@@ -51,13 +51,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from wsd.bench import profile
+from wsd.targets import WEBGPU_NATIVE, WEBGPU_NATIVES, TargetError, make, names
 
 DTYPES = ("float32", "float16")
-# wsd.runtime.webgpu_native.TARGET_NAMES (not imported: it loads TVM): the portable kernel set and the
-# subgroup one
-WEBGPU_NATIVE = "webgpu-native"
-WEBGPU_NATIVES = (WEBGPU_NATIVE, "webgpu-native-subgroups")
-TARGETS = ("llvm", "cuda") + WEBGPU_NATIVES
+TARGETS = names("bench")
 PARTS = ("clip", "unet", "vae", "image", "memory")
 PART_FUNCTIONS = {"clip": "encode_text", "unet": "unet_guided", "vae": "decode"}
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -88,8 +85,6 @@ class Device:
         if target == "cuda" and (not tvm.cuda(0).exist or not torch.cuda.is_available()):
             raise BenchError("target 'cuda' needs an NVIDIA GPU visible to TVM and PyTorch")
         if target in WEBGPU_NATIVES:
-            from wsd.compiler.pipeline import TargetError
-
             try:
                 self.tvm_target  # the adapter, and for the subgroup set its subgroup size
             except TargetError as err:
@@ -125,13 +120,7 @@ class Device:
 
     @cached_property
     def tvm_target(self):
-        if self.target in WEBGPU_NATIVES:
-            from wsd.runtime import webgpu_native
-
-            return webgpu_native.make_target(self.target)
-        from wsd.compiler.pipeline import make_target
-
-        return make_target(self.target)
+        return make(self.target)
 
     def sync(self) -> None:
         """Wait for PyTorch's and TVM's device work (webgpu-native calls wait themselves)."""

@@ -50,6 +50,7 @@ import torch
 import tvm
 from torch.utils import _pytree as pytree
 
+from wsd import targets
 from wsd.compiler import pipeline as build
 from wsd.runtime.executor import Executor
 from wsd.models import Model
@@ -365,25 +366,12 @@ def export_block(block: Block, dtype: str, name: str) -> Exported:
 
 # ---- compile and run -----------------------------------------------------------------------
 
-def make_target(name: str) -> tvm.target.Target:
-    """build.make_target, plus 'webgpu-native' and 'webgpu-native-subgroups': the browser's
-    WGSL (portable or subgroup kernel set) on a native WebGPU."""
-    from wsd.runtime import webgpu_native
-
-    if name in webgpu_native.TARGET_NAMES:
-        return webgpu_native.make_target(name)
-    if name not in build.TARGETS:
-        raise build.TargetError(f"unknown target {name!r}; verify runs on "
-                                f"{', '.join(build.TARGETS + webgpu_native.TARGET_NAMES)}")
-    return build.make_target(name)
-
-
 def _load(exported: list[Exported], target: tvm.target.Target):
     mod = tvm.IRModule({e.function: e.relax_func for e in exported})
     if target.kind.name == "webgpu":  # the browser build's kernels, run through wgpu-py
         from wsd.runtime import webgpu_native
         return webgpu_native.load(mod, target)
-    return Executor(build.compile_module(mod, target), build.device_of(target))
+    return Executor(build.compile_module(mod, target), targets.device_of(target))
 
 
 def compile_blocks(exported: list[Exported], target: tvm.target.Target,
@@ -460,7 +448,8 @@ def verify_layers(model: Model, target: str = "llvm", dtype: str = "float32",
     if dtype not in BARS:
         raise ValueError(f"dtype must be one of {', '.join(BARS)}, got {dtype!r}")
     log = log or (lambda *_: None)
-    tvm_target = make_target(target)
+    targets.check(target, targets.names("verify"))
+    tvm_target = targets.make(target)
     height, width = resolve_size(model, height, width)
     bar = BARS[dtype]
     log(f"verifying {model.name} ({dtype}, {target}, {height}x{width}) against fp32 PyTorch, "

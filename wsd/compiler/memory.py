@@ -204,6 +204,7 @@ def main(argv=None) -> int:
     import argparse
     import json
 
+    from wsd import targets
     from wsd.models import load_model
 
     p = argparse.ArgumentParser(prog="python -m wsd.compiler.memory", description=main.__doc__)
@@ -215,10 +216,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int)
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
-    if args.target in ("llvm", "cuda"):
-        from wsd.compiler.pipeline import make_target
-
-        target = make_target(args.target)
+    if args.target in targets.TARGETS:
+        target = targets.make(args.target)
     else:
         target = tvm.target.Target(args.target)
     report = plan_model(load_model(args.model), args.dtype, target, args.height, args.width)

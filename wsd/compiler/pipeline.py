@@ -28,29 +28,7 @@ from wsd.compiler import layout, memory, optimize, schedule
 from wsd.kernels.gemm import tensor_core_matmul
 from wsd.models import Model
 from wsd.compiler.trace import Traced, check_dtype, resolve_size, trace_model
-
-TARGETS = ("llvm", "cuda")
-
-
-class TargetError(RuntimeError):
-    """The requested target cannot run on this machine."""
-
-
-def make_target(name: str) -> tvm.target.Target:
-    if name == "llvm":
-        return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
-    if name == "cuda":
-        if not tvm.cuda(0).exist:
-            raise TargetError("target 'cuda' needs an NVIDIA GPU, and none is visible here; "
-                              "use --target llvm")
-        # From the device: its architecture and thread limits.
-        return tvm.target.Target.from_device(tvm.cuda(0))
-    raise TargetError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
-
-
-def device_of(target: tvm.target.Target) -> tvm.runtime.Device:
-    return tvm.cpu() if target.kind.name == "llvm" else tvm.cuda(0)
-
+from wsd.targets import NATIVE, check, device_of, make
 
 def pipeline(target: tvm.target.Target,
              weight_layouts: layout.WeightLayouts | None = None) -> tvm.transform.Pass:
@@ -197,7 +175,8 @@ def build(model: Model, target: str = "llvm", dtype: str = "float32",
           log=print, force: bool = False) -> Library:
     """Compile (or load from the cache) the model's library for a target."""
     check_dtype(dtype)
-    tvm_target = make_target(target)
+    check(target, NATIVE)
+    tvm_target = make(target)
     height, width = resolve_size(model, height, width)
     key = library_key(model, tvm_target, dtype, height, width)
     folder = cache_dir() / "lib" / key

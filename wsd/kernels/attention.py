@@ -192,7 +192,7 @@ def kernel_for(target_kind: str, shape: Shape, gpu: bool = True) -> tvm.tirx.Pri
     else this module's."""
     layout = layout_for(target_kind, shape) if gpu else GPULayout()
     if isinstance(layout, RowLayout):
-        from wsd import attention_rows  # it builds on this module's Shape
+        from wsd.kernels import attention_rows  # it builds on this module's Shape
 
         if attention_rows.fits(shape, layout) is None:
             return attention_rows.attention_func(shape, layout)
@@ -502,7 +502,7 @@ class _Rewriter(relax.PyExprMutator):
         """The tensor-core kernel where the target has them and it covers the shape,
         else the scalar flash kernel in this target's layout."""
         if self.tensor_cores:
-            from wsd import attention_wmma  # it builds on this module's Shape
+            from wsd.kernels import attention_wmma  # it builds on this module's Shape
 
             cfg = attention_wmma.choose_config(shape)
             if cfg is not None:

@@ -5,7 +5,7 @@ one of our own, used by `wsd verify --target webgpu-native` to check, block by b
 exact WGSL the browser bundle ships computes what PyTorch computes, and by `wsd bench --target
 webgpu-native` to time it on a GPU.
 
-    compile_program(mod)   the same call as the browser build (`wsd.web.bundle.webgpu_target()`,
+    compile_program(mod)   the same call as the browser build (`wsd.targets.webgpu_target()`,
                            wasm32 host; `wsd.compiler.pipeline.pipeline`, through `tvm.compile`), watched
                            by a pass instrument that keeps two intermediate modules:
                              - the Relax functions after memory planning (the VM code:
@@ -48,13 +48,8 @@ from tvm.tirx.buffer import BufferType
 
 from wsd.compiler import pipeline as build
 from wsd.tuning.wgsl_bench import for_naga, probe_subgroup_sizes, split_sources
-from wsd.compiler.pipeline import TargetError
-
-TARGET_NAME = "webgpu-native"
-# The same with the subgroup kernel set (wsd.web.bundle.webgpu_target(subgroups=True)), on an
-# adapter with subgroups of wsd.web.bundle.SUBGROUP_SIZE.
-SUBGROUPS_TARGET_NAME = "webgpu-native-subgroups"
-TARGET_NAMES = (TARGET_NAME, SUBGROUPS_TARGET_NAME)
+from wsd.targets import (SUBGROUP_SIZE, WEBGPU_NATIVE, WEBGPU_NATIVE_SUBGROUPS, TargetError,
+                         webgpu_target)
 # Limits the kernels may need beyond WebGPU's defaults; requested at the adapter's maximum
 # (tvmjs asks for these too).
 _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
@@ -95,7 +90,7 @@ def gpu() -> Gpu:
     try:
         import wgpu
     except ImportError as err:
-        raise TargetError(f"target '{TARGET_NAME}' needs wgpu-py (pip install wgpu; "
+        raise TargetError(f"target '{WEBGPU_NATIVE}' needs wgpu-py (pip install wgpu; "
                           f"scripts/setup.sh installs it): {err}") from None
     try:
         adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
@@ -104,7 +99,7 @@ def gpu() -> Gpu:
     else:
         reason = "no adapter"
     if adapter is None:
-        raise TargetError(f"target '{TARGET_NAME}' found no WebGPU adapter ({reason}); on a "
+        raise TargetError(f"target '{WEBGPU_NATIVE}' found no WebGPU adapter ({reason}); on a "
                           "machine without a GPU install Mesa's lavapipe (apt "
                           "mesa-vulkan-drivers; scripts/setup.sh does)")
     features = [f for f in ("shader-f16", "timestamp-query", "subgroup")
@@ -128,23 +123,17 @@ def available() -> str | None:
     return None
 
 
-def make_target(name: str = TARGET_NAME) -> tvm.target.Target:
-    """The browser bundle's target for `name` (one of TARGET_NAMES): the portable kernel set
-    or the subgroup one. Checks first that a WebGPU device is there, and for the subgroup set
-    that its subgroups are the size the kernels are written for."""
-    from wsd.web.bundle import SUBGROUP_SIZE, webgpu_target
-
-    if name not in TARGET_NAMES:
-        raise TargetError(f"unknown WebGPU-native target {name!r}: {', '.join(TARGET_NAMES)}")
+def check_adapter(name: str) -> None:
+    """Raises TargetError unless this machine's WebGPU adapter runs target `name` (one of
+    wsd.targets.WEBGPU_NATIVES): a device must be there, and for the subgroup kernel set its
+    subgroups must be the size the kernels are written for."""
     dev = gpu()
-    subgroups = name == SUBGROUPS_TARGET_NAME
-    if subgroups and dev.subgroup_sizes != {SUBGROUP_SIZE}:
+    if name == WEBGPU_NATIVE_SUBGROUPS and dev.subgroup_sizes != {SUBGROUP_SIZE}:
         have = (f"subgroups of {sorted(dev.subgroup_sizes)} invocations" if dev.subgroup_sizes
                 else "no subgroup feature")
         raise TargetError(f"target '{name}' needs subgroups of exactly {SUBGROUP_SIZE} "
                           f"invocations; this adapter ({dev.adapter}) has {have}. Use "
-                          f"'{TARGET_NAME}'")
-    return webgpu_target(subgroups)
+                          f"'{WEBGPU_NATIVE}'")
 
 
 # ---- compiling: the browser build, with its intermediate modules kept ----------------------
@@ -199,7 +188,6 @@ def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None,
     """Compile a Relax module as the browser build does and keep what running it needs.
     `weight_layouts`: see wsd.compiler.pipeline.pipeline."""
     if target is None:
-        from wsd.web.bundle import webgpu_target
         target = webgpu_target()
     kept = {}
 

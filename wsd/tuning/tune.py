@@ -44,11 +44,8 @@ from tvm import relax, tirx
 
 from wsd.tuning import cuda_bench, wgsl_bench
 from wsd.kernels.gemm import records, tensor_core_matmul, tiled_matmul
+from wsd.targets import tuning_target
 
-WEBGPU_TARGET = {"kind": "webgpu", "host": "llvm"}
-# The kernels the CUDA build of any sm_80+ GPU has (layouts depend on the kind, attention on
-# the architecture; GEMM kernels are the same); the bench builds for the GPU it runs on.
-CUDA_TARGET = "nvidia/nvidia-h100"
 SAMPLES = 8192
 
 
@@ -78,14 +75,6 @@ class Workload:
                             for p in self.func.params]}
 
 
-def webgpu_target() -> tvm.target.Target:
-    return tvm.target.Target(WEBGPU_TARGET)
-
-
-def target_of(name: str) -> tvm.target.Target:
-    return tvm.target.Target(CUDA_TARGET if name == "cuda" else WEBGPU_TARGET)
-
-
 # --------------------------------------------------------------------------- workloads
 
 def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
@@ -100,7 +89,7 @@ def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
     height, width = resolve_size(model, height, width)
     traced = trace_model(model, height, width, dtype, names=names)
     # weights stored as the build stores them: the kernels are the build's
-    passes = optimize_passes(target or webgpu_target(), WeightLayouts(traced.num_inputs))
+    passes = optimize_passes(target or tuning_target("webgpu"), WeightLayouts(traced.num_inputs))
     return tvm.transform.Sequential(passes)(traced.mod)
 
 
@@ -526,7 +515,7 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
     """Write the bench folder: manifest.json, refs/*.npz and, for WebGPU, wgsl/*.wgsl (CUDA
     variants are built where they run, by wsd.tuning.cuda_bench, into their "lib" path).
     configs: key -> list of (label, Config)."""
-    target = target or webgpu_target()
+    target = target or tuning_target("webgpu")
     kind = target.kind.name
     manifest = new_bench_folder(out, kind)
     for work in works:
@@ -690,7 +679,7 @@ def main(argv=None) -> int:
 
     if getattr(args, "from_bench", None) and args.target != "webgpu":
         parser.error("--from-bench re-exports WebGPU bench folders only")
-    target = target_of(args.target)
+    target = tuning_target(args.target)
     db = records.load(args.target)
     if args.command == "export" and args.records:
         works = record_workloads(db)

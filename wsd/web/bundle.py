@@ -54,38 +54,17 @@ from wsd.web import limits
 from wsd.models import Model
 from wsd.runtime.weights import collect_weights, write_tensor_cache
 from wsd.compiler.trace import check_dtype, resolve_size, trace_model
+from wsd.targets import webgpu_target
 from wsd.web.app import build_app, ensure_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_BUILD = ROOT / "web" / "runtime" / "build.sh"
-WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 CONFIG_NAME = "wsd-config.json"
 FORMAT_VERSION = 1
 
 
 class BundleError(RuntimeError):
     """The web bundle cannot be built here (e.g. no emscripten)."""
-
-
-# The subgroup kernel set: TVM lowers cross-thread reductions to subgroup shuffles written for
-# subgroups of exactly this many invocations (its warp size for WebGPU), so an adapter runs
-# that set only if all its subgroups have this size (wsd.runtime.webgpu_native checks it). Measured no
-# faster than the portable set (docs/PERF.md), so bundles ship only the portable set.
-SUBGROUP_SIZE = 32
-
-
-def webgpu_target(subgroups: bool = False) -> tvm.target.Target:
-    """The browser build's target. `subgroups`: the kernel set for adapters with the WebGPU
-    "subgroups" feature and subgroups of SUBGROUP_SIZE (reductions through shuffles instead
-    of workgroup memory and barriers); the portable set runs on every adapter."""
-    attrs = {"kind": "webgpu", "host": WASM_HOST}
-    if subgroups:
-        attrs["supports_subgroups"] = True
-    target = tvm.target.Target(attrs)
-    if subgroups and int(target.attrs["thread_warp_size"]) != SUBGROUP_SIZE:
-        raise RuntimeError(f"TVM's WebGPU warp size is {target.attrs['thread_warp_size']}, "
-                           f"wsd's subgroup check assumes {SUBGROUP_SIZE}")
-    return target
 
 
 def web_runtime_dir(log=print) -> str:
