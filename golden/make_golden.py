@@ -17,8 +17,8 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from wsd.models import load_model  # noqa: E402
 from wsd.checks.reference import Reference, Settings  # noqa: E402
+from wsd.models import load_model  # noqa: E402
 
 PROMPT = "a lighthouse at dusk, oil painting"
 CASES = {

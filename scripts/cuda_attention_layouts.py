@@ -22,8 +22,8 @@ import tvm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsd.kernels import attention, attention_wmma
 from wsd.bench import run as bench  # noqa: E402
+from wsd.kernels import attention, attention_wmma
 
 SHAPES = {name: attention.SD15_SHAPES[name] for name in (
     "unet64-self", "unet64-cross", "unet32-self", "unet16-self", "vae-mid")}

@@ -9,17 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from wsd import targets
+from wsd import settings, targets
 from wsd.models import ModelError
-
-SCHEDULER_NAMES = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
-
 
 def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
                              "weights) or the path of a diffusers-format model folder")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--dtype", choices=settings.DTYPES, default=settings.DEFAULT_DTYPE)
     parser.add_argument("--target", default="llvm", help=targets.describe(command))
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
                         "(default: the model's native size)")
@@ -47,10 +44,10 @@ def cmd_generate(args) -> int:
     from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
-    from wsd.runtime.pipeline import Pipeline, check_settings
+    from wsd.runtime.pipeline import Pipeline
 
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-    check_settings(args.steps, args.guidance_scale, seed)
+    settings.check(args.steps, args.guidance_scale, seed)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     model, library = _build_library(args, log)
     pipe = Pipeline(model, library)
@@ -62,12 +59,12 @@ def cmd_generate(args) -> int:
 
         image = pipe.generate(args.prompt, args.negative_prompt, args.scheduler, args.steps,
                               args.guidance_scale, seed, progress=progress)
-    settings = {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
-                "model": args.model, "scheduler": args.scheduler, "steps": args.steps,
-                "guidance_scale": args.guidance_scale, "seed": seed, "dtype": args.dtype,
-                "target": args.target}
+    parameters = {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
+                  "model": args.model, "scheduler": args.scheduler, "steps": args.steps,
+                  "guidance_scale": args.guidance_scale, "seed": seed, "dtype": args.dtype,
+                  "target": args.target}
     info = PngInfo()
-    info.add_text("parameters", json.dumps(settings))
+    info.add_text("parameters", json.dumps(parameters))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(out, pnginfo=info)
@@ -87,8 +84,8 @@ def cmd_build(args) -> int:
 
 
 def _build_bundle(args) -> int:
-    from wsd.web.bundle import build_bundle
     from wsd.models import load_model
+    from wsd.web.bundle import build_bundle
 
     if not args.out:
         raise ValueError("--target webgpu needs --out DIR (the bundle directory to write)")
@@ -116,8 +113,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from wsd.models import load_model
     from wsd.checks.verify import format_report, verify_layers
+    from wsd.models import load_model
 
     model = load_model(args.model)
     rows = verify_layers(model, target=args.target, dtype=args.dtype,
@@ -150,10 +147,10 @@ def parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="make an image from a prompt")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="pndm")
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance-scale", type=float, default=7.5)
+    gen.add_argument("--negative-prompt", default=settings.NEGATIVE_PROMPT)
+    gen.add_argument("--scheduler", choices=settings.SCHEDULERS, default=settings.SCHEDULER)
+    gen.add_argument("--steps", type=int, default=settings.STEPS)
+    gen.add_argument("--guidance-scale", type=float, default=settings.GUIDANCE_SCALE)
     gen.add_argument("--seed", type=int, help="default: a random seed, printed")
     gen.add_argument("--out", default="wsd.png")
     _model_options(gen, "generate")
@@ -204,9 +201,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from wsd.web.app import WebAppError
     from wsd.web.bundle import BundleError
     from wsd.web.serve import ServeError
-    from wsd.web.app import WebAppError
 
     try:
         return args.func(args)

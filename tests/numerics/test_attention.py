@@ -24,12 +24,12 @@ import torch
 import tvm
 from tvm import relax
 
+from wsd import targets
+from wsd.compiler import pipeline as build
 import wsd.compiler.optimize
 from wsd.kernels import attention, attention_wmma
-from wsd.compiler import pipeline as build
-from wsd.web import limits
 from wsd.targets import webgpu_target
-from wsd import targets
+from wsd.web import limits
 
 # name: (batch, q_len, kv_len, heads, head_dim). SD v1.5 at 512x512: UNet self-attention over
 # 64x64 / 32x32 / 16x16 / 8x8 latents with 8 heads of 40 / 80 / 160 / 160, cross-attention

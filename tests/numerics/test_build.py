@@ -4,8 +4,8 @@ import pytest
 
 import wsd.compiler.pipeline
 from wsd.compiler.pipeline import build, library_key
-from wsd.targets import make as make_target
 from wsd.models import load_model
+from wsd.targets import make as make_target
 
 
 def test_second_build_is_served_from_cache(monkeypatch):

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from wsd.checks.reference import Reference, Settings
 from wsd.compiler.pipeline import build
 from wsd.models import load_model
-from wsd.checks.reference import Reference, Settings
 from wsd.runtime.pipeline import Pipeline
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"

@@ -11,9 +11,9 @@ import torch
 import tvm
 from tvm import relax
 
+from wsd import targets
 from wsd.compiler import pipeline as build
 from wsd.kernels.group_norm import MAX_CHUNKS, MIN_CHUNK, _chunk
-from wsd import targets
 
 CASES = {  # name: (batch, channels, height, width, groups)
     "unet-like": (2, 64, 16, 16, 32),

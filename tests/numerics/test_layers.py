@@ -15,8 +15,8 @@ import tvm
 
 from tests.cases import TINY_BLOCK_KINDS
 from wsd.checks import verify
-from wsd.targets import make as make_target
 from wsd.models import load_model
+from wsd.targets import make as make_target
 
 HAS_CUDA = tvm.cuda(0).exist
 _cuda = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]

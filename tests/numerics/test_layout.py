@@ -9,10 +9,10 @@ import tvm
 from tvm import relax
 
 from wsd.bench import run as bench
-from wsd.compiler import layout, optimize
 from wsd.checks import verify
-from wsd.models import load_model
+from wsd.compiler import layout, optimize
 from wsd.compiler.trace import resolve_size, trace_model
+from wsd.models import load_model
 
 
 @pytest.fixture
@@ -144,9 +144,9 @@ def test_weights_stored_permuted_match_pytorch(cuda_layouts_on_llvm):
     import torch
 
     from wsd.compiler import pipeline as build
+    from wsd.compiler.trace import example_inputs
     from wsd.runtime.executor import Executor
     from wsd.runtime.pipeline import upload_weights
-    from wsd.compiler.trace import example_inputs
 
     model = load_model("tiny")
     size = resolve_size(model, None, None)

@@ -204,10 +204,10 @@ def _shaders_in_wasm(wasm: bytes) -> dict[str, str]:
 @pytest.mark.slow
 def test_kernels_are_the_bundles(tmp_path):
     """The WGSL the executor runs is, byte for byte, the WGSL in the browser bundle."""
-    from wsd.compiler.pipeline import add_scheduler_functions
-    from wsd.web.bundle import BundleError, build_bundle
     from wsd.compiler.layout import WeightLayouts
+    from wsd.compiler.pipeline import add_scheduler_functions
     from wsd.compiler.trace import resolve_size, trace_model
+    from wsd.web.bundle import BundleError, build_bundle
 
     model = _tiny()
     try:

@@ -90,8 +90,8 @@ def test_record_still_schedules(target, key, record):
     """Stored kernel -> same key; the rule applies; TVM lowers it (CUDA) and the WGSL stays
     inside portable limits (WebGPU)."""
     pytest.importorskip("tvm")
-    from wsd.tuning import tune
     from wsd.kernels.gemm import records
+    from wsd.tuning import tune
 
     func = records.record_func(record)
     assert records.workload_key(func) == key
@@ -134,8 +134,8 @@ def _bench_folder(tmp_path_factory) -> Path:
     if folder:
         return Path(folder)
     pytest.importorskip("tvm")
-    from wsd.tuning import tune
     from wsd.kernels.gemm import records
+    from wsd.tuning import tune
 
     db = records.load("webgpu")
     works = tune.record_workloads(db)
@@ -164,8 +164,8 @@ WEBGPU = [(k, r) for t, k, r in RECORDS if t == "webgpu"]
 
 @pytest.mark.parametrize("key,record", WEBGPU, ids=[f"{r['name']}:{k}" for k, r in WEBGPU])
 def test_record_earns_its_place(gpu_runner, tmp_path_factory, key, record):
-    from wsd.tuning import wgsl_bench
     from wsd.kernels.gemm import records
+    from wsd.tuning import wgsl_bench
 
     folder = _earn_folder(tmp_path_factory)
     manifest = wgsl_bench.load_manifest(folder)
@@ -205,8 +205,8 @@ def cuda_folder(tmp_path_factory):
     tvm = pytest.importorskip("tvm")
     if not tvm.cuda(0).exist:
         pytest.skip("no CUDA GPU here")
-    from wsd.tuning import cuda_bench, tune
     from wsd.kernels.gemm import records
+    from wsd.tuning import cuda_bench, tune
 
     gpu = tvm.target.Target.from_device(tvm.cuda(0))
     db = records.load("cuda")

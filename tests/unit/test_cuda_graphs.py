@@ -12,9 +12,9 @@ import pytest
 import tvm
 from tvm import relax
 
+from wsd import targets
 from wsd.compiler import pipeline as build, memory, trace
 from wsd.models import load_model
-from wsd import targets
 
 SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
                           "thread_warp_size": 32})

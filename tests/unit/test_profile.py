@@ -7,10 +7,10 @@ import pytest
 import tvm
 from tvm import relax
 
-from wsd.compiler import pipeline as build
+from wsd import targets
 from wsd.bench import profile
 from wsd.bench.run import kind_of
-from wsd import targets
+from wsd.compiler import pipeline as build
 
 
 @pytest.fixture(scope="module")

@@ -50,10 +50,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from wsd import settings
 from wsd.bench import profile
 from wsd.targets import WEBGPU_NATIVE, WEBGPU_NATIVES, TargetError, make, names
 
-DTYPES = ("float32", "float16")
+DTYPES = settings.DTYPES
 TARGETS = names("bench")
 PARTS = ("clip", "unet", "vae", "image", "memory")
 PART_FUNCTIONS = {"clip": "encode_text", "unet": "unet_guided", "vae": "decode"}
@@ -764,8 +765,8 @@ def prepare_layer(case: LayerCase, dtype: str, device: Device, compile_enabled: 
     import torch
 
     from wsd.compiler.pipeline import compile_module
-    from wsd.runtime.executor import Executor
     from wsd.compiler.trace import to_relax
+    from wsd.runtime.executor import Executor
 
     import tvm
 
@@ -1231,7 +1232,7 @@ class ModelBench:
                 + self.flops("decode"))
 
     def prepare_image(self) -> Prepared:
-        """A whole image: prompt -> PNDM, `steps` steps, guidance 7.5 -> uint8 pixels."""
+        """A whole image: prompt -> PNDM, `steps` steps, the default guidance -> uint8 pixels."""
         import torch
 
         from wsd.checks.reference import Settings
@@ -1325,10 +1326,10 @@ class WebGPUModelBench(ModelBench):
         return [PART_FUNCTIONS[p] for p in parts]
 
     def _compile(self) -> None:
-        from wsd.runtime import webgpu_native
-        from wsd.compiler.pipeline import function_meta
         from wsd.compiler.layout import WeightLayouts
+        from wsd.compiler.pipeline import function_meta
         from wsd.compiler.trace import trace_model
+        from wsd.runtime import webgpu_native
 
         start = time.perf_counter()
         self.log(f"tracing {self.model.name} ({self.dtype}, {self.height}x{self.width}) "
@@ -1500,8 +1501,8 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         profile_top: int = 0) -> Report:
     """`wsd bench`: the per-model benchmarks; returns the report (printed by the CLI). With
     `profile_top`, also each timed part's kernels (wsd.bench.profile), the top ones listed."""
-    from wsd.models import load_model
     from wsd.compiler.trace import resolve_size
+    from wsd.models import load_model
 
     load_start = os.getloadavg()[0]
     if target in WEBGPU_NATIVES:  # before minutes of loading
@@ -1553,7 +1554,7 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
         "(PyTorch FlopCounterMode FLOPs of the same computation) over the peak row's rate.",
         "PyTorch float32 without TF32. Model inputs/outputs are float32 in both dtypes "
         "(the fp16 functions cast inside, as wsd's compiled functions do).",
-        f"image: prompt to uint8 pixels, PNDM, {steps} steps, guidance 7.5 (UNet batch 2): "
+        f"image: prompt to uint8 pixels, PNDM, {steps} steps, guidance {settings.GUIDANCE_SCALE:g} (UNet batch 2): "
         "wsd.runtime.pipeline.Pipeline against diffusers' StableDiffusionPipeline on the same weights "
         "(torch.compile: its UNet compiled). Every figure warm; implementations timed "
         "round-robin; median.",

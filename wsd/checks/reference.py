@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsd import settings
 from wsd.models import Model
 from wsd.runtime.pipeline import to_uint8
 
@@ -20,11 +21,11 @@ from wsd.runtime.pipeline import to_uint8
 @dataclass(frozen=True)
 class Settings:
     prompt: str
-    negative_prompt: str = ""
-    scheduler: str = "pndm"
-    steps: int = 20
-    guidance_scale: float = 7.5
-    seed: int = 0
+    negative_prompt: str = settings.NEGATIVE_PROMPT
+    scheduler: str = settings.SCHEDULER
+    steps: int = settings.STEPS
+    guidance_scale: float = settings.GUIDANCE_SCALE
+    seed: int = settings.SEED
 
     def as_dict(self) -> dict:
         return asdict(self)

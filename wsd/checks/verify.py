@@ -50,21 +50,21 @@ import torch
 import tvm
 from torch.utils import _pytree as pytree
 
-from wsd import targets
+from wsd import settings, targets
 from wsd.compiler import pipeline as build
-from wsd.runtime.executor import Executor
-from wsd.models import Model
 from wsd.compiler.trace import DTYPES, GuidedUNet, TextEncoder, VaeDecoder, resolve_size, to_relax
+from wsd.models import Model
+from wsd.runtime.executor import Executor
 
 FP32_BAR_DB = 60.0
 FP16_BAR_DB = 35.0
-BARS = {"float32": FP32_BAR_DB, "float16": FP16_BAR_DB}
+BARS = dict(zip(settings.DTYPES, (FP32_BAR_DB, FP16_BAR_DB)))
 
 PARTS = ("clip", "unet", "vae")
 SEED = 0
 PROMPT = "a photograph of an astronaut riding a horse"
 TIMESTEP = 500.0
-GUIDANCE_SCALE = 7.5
+GUIDANCE_SCALE = settings.GUIDANCE_SCALE
 _HALF_MAX = float(torch.finfo(torch.float16).max)
 
 

@@ -174,8 +174,8 @@ def plan_model(model, dtype: str, target: tvm.target.Target,
                height: int | None = None, width: int | None = None) -> dict:
     """Trace and run the Relax pipeline (no code generation) for any target, also one this
     machine cannot run (e.g. `Target("nvidia/nvidia-h100")` on a CPU machine)."""
-    from wsd.compiler.pipeline import add_scheduler_functions, pipeline
     from wsd.compiler.layout import WeightLayouts
+    from wsd.compiler.pipeline import add_scheduler_functions, pipeline
     from wsd.compiler.trace import resolve_size, trace_model
 
     height, width = resolve_size(model, height, width)
@@ -204,12 +204,12 @@ def main(argv=None) -> int:
     import argparse
     import json
 
-    from wsd import targets
+    from wsd import settings, targets
     from wsd.models import load_model
 
     p = argparse.ArgumentParser(prog="python -m wsd.compiler.memory", description=main.__doc__)
     p.add_argument("--model", default="tiny")
-    p.add_argument("--dtype", default="float16", choices=("float32", "float16"))
+    p.add_argument("--dtype", default="float16", choices=settings.DTYPES)
     p.add_argument("--target", default="llvm", help="llvm, cuda (needs the GPU), or a TVM "
                    "tag such as nvidia/nvidia-h100 (plans for it on any machine)")
     p.add_argument("--height", type=int)

@@ -25,9 +25,9 @@ import tvm
 from tvm import relax
 
 from wsd.compiler import layout, memory, optimize, schedule
+from wsd.compiler.trace import Traced, check_dtype, resolve_size, trace_model
 from wsd.kernels.gemm import tensor_core_matmul
 from wsd.models import Model
-from wsd.compiler.trace import Traced, check_dtype, resolve_size, trace_model
 from wsd.targets import NATIVE, check, device_of, make
 
 def pipeline(target: tvm.target.Target,

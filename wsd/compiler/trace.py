@@ -21,8 +21,9 @@ from tvm import relax
 from tvm.relax.frontend import detach_params
 from tvm.relax.frontend.torch import from_exported_program
 
-from wsd.models import Model
+from wsd import settings
 from wsd.compiler.trace_ops import CONVERTERS
+from wsd.models import Model
 
 
 class TextEncoder(torch.nn.Module):
@@ -128,7 +129,7 @@ def example_inputs(model: Model, height: int, width: int) -> dict[str, tuple]:
     ids = torch.zeros(1, model.max_tokens, dtype=torch.int32)
     return {
         "encode_text": (ids,),
-        "unet_guided": (latents, t, emb, emb.clone(), torch.tensor([7.5])),
+        "unet_guided": (latents, t, emb, emb.clone(), torch.tensor([settings.GUIDANCE_SCALE])),
         "unet": (latents, t, emb),
         "decode": (latents,),
     }
@@ -137,7 +138,7 @@ def example_inputs(model: Model, height: int, width: int) -> dict[str, tuple]:
 FUNCTIONS = ("encode_text", "unet_guided", "unet", "decode")
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in settings.DTYPES}
 
 
 def wrap_modules(model: Model, names=FUNCTIONS,

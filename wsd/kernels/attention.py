@@ -49,8 +49,8 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
-from wsd.kernels.gemm.cuda_arch import sm_version
 from wsd.compiler.layout import fold_permutes
+from wsd.kernels.gemm.cuda_arch import sm_version
 
 # A masked or not-yet-seen score. Finite: WGSL has no infinity literals, and exp(NEG - m)
 # must be exactly 0 for any finite m, never inf - inf = NaN.

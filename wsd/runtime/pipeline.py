@@ -19,15 +19,13 @@ from typing import Callable
 
 import numpy as np
 
+from wsd import settings
 from wsd.compiler.pipeline import Library
-from wsd.runtime.executor import Executor
 from wsd.models import Model
-from wsd.runtime.weights import collect_weights
+from wsd.runtime.executor import Executor
 from wsd.runtime.rng import TorchGenerator
+from wsd.runtime.weights import collect_weights
 from wsd.samplers import make_scheduler
-
-MAX_STEPS = 1000
-
 
 class Pipeline:
     def __init__(self, model: Model, library: Library):
@@ -52,11 +50,12 @@ class Pipeline:
                           f"{ids.shape[1]}-token window", stacklevel=2)
         return self.call("encode_text", ids)
 
-    def generate(self, prompt: str, negative_prompt: str = "", scheduler: str = "pndm",
-                 steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
+    def generate(self, prompt: str, negative_prompt: str = settings.NEGATIVE_PROMPT,
+                 scheduler: str = settings.SCHEDULER, steps: int = settings.STEPS,
+                 guidance_scale: float = settings.GUIDANCE_SCALE, seed: int = settings.SEED,
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Returns the image as uint8 (height, width, 3)."""
-        check_settings(steps, guidance_scale, seed)
+        settings.check(steps, guidance_scale, seed)
         sampler = make_scheduler(scheduler, self.model.configs["scheduler"])
         sampler.set_timesteps(steps)
         guided = guidance_scale > 1.0  # as diffusers: no guidance at or below 1
@@ -98,11 +97,3 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     """diffusers' numpy_to_pil: round(x * 255)."""
     return (image * 255).round().astype(np.uint8)
 
-
-def check_settings(steps, guidance_scale, seed) -> None:
-    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
-    if not np.isfinite(guidance_scale) or not 0 <= guidance_scale <= 100:
-        raise ValueError(f"guidance scale must be between 0 and 100, got {guidance_scale!r}")
-    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer from 0 to 2**64-1, got {seed!r}")

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from wsd.tuning import wgsl_bench
 from wsd.kernels.gemm import tensor_core_matmul
+from wsd.tuning import wgsl_bench
 
 REFERENCE = {"label": "reference", "rule": "simt", "params": None}
 
@@ -41,8 +41,8 @@ REFERENCE = {"label": "reference", "rule": "simt", "params": None}
 def schedule_variant(func, variant: dict, target: tvm.target.Target):
     """The PrimFunc as the variant schedules it (dlight's rules for "default"; for the
     reference, dlight's rules with tensor cores off)."""
-    from wsd.tuning import tune
     from wsd.kernels.gemm import records
+    from wsd.tuning import tune
 
     if variant["rule"] is None:
         return tune.default_schedule(func, target)

@@ -42,9 +42,10 @@ import tvm.script
 import tvm_ffi
 from tvm import relax, tirx
 
-from wsd.tuning import cuda_bench, wgsl_bench
+from wsd import settings
 from wsd.kernels.gemm import records, tensor_core_matmul, tiled_matmul
 from wsd.targets import tuning_target
+from wsd.tuning import cuda_bench, wgsl_bench
 
 SAMPLES = 8192
 
@@ -82,8 +83,8 @@ def optimized_module(model_spec: str = "sd15", dtype: str = "float32",
                      names=("unet_guided", "decode", "encode_text"),
                      target: tvm.target.Target | None = None) -> tvm.IRModule:
     from wsd.compiler.layout import WeightLayouts
-    from wsd.models import load_model
     from wsd.compiler.trace import resolve_size, trace_model
+    from wsd.models import load_model
 
     model = load_model(model_spec)
     height, width = resolve_size(model, height, width)
@@ -628,7 +629,7 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--target", default="webgpu", choices=("webgpu", "cuda"))
         p.add_argument("--model", default="sd15")
-        p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+        p.add_argument("--dtype", default=settings.DEFAULT_DTYPE, choices=settings.DTYPES)
         p.add_argument("--height", type=int)
         p.add_argument("--width", type=int)
         p.add_argument("--top", type=int, default=None, help="the N kernels with most FLOPs")

@@ -8,6 +8,9 @@
     out_dir/wsd-config.json    what the app needs to drive the functions (see build_bundle)
     out_dir/index.html, app.js the web app (wsd.web.app): `wsd serve out_dir`, open the page
 
+`settings` in wsd-config.json: the generation settings' defaults and bounds (wsd.settings), which
+the app offers and checks, as `wsd generate` does.
+
 `requirements` in wsd-config.json: what the adapter must offer (wsd.web.limits reads it from the
 lowered module, its kernels and the generated WGSL). The web app reads `shader_f16`,
 `max_buffer_bytes` and `max_storage_binding_bytes`:
@@ -48,13 +51,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from wsd.compiler import pipeline as wsd_build
+from wsd import settings
 from wsd.compiler import layout
-from wsd.web import limits
+from wsd.compiler import pipeline as wsd_build
+from wsd.compiler.trace import check_dtype, resolve_size, trace_model
 from wsd.models import Model
 from wsd.runtime.weights import collect_weights, write_tensor_cache
-from wsd.compiler.trace import check_dtype, resolve_size, trace_model
 from wsd.targets import webgpu_target
+from wsd.web import limits
 from wsd.web.app import build_app, ensure_packages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,6 +211,7 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
         "tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
                    "pad": tokenizer.pad_token_id},
         "scheduler_config": model.configs["scheduler"],
+        "settings": settings.record(),  # defaults and bounds the app offers (wsd.settings)
         "target": str(target), "tvm_version": tvm.__version__,
         "files": {"wasm": wasm.name, "params": "params/", "tokenizer": "tokenizer.json"},
         "functions": functions,
