@@ -90,10 +90,6 @@ function fillForm() {
     option.value = option.textContent = name;
     $("scheduler").append(option);
   }
-  $("scheduler").value = DEFAULTS.scheduler;
-  $("steps").value = DEFAULTS.steps;
-  $("guidance").value = DEFAULTS.guidanceScale;
-  $("seed").value = DEFAULTS.seed;
   $("dice").addEventListener("click", () => {
     const words = crypto.getRandomValues(new Uint32Array(1));
     $("seed").value = String(words[0]);
@@ -106,6 +102,11 @@ async function main() {
   let engine = null;
   const ready = Engine.load(base, onProgress).then((e) => {
     engine = e;
+    // The bundle's defaults (wsd-config.json "settings"), known once its config is read.
+    $("scheduler").value = DEFAULTS.scheduler;
+    $("steps").value = DEFAULTS.steps;
+    $("guidance").value = DEFAULTS.guidanceScale;
+    $("seed").value = DEFAULTS.seed;
     const c = e.config;
     $("model").textContent = `${c.model} · ${c.dtype} · ${c.width}x${c.height} · ` +
       `${e.adapterDescription} · loaded in ${fmtMs(e.loadMs)}`;

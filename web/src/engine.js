@@ -22,14 +22,22 @@ import { SCHEDULERS, makeScheduler } from "./schedulers/index.js";
 import { fetchOk, loadWeights } from "./weights.js";
 
 export const CONFIG_NAME = "wsd-config.json";
-export const FORMAT_VERSION = 1;
-export const MAX_STEPS = 1000; // as wsd/runtime.py
+export const FORMAT_VERSION = 2; // 2: the config carries "settings"
 
-export const DEFAULTS = Object.freeze({
-  prompt: "", negativePrompt: "", steps: 25, guidanceScale: 7.5, scheduler: "pndm", seed: 0,
-});
+// The settings' defaults and bounds: the bundle's wsd-config.json "settings", written from
+// wsd/settings.py (the record `wsd generate` uses too); filled in by Engine.load.
+export const DEFAULTS = {};
+const BOUNDS = {};
 
-/** Settings checked as wsd/runtime.py's check_settings does; returns them normalized. */
+function useSettings({ defaults, bounds }) {
+  Object.assign(DEFAULTS, {
+    prompt: defaults.prompt, negativePrompt: defaults.negative_prompt, steps: defaults.steps,
+    guidanceScale: defaults.guidance_scale, scheduler: defaults.scheduler, seed: defaults.seed,
+  });
+  Object.assign(BOUNDS, { steps: bounds.steps, guidanceScale: bounds.guidance_scale });
+}
+
+/** Settings checked as wsd/settings.py's check does; returns them normalized. */
 export function checkSettings(options) {
   const known = new Set([...Object.keys(DEFAULTS), "onProgress", "preview", "previewEvery"]);
   for (const key of Object.keys(options || {})) {
@@ -41,12 +49,15 @@ export function checkSettings(options) {
   if (typeof s.prompt !== "string" || typeof s.negativePrompt !== "string") {
     throw new Error("prompt and negativePrompt must be strings");
   }
-  if (!Number.isInteger(s.steps) || s.steps < 1 || s.steps > MAX_STEPS) {
-    throw new Error(`steps must be an integer from 1 to ${MAX_STEPS}, got ${s.steps}`);
+  const [minSteps, maxSteps] = BOUNDS.steps;
+  if (!Number.isInteger(s.steps) || s.steps < minSteps || s.steps > maxSteps) {
+    throw new Error(`steps must be an integer from ${minSteps} to ${maxSteps}, got ${s.steps}`);
   }
+  const [minGuidance, maxGuidance] = BOUNDS.guidanceScale;
   if (typeof s.guidanceScale !== "number" || !Number.isFinite(s.guidanceScale) ||
-      s.guidanceScale < 0 || s.guidanceScale > 100) {
-    throw new Error(`guidance scale must be between 0 and 100, got ${s.guidanceScale}`);
+      s.guidanceScale < minGuidance || s.guidanceScale > maxGuidance) {
+    throw new Error(`guidance scale must be between ${minGuidance} and ${maxGuidance}, ` +
+                    `got ${s.guidanceScale}`);
   }
   if (!Object.prototype.hasOwnProperty.call(SCHEDULERS, s.scheduler)) {
     throw new Error(`unknown scheduler '${s.scheduler}'; choose one of: ` +
@@ -90,6 +101,7 @@ export class Engine {
                       `${FORMAT_VERSION} (rebuild it with this version of wsd)`);
     }
     this.config = config;
+    useSettings(config.settings);
 
     onProgress({ stage: "device" });
     const { device, description } = await openDevice(config.requirements);

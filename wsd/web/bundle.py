@@ -64,7 +64,7 @@ from wsd.web.app import build_app, ensure_packages
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_BUILD = ROOT / "web" / "runtime" / "build.sh"
 CONFIG_NAME = "wsd-config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "settings" (web/src/engine.js checks it)
 
 
 class BundleError(RuntimeError):
