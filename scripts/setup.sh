@@ -46,9 +46,10 @@ command -v npm > /dev/null || apt_missing nodejs npm
 # tvmjs from the same TVM release as the wheel, web-tokenizers, esbuild, deno,
 # puppeteer-core). Installed only when the lock file is newer than the install.
 if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
-    # npm install, not npm ci: npm 11 writes lock files without the other platforms' entries
-    # of deno's optional binaries, which npm ci then rejects; versions still come from the lock.
-    (cd web && npm install --no-audit --no-fund --loglevel=error)
+    # npm ci: exactly what the lock says, and the lock left as it is (npm install rewrote it
+    # where its npm wrote entries differently). The lock is committed as npm 11 writes it,
+    # with every platform's entries of deno's optional binaries, which npm ci needs.
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # TVM's wasm runtime for web bundles, compiled with emscripten from the wheel's own sources

@@ -6,7 +6,7 @@ esbuild, offline, into the bundle directory next to model.wasm:
                                     torch.randn port, tvmjs, web-tokenizers) in one ES module
 
 The npm packages come from web/package.json (tvmjs pinned to the wheel's TVM release);
-`npm install` installs them once (scripts/setup.sh does it), after which no network is needed.
+`npm ci` installs them once (scripts/setup.sh does it), after which no network is needed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def ensure_packages() -> None:
     if shutil.which("npm") is None:
         raise WebAppError("npm is not installed; it is needed to bundle the web app "
                           "(Debian: apt install nodejs npm; then bash scripts/setup.sh)")
-    cmd = ["npm", "install", "--no-audit", "--no-fund"]  # versions from package-lock.json
+    cmd = ["npm", "ci", "--no-audit", "--no-fund"]  # as package-lock.json says; never rewrites it
     proc = subprocess.run(cmd, cwd=WEB, capture_output=True, text=True)
     if proc.returncode != 0:
         raise WebAppError(f"`{' '.join(cmd)}` in {WEB} failed (offline, and the packages not "
