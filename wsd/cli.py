@@ -24,7 +24,7 @@ def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def _build_library(args, log):
-    from wsd.compiler.pipeline import build
+    from wsd.runtime.library import build
     from wsd.models import load_model
 
     if args.target == targets.WEBGPU:

@@ -3,7 +3,7 @@
 import pytest
 
 import wsd.compiler.pipeline
-from wsd.compiler.pipeline import build, library_key
+from wsd.runtime.library import build, library_key
 from wsd.models import load_model
 from wsd.targets import make as make_target
 

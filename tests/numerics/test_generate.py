@@ -14,7 +14,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from wsd.checks.reference import Reference, Settings
-from wsd.compiler.pipeline import build
+from wsd.runtime.library import build
 from wsd.models import load_model
 from wsd.runtime.pipeline import Pipeline
 

@@ -190,23 +190,29 @@ def test_random_arrays_are_seeded():
     assert a[0].dtype == np.float16 and not a[1].any()
 
 
-def test_editing_the_benchmarks_keeps_compiled_libraries(tmp_path, monkeypatch):
-    """wsd/bench/run.py is not compiler source: editing it must not invalidate the library cache
-    (a SD v1.5 CUDA build takes minutes); editing a compiler file must."""
+@pytest.mark.parametrize("edited,invalidates", [
+    ("bench/run.py", False), ("cli.py", False), ("tuning/tune.py", False),
+    ("web/bundle.py", False), ("runtime/pipeline.py", False), ("settings.py", False),
+    ("compiler/memory.py", True), ("compiler/trace.py", True), ("kernels/attention.py", True),
+    ("kernels/gemm/tuned/webgpu.json", True), ("samplers/pndm.py", True),
+    ("models/presets.py", True),
+])
+def test_the_library_cache_key_covers_compiler_sources_only(tmp_path, edited, invalidates):
+    """The library cache key hashes what makes compiled code (the compiler, kernels and their
+    records, samplers, models) and nothing else: editing the CLI, tuner or benchmarks must
+    keep the cached libraries (an SD v1.5 CUDA build takes minutes)."""
     import shutil
     from pathlib import Path
 
-    import wsd.compiler.pipeline as build
+    from wsd.runtime import library
 
     pkg = tmp_path / "wsd"
-    shutil.copytree(Path(build.__file__).parents[1], pkg,
+    shutil.copytree(Path(library.__file__).parents[1], pkg,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(build, "__file__", str(pkg / "compiler" / "pipeline.py"))
-    before = build._compiler_fingerprint()
-    (pkg / "bench/run.py").write_text((pkg / "bench/run.py").read_text() + "\n# edited\n")
-    assert build._compiler_fingerprint() == before
-    (pkg / "compiler/memory.py").write_text((pkg / "compiler/memory.py").read_text() + "\n# edited\n")
-    assert build._compiler_fingerprint() != before
+    before = library.compiler_fingerprint(pkg)
+    path = pkg / edited
+    path.write_text(path.read_text() + ("\n" if edited.endswith(".json") else "\n# edited\n"))
+    assert (library.compiler_fingerprint(pkg) != before) == invalidates
 
 
 def test_unknown_targets_are_bench_errors():

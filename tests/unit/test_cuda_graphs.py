@@ -15,6 +15,7 @@ from tvm import relax
 from wsd import targets
 from wsd.compiler import pipeline as build, memory, trace
 from wsd.models import load_model
+from wsd.runtime import library
 
 SM90 = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024,
                           "thread_warp_size": 32})
@@ -64,9 +65,9 @@ def test_graphs_can_be_switched_off(traced, monkeypatch):
     mod = build.pipeline(SM90)(traced.mod)
     assert not [g for g in mod.functions if "cuda_graph" in g.name_hint]
     model = load_model("tiny")
-    off = build.library_key(model, SM90, "float16", 64, 64)
+    off = library.library_key(model, SM90, "float16", 64, 64)
     monkeypatch.setenv("WSD_CUDA_GRAPHS", "1")
-    assert build.library_key(model, SM90, "float16", 64, 64) != off
+    assert library.library_key(model, SM90, "float16", 64, 64) != off
 
 
 def test_memory_report_counts_graph_storage(traced, monkeypatch):

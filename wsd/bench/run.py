@@ -1135,7 +1135,7 @@ class ModelBench:
         self._flops: dict[str, int] = {}
 
     def _compile(self) -> None:
-        from wsd.compiler.pipeline import build
+        from wsd.runtime.library import build
 
         self.library = build(self.model, self.device.target, self.dtype, self.height,
                              self.width, log=self.log)

@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 
 from wsd import settings
-from wsd.compiler.pipeline import Library
 from wsd.models import Model
 from wsd.runtime.executor import Executor
+from wsd.runtime.library import Library
 from wsd.runtime.rng import TorchGenerator
 from wsd.runtime.weights import collect_weights
 from wsd.samplers import make_scheduler
