@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 
 from wsd import targets
+from wsd.compiler import buffers
 from wsd.compiler import pipeline as build
 import wsd.compiler.optimize
 from wsd.kernels import attention, attention_wmma
@@ -100,7 +101,7 @@ def check(out, ref, dtype, label):
 def llvm_vm(request):
     dtype = request.param
     mod = attention_module(CASES, dtype)
-    executable = build.compile_module(mod, targets.make("llvm"))
+    executable = build.compile_module(mod, targets.make("llvm")).executable
     return dtype, relax.VirtualMachine(executable, tvm.cpu())
 
 
@@ -250,7 +251,8 @@ def test_cuda_matches_torch(dtype):
     """The pass as the CUDA build runs it (tensor cores for fp16 where they apply, the
     scalar kernel in CUDA's layout otherwise), every case against torch."""
     target = targets.make("cuda")
-    vm = relax.VirtualMachine(build.compile_module(attention_module(CASES, dtype), target),
+    compiled = build.compile_module(attention_module(CASES, dtype), target)
+    vm = relax.VirtualMachine(compiled.executable,
                               tvm.cuda())
     for name, case in CASES.items():
         q, k, v = inputs(case, dtype)
@@ -265,8 +267,8 @@ def _lowered(mod, target):
 
 def _largest_buffers(lowered) -> tuple[int, int]:
     """(largest planned storage, largest global buffer inside a kernel) of a lowered module."""
-    storages = limits.planned_storages(lowered)
-    scratch = [size for found in limits.kernel_intermediates(lowered).values()
+    storages = buffers.planned_storages(lowered)
+    scratch = [size for found in buffers.kernel_intermediates(lowered).values()
                for _, size in found]
     return (max(s for info in storages.values() for s in info["sizes"]),
             max(scratch, default=0))
@@ -281,7 +283,7 @@ def test_no_score_matrix_in_lowered_gpu_module(dtype):
     storage, scratch = _largest_buffers(lowered)
     el = np.dtype(dtype).itemsize
     largest_output = max(b * sq * h * d * el for b, sq, _, h, d in SD15.values())
-    assert limits.kernel_intermediates(lowered) == {} and scratch == 0
+    assert buffers.kernel_intermediates(lowered) == {} and scratch == 0
     assert storage <= largest_output  # inputs/outputs only (self-scores: 1 GiB)
 
 
@@ -345,7 +347,7 @@ def test_webgpu_matches_torch_and_llvm(webgpu, dtype, layout, monkeypatch):
             for d in head_dims})
     mod = attention_module(WEBGPU_CASES, dtype)
     gpu = webgpu.load(mod)
-    cpu = relax.VirtualMachine(build.compile_module(mod, targets.make("llvm")), tvm.cpu())
+    cpu = relax.VirtualMachine(build.compile_module(mod, targets.make("llvm")).executable, tvm.cpu())
     print(f"WebGPU adapter: {webgpu.gpu().adapter}")
     for name, case in WEBGPU_CASES.items():
         func = name.replace("-", "_")

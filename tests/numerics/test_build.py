@@ -2,9 +2,9 @@
 
 import pytest
 
-import wsd.compiler.pipeline
-from wsd.runtime.library import build, library_key
+import wsd.runtime.library
 from wsd.models import load_model
+from wsd.runtime.library import build, library_key
 from wsd.targets import make as make_target
 
 
@@ -15,7 +15,7 @@ def test_second_build_is_served_from_cache(monkeypatch):
     def no_tracing(*_args, **_kwargs):
         raise AssertionError("a cached library was traced again")
 
-    monkeypatch.setattr(wsd.compiler.pipeline, "trace_model", no_tracing)
+    monkeypatch.setattr(wsd.runtime.library, "trace_model", no_tracing)
     messages = []
     second = build(model, "llvm", "float32", log=messages.append)
     assert second.path == first.path
@@ -48,9 +48,10 @@ def test_weights_do_not_change_the_key():
 
 def test_cache_location_override(monkeypatch, tmp_path):
     monkeypatch.setenv("WSD_CACHE", str(tmp_path))
-    assert wsd.compiler.pipeline.cache_dir() == tmp_path
+    assert wsd.runtime.library.cache_dir() == tmp_path
 
 
 def test_bad_dtype_is_refused():
     with pytest.raises(ValueError, match="dtype must be one of"):
         build(load_model("tiny"), "llvm", "bfloat16")
+

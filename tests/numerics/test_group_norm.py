@@ -64,7 +64,7 @@ def test_matches_torch(dtype, channels_last):
             torch.from_numpy(gamma.astype(np.float64)),
             torch.from_numpy(beta.astype(np.float64)), 1e-5).numpy()
         vm = relax.VirtualMachine(build.compile_module(
-            group_norm_module(case, dtype, channels_last), target), tvm.cpu())
+            group_norm_module(case, dtype, channels_last), target).executable, tvm.cpu())
         data = x.transpose(0, 2, 3, 1).copy() if channels_last else x
         out = vm["main"](*[tvm.runtime.tensor(a) for a in (data, gamma, beta)]).numpy()
         if channels_last:

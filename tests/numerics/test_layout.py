@@ -153,8 +153,8 @@ def test_weights_stored_permuted_match_pytorch(cuda_layouts_on_llvm):
     traced = trace_model(model, *size, "float32", names=("decode",))
     layouts = layout.WeightLayouts(traced.num_inputs)
     target = tvm.target.Target("llvm")
-    executor = Executor(build.compile_module(traced.mod, target, weight_layouts=layouts),
-                        tvm.cpu())
+    compiled = build.compile_module(traced.mod, target, weight_layouts=layouts)
+    executor = Executor(compiled.executable, tvm.cpu())
     meta = {"dtype": "float32", "functions": build.function_meta(traced, layouts)}
     assert [0, 2, 3, 1] in meta["functions"]["decode"]["weight_layouts"]
     weights = upload_weights(executor, model, meta, traced.modules)

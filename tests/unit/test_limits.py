@@ -3,6 +3,7 @@ and the check against WebGPU's default limits."""
 
 from tvm import te
 
+from wsd.compiler import buffers
 from wsd.web import limits
 
 MiB = 1 << 20
@@ -54,8 +55,8 @@ def test_global_intermediates():
     b = te.compute((64, 1024), lambda i, j: a[i, j] * 2, name="b")  # kept in global memory
     c = te.compute((64, 1024), lambda i, j: b[i, j] + 1, name="c")
     func = te.create_prim_func([a, c])
-    assert limits.global_intermediates(func) == [("b", 64 * 1024 * 2)]
-    assert limits.global_intermediates(te.create_prim_func([a, b])) == []
+    assert buffers.global_intermediates(func) == [("b", 64 * 1024 * 2)]
+    assert buffers.global_intermediates(te.create_prim_func([a, b])) == []
 
 
 def test_activation_pool():

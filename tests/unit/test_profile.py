@@ -25,7 +25,7 @@ def vm():
             out = bb.emit_output(relax.op.matmul(h, w))
         bb.emit_func_output(out)
     target = targets.make("llvm")
-    return relax.VirtualMachine(build.compile_module(bb.get(), target), tvm.cpu())
+    return relax.VirtualMachine(build.compile_module(bb.get(), target).executable, tvm.cpu())
 
 
 def test_every_kernel_call_is_timed(vm):

@@ -778,7 +778,7 @@ def prepare_layer(case: LayerCase, dtype: str, device: Device, compile_enabled: 
     module = module.to(device.torch)
     inputs = tuple(x.to(device.torch) for x in cpu_inputs)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    executor = Executor(compile_module(mod, device.tvm_target), device.tvm)
+    executor = Executor(compile_module(mod, device.tvm_target).executable, device.tvm)
     state = module.state_dict()
     weights = [executor.upload(state[n].detach().cpu().numpy()) for n in names]
     args = [executor.upload(x.numpy()) for x in cpu_inputs]

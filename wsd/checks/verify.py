@@ -371,7 +371,7 @@ def _load(exported: list[Exported], target: tvm.target.Target):
     if target.kind.name == "webgpu":  # the browser build's kernels, run through wgpu-py
         from wsd.runtime import webgpu_native
         return webgpu_native.load(mod, target)
-    return Executor(build.compile_module(mod, target), targets.device_of(target))
+    return Executor(build.compile_module(mod, target).executable, targets.device_of(target))
 
 
 def compile_blocks(exported: list[Exported], target: tvm.target.Target,

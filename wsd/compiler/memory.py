@@ -6,16 +6,13 @@ from the PyTorch model:
 
 - weights: every distinct weight tensor the functions take, in the compiled dtype (the UNet's
   guided and plain functions share theirs), as `wsd.runtime.pipeline.Pipeline` uploads them;
-- planned storage per Relax function: the static `alloc_storage` calls memory planning leaves
-  (`wsd.web.bundle.storage_sizes`); the sum is an upper bound for the function's live activations
-  (the planner already reuses storage between tensors whose lifetimes do not overlap);
-- kernel workspace: device ("global" scope) buffers a kernel allocates inside itself for the
-  duration of one call (on CPUs, unscheduled kernels keep whole intermediates this way; TVM's
-  default attention lowering keeps its score matrix this way). Shared/local memory is on-chip
-  and not counted. Per function we count its largest kernel workspace.
+- planned storage per Relax function (wsd.compiler.buffers.storage_sizes); the sum is an upper
+  bound for the function's live activations;
+- kernel workspace: the global buffers a kernel allocates inside itself for one call
+  (wsd.compiler.buffers.kernel_workspace). Per function we count its largest kernel workspace.
 
-- CUDA graph storage (CUDA builds, wsd.compiler.pipeline.cuda_graphs): the storage of captured kernels, of
-  every function, moves into one `cuda_graph_alloc` function whose allocations the VM caches
+- CUDA graph storage (CUDA builds, wsd.compiler.pipeline.cuda_graphs): the storage of captured
+  kernels, of every function, moves into one `cuda_graph_alloc` function whose allocations the VM caches
   for its lifetime (a replayed graph must find its buffers where it captured them), so it
   stays allocated from the first call on.
 
@@ -31,20 +28,15 @@ larger than this peak; `wsd bench` measures that on CUDA.
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
+
+from wsd.compiler.buffers import kernel_workspace, nbytes, storage_sizes
 
 # The functions a text-to-image run calls (the samplers' kernels work on latents only).
 MODEL_FUNCTIONS = ("encode_text", "unet_guided", "unet", "decode")
 
 MIB = 1 << 20
-
-
-def _nbytes(shape, dtype) -> int:
-    dims = [int(d) for d in shape]
-    bits = tvm.runtime.DataType(str(dtype)).bits * tvm.runtime.DataType(str(dtype)).lanes
-    return int(np.prod(dims, dtype=np.int64)) * bits // 8
 
 
 def weight_bytes(traced) -> dict[str, int]:
@@ -55,34 +47,7 @@ def weight_bytes(traced) -> dict[str, int]:
     for function, names in traced.weight_names.items():
         params = traced.mod[function].params[traced.num_inputs[function]:]
         for name, param in zip(names, params):
-            out[tensor_name(function, name)] = _nbytes(param.ty.shape.values, param.ty.dtype)
-    return out
-
-
-def kernel_workspace(mod: tvm.IRModule) -> dict[str, int | None]:
-    """{PrimFunc name: bytes of global-scope buffers it allocates inside}; None where the
-    kernel could not be analysed."""
-    from tvm.s_tir import transform as st
-    from tvm.s_tir.analysis import calculate_allocated_bytes
-
-    # The first steps of TVM's TIR lowering (tvm.s_tir.pipeline), enough to turn block
-    # allocations into Allocate statements that calculate_allocated_bytes counts.
-    lower = tvm.transform.Sequential([
-        st.LowerCrossThreadReduction(), st.LowerInitBlock(),
-        st.PlanAndUpdateBufferAllocationLocation(), st.ConvertBlocksToOpaque(),
-        st.CompactBufferAllocation(), st.LowerOpaqueBlock()])
-    out = {}
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        name = gvar.name_hint
-        try:
-            low = lower(tvm.IRModule({name: func}))
-            sizes = calculate_allocated_bytes(low)
-            out[name] = int(sum(int(v) for scopes in sizes.values()
-                                for scope, v in scopes.items() if scope == "global"))
-        except Exception:  # noqa: BLE001 - a kernel we cannot lower alone: say so, go on
-            out[name] = None
+            out[tensor_name(function, name)] = nbytes(param.ty.shape.values, param.ty.dtype)
     return out
 
 
@@ -115,8 +80,6 @@ def references(mod: tvm.IRModule) -> dict[str, set[str]]:
 
 def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
     """The memory report of a lowered module (see the module docstring). JSON-ready."""
-    from wsd.web.bundle import storage_sizes
-
     storage = storage_sizes(lowered)
     workspace = kernel_workspace(lowered)
     used = references(lowered)
@@ -137,7 +100,9 @@ def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
             "dynamic_allocations": storage[name]["dynamic"],
             "workspace_bytes": ws,
             "workspace_kernel": top,
-            "unanalysed_kernels": sorted(k for k in kernels if workspace.get(k) is None),
+            # kernels whose buffers have a symbolic size
+            "unanalysed_kernels": sorted(k for k in kernels
+                                         if k in workspace and workspace[k] is None),
             "activation_bytes": storage[name]["total_bytes"] + ws,
         }
     weight_total = int(sum(weights.values()))
@@ -156,18 +121,6 @@ def plan(lowered: tvm.IRModule, weights: dict[str, int]) -> dict:
         "activation_bytes": activations,
         "peak_bytes": weight_total + graph_total + activations,
     }
-
-
-def observer(weights: dict[str, int], report: dict) -> tvm.transform.Pass:
-    """A pass to append to the Relax pipeline: it fills `report` with `plan(module)` and
-    returns the module unchanged."""
-
-    @tvm.transform.module_pass(opt_level=0, name="wsd.MemoryReport")
-    def run(mod, _ctx):
-        report.update(plan(mod, weights))
-        return mod
-
-    return run
 
 
 def plan_model(model, dtype: str, target: tvm.target.Target,

@@ -1,53 +1,95 @@
-"""The whole compile pipeline in one place.
+"""The whole compile pipeline in one place, and the one compile entry.
 
-    trace (wsd.compiler.trace)        PyTorch -> torch.export -> Relax, one function per model part
-    + schedulers             the samplers' step math (wsd.samplers), into the same module
-    optimize (wsd.compiler.optimize)  legalize, fold, fuse
-    schedule (wsd.compiler.schedule)  dlight rules per target
-    lower + plan             dataflow lowering, static memory planning, VM lowering
-    codegen                  tvm.compile -> one shared library for the target
+    trace (wsd.compiler.trace)          PyTorch -> torch.export -> Relax, one function per part
+    + samplers                          their step math (wsd.samplers), into the same module
+    PHASES, in order (pipeline):
+      optimize (wsd.compiler.optimize)  our kernels (attention, group norm), target layouts,
+                                        legalize, fold, fuse
+      schedule (wsd.compiler.schedule)  tuned records, then dlight rules
+      lower                             dataflow lowering
+      plan                              static memory planning (+ CUDA graphs), VM lowering
+    codegen                             tvm.compile -> one executable for the target
+
+`compile_module` runs them; what it returns (`Compiled`) carries the module as code generation
+got it, which wsd.compiler.buffers reads (planned storages, kernels' global buffers) for the
+memory plan (wsd.compiler.memory) and the WebGPU requirements (wsd.web.limits).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import tvm
 from tvm import relax
 
-from wsd.compiler import layout, optimize, schedule
+from wsd.compiler import buffers, layout, optimize, schedule
 from wsd.compiler.trace import Traced
 from wsd.kernels.gemm import tensor_core_matmul
 
+PHASES = ("optimize", "schedule", "lower", "plan")
+Hook = Callable[[str, tvm.IRModule], None]  # (phase, the module after it)
 
-def pipeline(target: tvm.target.Target,
-             weight_layouts: layout.WeightLayouts | None = None) -> tvm.transform.Pass:
-    """The Relax pipeline, composed here from the named stages. With `weight_layouts` the
-    weights are stored as their kernels read them (wsd.compiler.layout.WeightLayouts)."""
-    lower = [
-        relax.transform.RewriteDataflowReshape(),
-        relax.transform.ToNonDataflow(),
-        relax.transform.RemovePurityChecking(),
-        relax.transform.CallTIRRewrite(),
-    ]
-    plan = [
-        relax.transform.StaticPlanBlockMemory(),
-        *([cuda_graphs()] if uses_cuda_graphs(target) else []),
-        relax.transform.LowerAllocTensor(),
-        relax.transform.KillAfterLastUse(),
-        relax.transform.LowerRuntimeBuiltin(),
-        relax.transform.ComputePrimValue(),
-        relax.transform.VMShapeLower(),
-        relax.transform.AttachGlobalSymbol(),
-    ]
+
+def _phase_passes(target: tvm.target.Target,
+                  weight_layouts: layout.WeightLayouts | None) -> dict[str, list]:
+    return {
+        "optimize": optimize.passes(target, weight_layouts),
+        "schedule": schedule.passes(target),
+        "lower": [
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+        ],
+        "plan": [
+            relax.transform.StaticPlanBlockMemory(),
+            *([cuda_graphs()] if uses_cuda_graphs(target) else []),
+            relax.transform.LowerAllocTensor(),
+            relax.transform.KillAfterLastUse(),
+            relax.transform.LowerRuntimeBuiltin(),
+            relax.transform.ComputePrimValue(),
+            relax.transform.VMShapeLower(),
+            relax.transform.AttachGlobalSymbol(),
+        ],
+    }
+
+
+def pipeline(target: tvm.target.Target, weight_layouts: layout.WeightLayouts | None = None,
+             hook: Hook | None = None) -> tvm.transform.Pass:
+    """The Relax pipeline: PHASES in order, `hook(phase, module)` after each. With
+    `weight_layouts` the weights are stored as their kernels read them
+    (wsd.compiler.layout.WeightLayouts)."""
 
     @tvm.transform.module_pass(opt_level=0, name="wsd_pipeline")
     def run(mod, _ctx):
         with target:
-            return tvm.transform.Sequential(optimize.passes(target, weight_layouts)
-                                            + schedule.passes(target) + lower + plan)(mod)
+            for phase, passes in _phase_passes(target, weight_layouts).items():
+                mod = tvm.transform.Sequential(passes)(mod)
+                if hook is not None:
+                    hook(phase, mod)
+        return mod
 
     return run
+
+
+@dataclass
+class Compiled:
+    """One compile: the executable (None when compiled without code generation) and the Relax
+    module as code generation got it, with what it allocates (wsd.compiler.buffers)."""
+
+    executable: relax.VMExecutable | None
+    lowered: tvm.IRModule
+
+    @cached_property
+    def storages(self) -> dict[str, dict]:
+        return buffers.planned_storages(self.lowered)
+
+    @cached_property
+    def intermediates(self) -> dict[str, list]:
+        return buffers.kernel_intermediates(self.lowered)
 
 
 def uses_cuda_graphs(target: tvm.target.Target) -> bool:
@@ -70,14 +112,24 @@ def cuda_graphs() -> tvm.transform.Pass:
     return run
 
 
-def compile_module(mod: tvm.IRModule, target: tvm.target.Target, observe=(),
-                   weight_layouts: layout.WeightLayouts | None = None):
-    """Relax module -> executable for the target. `observe`: passes that look at the lowered
-    module before code generation (e.g. wsd.compiler.memory.observer) and return it unchanged.
-    `weight_layouts`: see pipeline."""
-    relax_pipeline = pipeline(target, weight_layouts)
-    if observe:
-        relax_pipeline = tvm.transform.Sequential([relax_pipeline, *observe])
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target,
+                   weight_layouts: layout.WeightLayouts | None = None, codegen: bool = True,
+                   hook: Hook | None = None) -> Compiled:
+    """The compile entry: Relax module -> Compiled for the target (every build, bundle and
+    check compiles here). `codegen=False` stops after the Relax pipeline (planning for a
+    target this machine cannot compile for, e.g. an H100 tag on a CPU). `weight_layouts`,
+    `hook`: see pipeline."""
+    kept = {}
+
+    def keep(phase: str, lowered: tvm.IRModule) -> None:
+        if phase == PHASES[-1]:
+            kept["lowered"] = lowered
+        if hook is not None:
+            hook(phase, lowered)
+
+    relax_pipeline = pipeline(target, weight_layouts, keep)
+    if not codegen:
+        return Compiled(None, relax_pipeline(mod))
     # CUDA: what tuned tensor-core schedules need (cp.async for their pipelined copies;
     # other kernels have no asynchronous stages), on top of the caller's pass context.
     outer = tvm.transform.PassContext.current()
@@ -87,7 +139,8 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target, observe=(),
     with tvm.transform.PassContext(opt_level=outer.opt_level, required_pass=outer.required_pass,
                                    disabled_pass=outer.disabled_pass,
                                    instruments=outer.instruments, config=config):
-        return tvm.compile(mod, target, relax_pipeline=relax_pipeline)
+        executable = tvm.compile(mod, target, relax_pipeline=relax_pipeline)
+    return Compiled(executable, kept["lowered"])
 
 
 def add_scheduler_functions(mod: tvm.IRModule) -> tvm.IRModule:

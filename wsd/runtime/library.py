@@ -89,15 +89,13 @@ def build(model: Model, target: str = "llvm", dtype: str = "float32",
         traced = trace_model(model, height, width, dtype)
         mod = add_scheduler_functions(traced.mod)
         log(f"compiling for {tvm_target.kind.name} ...")
-        memory_report = {}  # weights + planned activations (wsd.compiler.memory)
         weight_layouts = layout.WeightLayouts(traced.num_inputs)
-        executable = compile_module(
-            mod, tvm_target, [memory.observer(memory.weight_bytes(traced), memory_report)],
-            weight_layouts)
+        compiled = compile_module(mod, tvm_target, weight_layouts)
+        memory_report = memory.plan(compiled.lowered, memory.weight_bytes(traced))
         log(memory.describe(memory_report))
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"model.{os.getpid()}.so"
-        executable.export_library(str(tmp))
+        compiled.executable.export_library(str(tmp))
         meta = {"model": model.name, "config_hash": model.config_hash(), "target": str(tvm_target),
                 "dtype": dtype, "height": height, "width": width,
                 "functions": function_meta(traced, weight_layouts), "memory": memory_report}

@@ -189,18 +189,14 @@ def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None,
     `weight_layouts`: see wsd.compiler.pipeline.pipeline."""
     if target is None:
         target = webgpu_target()
-    kept = {}
-
-    @tvm.transform.module_pass(opt_level=0, name="wsd_keep_lowered_relax")
-    def keep(m, _ctx):
-        kept["relax"] = m
-        return m
-
-    pipe = tvm.transform.Sequential([build.pipeline(target, weight_layouts), keep])
+    planned = []  # set once the Relax pipeline is through
     # FoldConstant builds TIR too (for the CPU): only the build after the Relax pipeline is
     # the webgpu one.
-    executable, lowered = build_keeping_host(
-        lambda: tvm.compile(mod, target, relax_pipeline=pipe), ready=lambda: "relax" in kept)
+    compiled, lowered = build_keeping_host(
+        lambda: build.compile_module(mod, target, weight_layouts,
+                                     hook=lambda phase, _: planned.append(phase == build.PHASES[-1])),
+        ready=lambda: any(planned))
+    executable = compiled.executable
     webgpu = [m for m in _modules(executable.mod) if m.kind == "webgpu"]
     if len(webgpu) != 1:
         raise RuntimeError(f"expected one webgpu module in the build, found {len(webgpu)}")
@@ -212,7 +208,7 @@ def compile_program(mod: tvm.IRModule, target: tvm.target.Target | None = None,
     kernels = {name: Kernel.from_info(info, sources[name]) for name, info in infos.items()}
     host = {gv.name_hint: f for gv, f in lowered.functions.items()
             if isinstance(f, tirx.PrimFunc) and int(f.attrs.get("calling_conv", 0)) != 2}
-    return Program(kept["relax"], host, kernels, target)
+    return Program(compiled.lowered, host, kernels, target)
 
 
 # ---- device tensors ------------------------------------------------------------------------

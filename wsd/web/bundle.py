@@ -52,7 +52,7 @@ import tvm
 from tvm import relax
 
 from wsd import settings
-from wsd.compiler import layout
+from wsd.compiler import buffers, layout
 from wsd.compiler import pipeline as wsd_build
 from wsd.compiler.trace import check_dtype, resolve_size, trace_model
 from wsd.models import Model
@@ -96,41 +96,6 @@ def _fcompile(link_opt: str = "-O1"):
     return fcompile
 
 
-def storage_sizes(mod: tvm.IRModule) -> dict[str, dict]:
-    """Per Relax function of a lowered module: the static storage allocations' sizes.
-
-    Memory planning leaves `R.memory.alloc_storage` calls (`R.vm.alloc_storage` after VM
-    lowering), see wsd.web.limits.planned_storages. Returns {function: {"max_bytes",
-    "total_bytes", "count", "dynamic"}}, dynamic = allocations whose size is not a constant."""
-    return {name: {"max_bytes": max(info["sizes"], default=0),
-                   "total_bytes": sum(info["sizes"]), "count": len(info["sizes"]),
-                   "dynamic": info["dynamic"]}
-            for name, info in limits.planned_storages(mod).items()}
-
-
-def compile_web(mod: tvm.IRModule, target: tvm.target.Target, report: dict | None = None,
-                weight_layouts: layout.WeightLayouts | None = None):
-    """wsd.compiler.pipeline.compile_module's pipeline, plus a look at the lowered module's allocations.
-    Returns (executable, storage_sizes of the lowered module). With `report`, also fills in
-    "storages" (wsd.web.limits.planned_storages), "intermediates" (kernels' global buffers,
-    wsd.web.limits.kernel_intermediates) and "kernels" (WGSL workgroup needs, wsd.web.limits).
-    `weight_layouts`: see wsd.compiler.pipeline.pipeline."""
-    seen = {}
-    report = {} if report is None else report
-
-    @tvm.transform.module_pass(opt_level=0, name="wsd_storage_sizes")
-    def observe(m, _ctx):
-        seen.update(storage_sizes(m))
-        report["storages"] = limits.planned_storages(m)
-        report["intermediates"] = limits.kernel_intermediates(m)
-        return m
-
-    pipe = tvm.transform.Sequential([wsd_build.pipeline(target, weight_layouts), observe])
-    executable = tvm.compile(mod, target, relax_pipeline=pipe)
-    report["kernels"] = limits.wgsl_kernels(limits.webgpu_source(executable))
-    return executable, seen
-
-
 def _param_info(func: relax.Function, count: int) -> list[dict]:
     info = []
     for p in func.params[:count]:
@@ -165,9 +130,10 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     t0 = time.time()
     target = webgpu_target()
     log("compiling for webgpu (wasm32 host) ...")
-    report = {}
     weight_layouts = layout.WeightLayouts(traced.num_inputs)
-    executable, storage = compile_web(mod, target, report, weight_layouts)
+    compiled = wsd_build.compile_module(mod, target, weight_layouts)
+    storage = buffers.storage_sizes(compiled.lowered)
+    kernels = limits.wgsl_kernels(limits.webgpu_source(compiled.executable))
     times["compile_s"] = time.time() - t0
 
     t0 = time.time()
@@ -175,7 +141,7 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     os.environ.setdefault("NODE_PATH", "/usr/share/nodejs")  # Debian's emcc needs it
     wasm = out / "model.wasm"
     tmp = out / f"model.{os.getpid()}.wasm"
-    executable.export_library(str(tmp), fcompile=_fcompile())
+    compiled.executable.export_library(str(tmp), fcompile=_fcompile())
     os.replace(tmp, wasm)
     times["link_s"] = time.time() - t0
 
@@ -217,8 +183,8 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
         "functions": functions,
         "requirements": {
             "shader_f16": dtype == "float16",
-            **limits.requirements(report["storages"], report["intermediates"],
-                                  report["kernels"], max_weight_bytes=max_weight,
+            **limits.requirements(compiled.storages, compiled.intermediates, kernels,
+                                  max_weight_bytes=max_weight,
                                   weights_bytes=manifest["metadata"]["tensor_bytes"],
                                   io_bytes=latent_bytes),
             "latent_bytes": latent_bytes,

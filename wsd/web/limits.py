@@ -11,12 +11,13 @@ requested with more only where the adapter has more:
 
 Where the numbers come from:
 - Activations: after static memory planning every Relax function allocates its
-  intermediates as a few storages of constant size (`R.vm.alloc_storage`); we read them from
-  the lowered module. tvmjs runs the VM with TVM's pooled allocator, which rounds each storage
+  intermediates as a few storages of constant size (`R.vm.alloc_storage`); the compile reads
+  them from the lowered module (wsd.compiler.buffers). tvmjs runs the VM with TVM's pooled allocator, which rounds each storage
   up to 4 KiB pages, and binds a buffer whole, so a storage's binding is its page-rounded size.
 - Kernel intermediates: a TensorIR kernel that keeps a buffer in global scope (TVM's default
   attention kept its whole score matrix so) makes the runtime allocate a workspace of that
-  size. We list them from the scheduled kernels; with wsd.kernels.attention there are none.
+  size. The compile lists them from the scheduled kernels (wsd.compiler.buffers); with
+  wsd.kernels.attention there are none.
 - Weights: one buffer per tensor (tvmjs `fetchTensorCache`).
 - Workgroup needs: read from the generated WGSL, per kernel. WebGPU counts each workgroup
   variable rounded up to 16 bytes.
@@ -29,9 +30,6 @@ from collections import Counter
 
 import numpy as np
 import tvm
-import tvm_ffi
-from tvm import relax, tirx
-from tvm import s_tir
 
 MiB = 1 << 20
 PAGE = 4096  # TVM's PooledAllocator (the VM allocator tvmjs uses) rounds up to pages
@@ -50,51 +48,7 @@ def page_round(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
 
 
-def _nbytes(dims, dtype: str) -> int | None:
-    values = []
-    for d in dims:
-        if not isinstance(getattr(d, "value", None), int):
-            return None
-        values.append(d.value)
-    dt = tvm.runtime.DataType(str(dtype))
-    return int(np.prod(values, dtype=np.int64)) * dt.bits * dt.lanes // 8
-
-
-# ---- Relax: planned storages ------------------------------------------------------------------
-
-def planned_storages(mod: tvm.IRModule) -> dict[str, dict]:
-    """Per Relax function: the byte sizes of its storage allocations, in program order, and
-    how many have a size that is not a constant ("dynamic", e.g. the samplers' kernels).
-
-    `R.memory.alloc_storage(bytes, device, scope, dtype hint)` (after planning) and
-    `R.vm.alloc_storage(shape, device, dtype, scope)` (after VM lowering, dtype uint8)."""
-    result = {}
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        sizes, dynamic = [], 0
-
-        def visit(expr):
-            nonlocal dynamic
-            if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)):
-                return
-            if expr.op.name == "relax.memory.alloc_storage":
-                dtype = "uint8"
-            elif expr.op.name == "relax.vm.alloc_storage":
-                dtype = str(getattr(expr.args[2], "value", "uint8"))
-            else:
-                return
-            shape = expr.args[0]
-            size = _nbytes(shape.values, dtype) if isinstance(shape, relax.ShapeExpr) else None
-            if size is None:
-                dynamic += 1
-            else:
-                sizes.append(size)
-
-        relax.analysis.post_order_visit(func, visit)
-        result[gvar.name_hint] = {"sizes": sizes, "dynamic": dynamic}
-    return result
-
+# ---- pools: what tvmjs' allocators hold ----------------------------------------------------------
 
 def activation_pool_bytes(storages: dict[str, dict]) -> int:
     """GPU memory the VM's pooled allocator holds for activations once every function has run.
@@ -122,50 +76,6 @@ def workspace_pool_bytes(intermediates: dict) -> int:
     found = [[page_round(size) for _, size in items if size] for items in intermediates.values()]
     most = max((len(sizes) for sizes in found), default=0)
     return sum(sorted((s for sizes in found for s in sizes), reverse=True)[:most])
-
-
-# ---- TensorIR: global buffers inside kernels --------------------------------------------------
-
-def _children(node):
-    info = type(node).__tvm_ffi_type_info__
-    while info is not None:
-        for field in info.fields:
-            if field.name == "span":
-                continue
-            value = getattr(node, field.name)
-            if isinstance(value, (tirx.Stmt, s_tir.SBlock)):
-                yield value
-            elif isinstance(value, (list, tuple, tvm_ffi.Array)):
-                yield from (x for x in value if isinstance(x, (tirx.Stmt, s_tir.SBlock)))
-        info = info.parent_type_info
-
-
-def global_intermediates(func: tirx.PrimFunc) -> list[tuple[str, int | None]]:
-    """(name, bytes) of every global-scope buffer a kernel allocates (not its arguments)."""
-    found, stack = [], [func.body]
-    while stack:
-        node = stack.pop()
-        buffers = []
-        if isinstance(node, s_tir.SBlock):
-            buffers = list(node.alloc_buffers)
-        elif isinstance(node, tirx.AllocBuffer):
-            buffers = [node.buffer]
-        for buf in buffers:
-            if buf.scope() == "global":
-                found.append((buf.name, _nbytes(buf.shape, buf.dtype)))
-        stack.extend(_children(node))
-    return found
-
-
-def kernel_intermediates(mod: tvm.IRModule) -> dict[str, list[tuple[str, int | None]]]:
-    """Per TensorIR kernel of a module: its global-scope intermediates (only those with any)."""
-    result = {}
-    for gvar, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc):
-            found = global_intermediates(func)
-            if found:
-                result[gvar.name_hint] = found
-    return result
 
 
 # ---- WGSL: workgroup needs --------------------------------------------------------------------
