@@ -74,6 +74,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if args.verify:
+        _verify_build(args)
     if args.target == targets.WEBGPU:
         return _build_bundle(args)
     if args.out is not None:
@@ -81,6 +83,16 @@ def cmd_build(args) -> int:
     _, library = _build_library(args, print)
     print(library.path)
     return 0
+
+
+def _verify_build(args) -> None:
+    """--verify: every block checked on the build's target before anything is written."""
+    from wsd.checks.verify import format_report, verify_build
+    from wsd.models import load_model
+
+    rows = verify_build(load_model(args.model), args.target, args.dtype, args.height,
+                        args.width, log=print)
+    print(format_report(rows))
 
 
 def _build_bundle(args) -> int:
@@ -159,6 +171,9 @@ def parser() -> argparse.ArgumentParser:
     bld = sub.add_parser("build", help="compile the model library (cached)")
     _model_options(bld, "build")
     bld.add_argument("--force", action="store_true", help="rebuild even if cached")
+    bld.add_argument("--verify", action="store_true",
+                     help="first compare every block with PyTorch on the build's target "
+                          "(webgpu: on webgpu-native) and refuse to build if any fails")
     bld.add_argument("--out", help="with --target webgpu: the bundle directory to write")
     bld.set_defaults(func=cmd_build)
 
@@ -208,7 +223,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ModelError, targets.TargetError, BundleError, ServeError, WebAppError, ValueError,
-            FileNotFoundError) as err:
+            FileNotFoundError) as err:  # wsd.checks.verify.VerifyError is a ValueError
         print(f"wsd: error: {err}", file=sys.stderr)
         return 2
 

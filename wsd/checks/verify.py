@@ -506,6 +506,26 @@ def verify_layers(model: Model, target: str = "llvm", dtype: str = "float32",
     return rows
 
 
+class VerifyError(ValueError):
+    """`wsd build --verify` refused: blocks of the model fail their bar on the build's target."""
+
+
+def verify_build(model: Model, target: str, dtype: str, height: int | None = None,
+                 width: int | None = None, log=print) -> list[Row]:
+    """What `wsd build --verify` checks before it writes anything: every block on the build's
+    own target (a webgpu bundle's kernels on WebGPU-native, as the browser would run them).
+    Raises VerifyError naming the failing blocks; returns the rows when all pass."""
+    check_on = targets.WEBGPU_NATIVE if target == targets.WEBGPU else target
+    rows = verify_layers(model, check_on, dtype, height, width, log)
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        names = ", ".join(f"{r.part} {r.block} ({r.error or _db(r.psnr) + ' dB'})"
+                          for r in failed)
+        raise VerifyError(f"not building: {len(failed)} of {len(rows)} blocks fail on "
+                          f"{check_on} ({dtype}, bar {BARS[dtype]:g} dB): {names}")
+    return rows
+
+
 def format_report(rows: list[Row]) -> str:
     """A fixed-width table of the rows and a summary line."""
     if not rows:
