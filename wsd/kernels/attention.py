@@ -50,15 +50,10 @@ from tvm import relax
 from tvm.script import tirx as T
 
 from wsd.compiler.layout import fold_permutes
+from wsd.kernels import attention_rows, attention_wmma
+from wsd.kernels.attention_rows import RowLayout
+from wsd.kernels.attention_shape import NEG, WEBGPU_MAX_WORKGROUP_STORAGE, Shape
 from wsd.kernels.gemm.cuda_arch import sm_version
-
-# A masked or not-yet-seen score. Finite: WGSL has no infinity literals, and exp(NEG - m)
-# must be exactly 0 for any finite m, never inf - inf = NaN.
-NEG = -1.0e30
-
-# WebGPU's default limits (GPUSupportedLimits): what a kernel may use on any adapter.
-WEBGPU_MAX_WORKGROUP_STORAGE = 16384
-WEBGPU_MAX_INVOCATIONS = 256
 
 # SD v1.5's attention calls at 512x512, (batch, q_len, kv_len, heads, head_dim): the UNet at
 # batch 2 (classifier-free guidance) with 8 heads, per latent size; the VAE's one head.
@@ -77,21 +72,6 @@ SD15_SHAPES = {
 # Query rows x key columns of one tile, on every target (the online softmax's steps).
 TILE_Q = 32
 TILE_KV = 32
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One attention call: q (batch, q_len, heads, head_dim), k (batch, kv_len, heads,
-    head_dim), v (batch, kv_len, heads, v_dim) in BSNH layout, as relax.nn.attention."""
-
-    batch: int
-    q_len: int
-    kv_len: int
-    heads: int
-    head_dim: int
-    v_dim: int
-    dtype: str  # float32 or float16 (inputs and output); accumulation is float32
-    scale: float
 
 
 @dataclass(frozen=True)
@@ -148,15 +128,6 @@ class GPULayout:
     unroll_keys: bool = False
 
 
-@dataclass(frozen=True)
-class RowLayout:
-    """wsd.kernels.attention_rows' kernel: `threads` query rows per workgroup (one per invocation),
-    `keys` keys per tile."""
-
-    threads: int = 128
-    keys: int = 32
-
-
 # WebGPU's portable layout is every GPU target's unless one is listed here. CUDA: measured
 # with scripts/cuda_attention_layouts.py on an H100 (docs/PERF.md), SD v1.5's fp16 shapes took
 # 5.80 ms in sum against 7.16 with the portable layout, equally correct.
@@ -192,8 +163,6 @@ def kernel_for(target_kind: str, shape: Shape, gpu: bool = True) -> tvm.tirx.Pri
     else this module's."""
     layout = layout_for(target_kind, shape) if gpu else GPULayout()
     if isinstance(layout, RowLayout):
-        from wsd.kernels import attention_rows  # it builds on this module's Shape
-
         if attention_rows.fits(shape, layout) is None:
             return attention_rows.attention_func(shape, layout)
         layout = GPULayout()
@@ -502,8 +471,6 @@ class _Rewriter(relax.PyExprMutator):
         """The tensor-core kernel where the target has them and it covers the shape,
         else the scalar flash kernel in this target's layout."""
         if self.tensor_cores:
-            from wsd.kernels import attention_wmma  # it builds on this module's Shape
-
             cfg = attention_wmma.choose_config(shape)
             if cfg is not None:
                 return attention_wmma.attention_func(shape, cfg)

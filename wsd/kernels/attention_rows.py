@@ -26,13 +26,24 @@ elements of the 16 KiB, the workgroup is `threads` invocations (<= 256).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
 from tvm.script import tirx as T
 
-from wsd.kernels.attention import (NEG, WEBGPU_MAX_INVOCATIONS, WEBGPU_MAX_WORKGROUP_STORAGE, RowLayout,
-                           Shape)
+from wsd.kernels.attention_shape import (NEG, WEBGPU_MAX_INVOCATIONS,
+                                         WEBGPU_MAX_WORKGROUP_STORAGE, Shape)
 
 VEC = 4  # the vector width of every workgroup access
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """This kernel's layout: `threads` query rows per workgroup (one per invocation),
+    `keys` keys per tile."""
+
+    threads: int = 128
+    keys: int = 32
 
 
 def workgroup_bytes(shape: Shape, layout: RowLayout) -> int:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import tvm
 from tvm.script import tirx as T
 
-from wsd.kernels.attention import NEG, Shape
+from wsd.kernels.attention_shape import NEG, Shape
 
 MAX_HEAD_DIM = 160
 MAX_SHARED = 48 * 1024  # CUDA's static shared memory per block
