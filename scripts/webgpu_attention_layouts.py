@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsd.kernels import attention, attention_rows
-from wsd.tuning import tune
-from wsd.tuning import wgsl_bench  # noqa: E402
+from wsd.kernels import attention, attention_rows, attention_shape
+from wsd.targets import tuning_target  # noqa: E402
+from wsd.tuning import kernel_builds, tune, wgsl_bench  # noqa: E402
 
 
 # (threads y, threads x, score rows, score columns per thread); each also with P V's loop
@@ -61,7 +61,7 @@ def reference(shape: attention.Shape, specs: list[dict]) -> dict:
             scores -= scores.max(axis=1, keepdims=True)
             p = np.exp(scores)
             out[b, :, h] = (p / p.sum(axis=1, keepdims=True)) @ v[b, :, h]
-    return tune.sample_outputs(specs, [None, None, None, out])
+    return kernel_builds.sample_outputs(specs, [None, None, None, out])
 
 
 def add_variant(out: Path, entry: dict, target, func, name: str, params: dict) -> None:
@@ -69,8 +69,8 @@ def add_variant(out: Path, entry: dict, target, func, name: str, params: dict) -
     entry["variants"].append({
         "label": name, "params": params, "rule": None,
         **tune.write_wgsl(out, f"{entry['key']}_{len(entry['variants'])}",
-                          tune.compile_wgsl(func, target))})
-    entry.setdefault("buffers", tune.buffer_specs(func))
+                          kernel_builds.compile_wgsl(func, target))})
+    entry.setdefault("buffers", kernel_builds.buffer_specs(func))
 
 
 def export(out: Path, dtypes: list[str], log=print) -> dict:
@@ -87,7 +87,7 @@ def export(out: Path, dtypes: list[str], log=print) -> dict:
             seen = set()
             layouts = [attention.GPULayout()] + [attention.GPULayout(*t) for t in LAYOUTS]
             for layout in layouts + [dataclasses.replace(x, unroll_keys=True) for x in layouts]:
-                if layout.ty * layout.tx > attention.WEBGPU_MAX_INVOCATIONS:
+                if layout.ty * layout.tx > attention_shape.WEBGPU_MAX_INVOCATIONS:
                     continue
                 try:
                     cfg = attention.choose_config(shape, True, layout)

@@ -91,18 +91,16 @@ def test_record_still_schedules(target, key, record):
     inside portable limits (WebGPU)."""
     pytest.importorskip("tvm")
     from wsd.kernels.gemm import records
-    from wsd.tuning import tune
+    from wsd.tuning import kernel_builds
 
     func = records.record_func(record)
     assert records.workload_key(func) == key
     sch = records.schedule_record(func, record)
     assert sch is not None, "the rule no longer matches this kernel"
     if target == "cuda":
-        from wsd.tuning import cuda_bench
-
-        cuda_bench.lower_kernel(sch.mod["main"], tuning_target("cuda"))
+        kernel_builds.lower_kernel(sch.mod["main"], tuning_target("cuda"))
         return
-    source = tune.compile_wgsl(sch.mod["main"], tuning_target("webgpu"))["source"]
+    source = kernel_builds.compile_wgsl(sch.mod["main"], tuning_target("webgpu"))["source"]
     sizes = [int(x) for x in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", source)[0]]
     assert sizes[0] * sizes[1] * sizes[2] <= MAX_INVOCATIONS
     elem = {"f32": 4, "f16": 2, "i32": 4, "u32": 4}

@@ -17,7 +17,7 @@ from tvm import relax  # noqa: E402
 
 from wsd.kernels.gemm import records, tensor_core_matmul as tc, tiled_matmul  # noqa: E402
 from wsd.targets import tuning_target  # noqa: E402
-from wsd.tuning import cuda_bench, tune, wgsl_bench  # noqa: E402
+from wsd.tuning import cuda_bench, kernel_builds, tune, wgsl_bench  # noqa: E402
 
 
 def _conv(n, c, h, w_, f, k, dtype="float16", residual=False):
@@ -50,7 +50,7 @@ def _linear(m, k, n, dtype="float16"):
 
 
 def _works(mod):
-    mod = tvm.transform.Sequential(tune.optimize_passes(tune.target_of("cuda")))(mod)
+    mod = tvm.transform.Sequential(tune.optimize_passes(tuning_target("cuda")))(mod)
     return tune.workloads(mod, "cuda")
 
 
@@ -109,7 +109,7 @@ def test_candidates_respect_padding_and_occupancy(conv_work):
 
 def _lowered_device_code(func) -> str:
     """The CUDA device functions TVM lowers the scheduled kernel to (TIR text)."""
-    return "\n".join(m.script() for m in cuda_bench.lower_kernel(func, tune.target_of("cuda")))
+    return "\n".join(m.script() for m in kernel_builds.lower_kernel(func, tuning_target("cuda")))
 
 
 @pytest.mark.parametrize("cfg", [
@@ -129,7 +129,7 @@ def test_lowers_to_wmma_with_async_copies(conv_work, cfg):
 def test_export_for_cuda_leaves_building_and_references_to_the_gpu(conv_work, tmp_path):
     cfg = tc.Config(frag_m=2, frag_n=2)
     manifest = tune.export([conv_work], tmp_path, {conv_work.key: [(cfg.label(), cfg)]},
-                           log=lambda *_: None, target=tune.target_of("cuda"))
+                           log=lambda *_: None, target=tuning_target("cuda"))
     assert manifest["target"] == "cuda"
     (kernel,) = manifest["kernels"]
     assert [v["label"] for v in kernel["variants"]] == ["default", cfg.label()]
@@ -142,7 +142,7 @@ def test_export_for_cuda_leaves_building_and_references_to_the_gpu(conv_work, tm
 def test_admit_writes_a_cuda_record(conv_work, tmp_path):
     cfg = tc.Config(frag_m=2, frag_n=2)
     manifest = tune.export([conv_work], tmp_path, {conv_work.key: [(cfg.label(), cfg)]},
-                           log=lambda *_: None, target=tune.target_of("cuda"))
+                           log=lambda *_: None, target=tuning_target("cuda"))
     times = [{"ms": 1.0, "method": "time_evaluator"}]
     results = {"date": "2026-11-22", "adapter": {"device": "gpu", "backend": "cuda"},
                "kernels": {conv_work.key: {"name": conv_work.name, "variants": {
@@ -169,7 +169,7 @@ def test_candidates_match_the_reference_on_the_gpu(cuda_gpu, conv_work, tmp_path
     reference and of dlight's default, every output element written."""
     configs = tune.tensor_core_candidates(conv_work, limit=4)
     tune.export([conv_work], tmp_path, {conv_work.key: [(c.label(), c) for c in configs]},
-                log=lambda *_: None, target=tune.target_of("cuda"))
+                log=lambda *_: None, target=tuning_target("cuda"))
     built = cuda_bench.build_folder(tmp_path, cuda_gpu, jobs=4, log=lambda *_: None)
     runner = cuda_bench.Runner(built)
     cuda_bench.write_references(tmp_path, runner)

@@ -61,7 +61,7 @@ def _conv(n, c, h, w_, f, k, stride=1, pad=1, residual=False, dtype="float32"):
 def _works(mods):
     out = []
     for mod in mods:
-        mod = tvm.transform.Sequential(tune.optimize_passes(tune.webgpu_target()))(mod)
+        mod = tvm.transform.Sequential(tune.optimize_passes(tuning_target("webgpu")))(mod)
         out += tune.workloads(mod)
     return out
 
@@ -400,14 +400,14 @@ def test_records_pass(small_bench, tmp_path):
     records.save(db, "webgpu", root=tmp_path)
     assert json.loads((tmp_path / "webgpu.json").read_text())["records"].keys() == \
         db["records"].keys()
-    mod = tvm.transform.Sequential(tune.optimize_passes(tune.webgpu_target()))(
+    mod = tvm.transform.Sequential(tune.optimize_passes(tuning_target("webgpu")))(
         _linear(77, 64, 96))
-    other = tvm.transform.Sequential(tune.optimize_passes(tune.webgpu_target()))(
+    other = tvm.transform.Sequential(tune.optimize_passes(tuning_target("webgpu")))(
         _linear(64, 64, 96))
     seen = []
-    with tune.webgpu_target():
-        out = records.ApplyRecords(tune.webgpu_target(), root=tmp_path, log=seen.append)(mod)
-        untouched = records.ApplyRecords(tune.webgpu_target(), root=tmp_path)(other)
+    with tuning_target("webgpu"):
+        out = records.ApplyRecords(tuning_target("webgpu"), root=tmp_path, log=seen.append)(mod)
+        untouched = records.ApplyRecords(tuning_target("webgpu"), root=tmp_path)(other)
     tuned = [f for f in out.functions.values()
              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled")]
     assert len(tuned) == 1 and len(seen) == 1

@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from wsd.kernels.gemm import tensor_core_matmul
-from wsd.tuning import wgsl_bench
+from wsd.tuning import kernel_builds, wgsl_bench
 
 REFERENCE = {"label": "reference", "rule": "simt", "params": None}
 
@@ -42,41 +41,15 @@ def schedule_variant(func, variant: dict, target: tvm.target.Target):
     """The PrimFunc as the variant schedules it (dlight's rules for "default"; for the
     reference, dlight's rules with tensor cores off)."""
     from wsd.kernels.gemm import records
-    from wsd.tuning import tune
 
     if variant["rule"] is None:
-        return tune.default_schedule(func, target)
+        return kernel_builds.default_schedule(func, target)
     if variant["rule"] == REFERENCE["rule"]:
-        return tune.default_schedule(func.with_attr("dlight.do_not_tensorize", True), target)
+        return kernel_builds.default_schedule(func.with_attr("dlight.do_not_tensorize", True), target)
     sch = records.schedule_record(func, variant)
     if sch is None:
         raise RuntimeError(f"{variant['rule']} does not apply")
     return sch.mod["main"]
-
-
-def _kernel_module(func) -> tvm.IRModule:
-    func = func.with_attr("global_symbol", "main").with_attr("tirx.is_scheduled", True)
-    return tvm.IRModule({"main": func})
-
-
-def build_kernel(func, target: tvm.target.Target) -> tvm.runtime.Module:
-    """One scheduled PrimFunc -> a runtime module with a "main" function (as wsd.compiler.pipeline
-    compiles it: with cp.async for the pipelined copies)."""
-    with tvm.transform.PassContext(config=tensor_core_matmul.PASS_CONFIG):
-        return tvm.tirx.build(_kernel_module(func), target=target)
-
-
-def lower_kernel(func, target: tvm.target.Target) -> list[tvm.IRModule]:
-    """TVM's lowering of one scheduled PrimFunc for CUDA, without nvcc: the device modules
-    as they go to CUDA code generation. Raises where TVM rejects the schedule (e.g. some
-    shared-memory layouts), in well under a second."""
-    from tvm.tirx.build import split_host_device_mods
-
-    with tvm.transform.PassContext(config=tensor_core_matmul.PASS_CONFIG):
-        mod = tvm.tirx.transform.BindTarget(target.with_host("llvm"))(_kernel_module(func))
-        lower, _, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
-        _, device_mods = split_host_device_mods(lower(mod))
-        return [finalize_device()(m) for m in device_mods.values()]
 
 
 def _build_job(job: tuple) -> tuple:
@@ -87,7 +60,7 @@ def _build_job(job: tuple) -> tuple:
     try:
         target = tvm.target.Target(target)
         func = tvm.script.from_source(tir)
-        build_kernel(schedule_variant(func, variant, target), target).export_library(out)
+        kernel_builds.build_kernel(schedule_variant(func, variant, target), target).export_library(out)
         return out, None
     except Exception as err:  # noqa: BLE001 - a candidate that does not build loses
         return None, f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
@@ -120,9 +93,7 @@ def reference_variant(kernel: dict) -> dict:
 
 def write_references(folder: Path, runner: "Runner", log=print) -> None:
     """refs/KEY.npz for every kernel that has none: its reference variant's output on the
-    hash inputs, sampled as wsd.tuning.tune samples llvm's."""
-    from wsd.tuning import tune
-
+    hash inputs, sampled as wsd.tuning.kernel_builds samples llvm's."""
     for kernel in wgsl_bench.load_manifest(folder)["kernels"]:
         path = folder / kernel["reference"]
         if path.is_file():
@@ -137,7 +108,7 @@ def write_references(folder: Path, runner: "Runner", log=print) -> None:
         runner.run(launch)
         outputs = [runner.read(buffers[s["name"]], s) if s["output"] else None for s in specs]
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **tune.sample_outputs(specs, outputs))
+        np.savez_compressed(path, **kernel_builds.sample_outputs(specs, outputs))
 
 
 class Runner:

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import gzip
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,15 +38,13 @@ from pathlib import Path
 import numpy as np
 import tvm
 import tvm.script
-import tvm_ffi
 from tvm import relax, tirx
 
 from wsd import settings
 from wsd.kernels.gemm import records, tensor_core_matmul, tiled_matmul
 from wsd.targets import tuning_target
-from wsd.tuning import cuda_bench, wgsl_bench
+from wsd.tuning import kernel_builds, wgsl_bench
 
-SAMPLES = 8192
 
 
 @dataclass
@@ -352,145 +349,6 @@ def tensor_core_candidates(work: Workload, limit: int = 8, units: int = 132,
     return out[:limit]
 
 
-# --------------------------------------------------------------------------- compiling
-
-def default_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
-    """What wsd.compiler.schedule gives this kernel without records (dlight's rules)."""
-    from wsd.compiler import schedule
-
-    mod = tvm.IRModule({"main": func})
-    with target:
-        mod = tvm.transform.Sequential(schedule.dlight_passes(target))(mod)
-    return mod["main"]
-
-
-def compile_wgsl(func: tirx.PrimFunc, target: tvm.target.Target) -> dict:
-    """Scheduled PrimFunc -> {"source", "launches": [{entry, bindings, grid}], "workspaces":
-    [{name, shape, dtype}]}: its kernels in launch order, as TVM's host code (kept after
-    SplitHostDevice) launches them, each binding a parameter (by buffer_specs' name) or a
-    workspace, a global buffer between two kernels (split-K's partial products)."""
-    from wsd.runtime.webgpu_native import BUFFER_DATA, build_keeping_host, host_steps
-
-    func = func.with_attr("global_symbol", "main").with_attr("tirx.is_scheduled", True)
-    rt, lowered = build_keeping_host(
-        lambda: tvm.tirx.build(tvm.IRModule({"main": func}), target=target))
-    device = [m for m in rt.imports if m.kind == "webgpu"]
-    if len(device) != 1:
-        raise RuntimeError("expected one webgpu module")
-    source = device[0].inspect_source()
-    info = json.loads(device[0].inspect_source("func_info"))
-    host = lowered["main"]
-    names = {p: spec["name"] for p, spec in zip(host.params, buffer_specs(func))}
-    launches, workspaces = [], []
-
-    def buffer(expr):
-        return names[expr.args[0] if isinstance(expr, tvm.ir.expr.Call)
-                     and expr.op.same_as(BUFFER_DATA) else expr]
-
-    for kind, *step in host_steps(host.body, "main"):
-        if kind == "declare":
-            names[step[0]] = buffer(step[1])
-        elif kind == "allocate":
-            b = step[0]
-            names[b] = f"workspace:{b.name}"
-            workspaces.append({"name": names[b], "shape": [int(d) for d in b.shape],
-                               "dtype": str(b.dtype)})
-        elif kind == "launch":
-            entry, args = step
-            finfo = info[entry]
-            if any(t != "handle" for t in finfo["arg_types"]):
-                raise RuntimeError("kernels with scalar arguments are not supported by the bench")
-            count = len(finfo["arg_types"])
-            extents = dict(zip(finfo["launch_param_tags"], (int(a) for a in args[count:])))
-            launches.append({"entry": entry,
-                             "bindings": [buffer(a) for a in args[:count]],
-                             "grid": [extents.get(f"blockIdx.{a}", 1) for a in "xyz"]})
-
-    if len(launches) != len(info):
-        raise RuntimeError(f"{len(info)} kernels, {len(launches)} launches found")
-    return {"source": source, "launches": launches, "workspaces": workspaces}
-
-
-def buffer_specs(func: tirx.PrimFunc) -> list[dict]:
-    """The kernel's parameters (name, shape, dtype, written or not, input seed)."""
-    written = set()
-    tvm_ffi.structural_walk(func.body,
-                            [(tirx.BufferStore, lambda n: written.add(n.buffer.name))])
-    specs, names = [], set()
-    for i, param in enumerate(func.params):
-        ty = param.ty
-        # Fused kernels can have two parameters of one name (lv7 twice): the second gets
-        # the suffix TVM's printer gives it (lv7_1), so that names key buffers uniquely.
-        name, n = param.name, 0
-        while name in names:
-            n += 1
-            name = f"{param.name}_{n}"
-        names.add(name)
-        specs.append({"name": name, "shape": [int(d) for d in ty.shape],
-                      "dtype": str(ty.dtype), "output": param.name in written, "seed": 1 + i})
-    return specs
-
-
-def reference_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """A plain CPU schedule of a GEMM kernel for the llvm reference: the same computation
-    (schedule primitives preserve semantics), register tiles and threads so that SD-sized
-    kernels take seconds rather than minutes on two cores."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
-
-    sch = s_tir.Schedule(func)
-    main = tiled_matmul.main_block(sch)
-    tiled_matmul.normalize(sch, main)
-    sch.pad_einsum(main, [1, 8, 16, 1])
-    s_, i, j, k = sch.get_loops(main)
-    io, ii = sch.split(i, [None, 8])
-    jo, ji = sch.split(j, [None, 16])
-    sch.reorder(s_, io, jo, k, ii, ji)
-    acc = sch.cache_write(main, 0, "local")
-    sch.reverse_compute_at(acc, jo)
-    auto_inline_producers(sch, main)
-    auto_inline_consumer_chain(sch, acc)
-    sch.parallel(sch.fuse(s_, io))
-    sch.vectorize(ji)
-    sch.unroll(ii)
-    sch.decompose_reduction(main, k)
-    return sch.mod["main"]
-
-
-def reference_samples(func: tirx.PrimFunc, specs: list[dict], samples: int = SAMPLES,
-                      seed: int = 0) -> dict:
-    """Run the unscheduled kernel on llvm on the hash inputs; sample its outputs."""
-    target = tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
-    func = reference_schedule(func)
-    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                         target=target)
-    dev = tvm.cpu()
-    args = []
-    for spec in specs:
-        if spec["output"]:
-            args.append(tvm.runtime.empty(spec["shape"], spec["dtype"], dev))
-        else:
-            args.append(tvm.runtime.tensor(
-                wgsl_bench.hash_inputs(spec["shape"], spec["dtype"], spec["seed"]), dev))
-    lib["main"](*args)
-    return sample_outputs(specs, [a.numpy() for a in args], samples, seed)
-
-
-def sample_outputs(specs: list[dict], arrays: list, samples: int = SAMPLES,
-                   seed: int = 0) -> dict:
-    """The reference file's contents: for each output, `samples` flat indices (the same
-    for a given size and seed) and the values there."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for spec, arr in zip(specs, arrays):
-        if spec["output"]:
-            flat = np.asarray(arr).ravel()
-            idx = np.sort(rng.choice(flat.size, size=min(samples, flat.size), replace=False))
-            out[spec["name"] + ".idx"] = idx.astype(np.int64)
-            out[spec["name"] + ".val"] = flat[idx]
-    return out
-
-
 # --------------------------------------------------------------------------- export
 
 def new_bench_folder(out: Path, kind: str) -> dict:
@@ -521,7 +379,7 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
     manifest = new_bench_folder(out, kind)
     for work in works:
         start = time.time()
-        specs = buffer_specs(work.func)
+        specs = kernel_builds.buffer_specs(work.func)
         entry = {"key": work.key, "name": work.name, "flops": work.flops, "calls": work.calls,
                  "workload": work.describe(), "tir": work.func.script(), "buffers": specs,
                  "reference": f"refs/{work.key}.npz", "variants": []}
@@ -529,16 +387,16 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
         for label, cfg in variants:
             try:
                 if cfg is None:
-                    scheduled = default_schedule(work.func, target)
+                    scheduled = kernel_builds.default_schedule(work.func, target)
                 else:
                     sch = records.RULES[cfg.rule][1](work.func, cfg)
                     if sch is None:
                         raise RuntimeError("rule does not apply")
                     scheduled = sch.mod["main"]
                 if kind == "webgpu":
-                    compiled = compile_wgsl(scheduled, target)
+                    compiled = kernel_builds.compile_wgsl(scheduled, target)
                 else:  # drops what TVM's lowering rejects (nvcc runs on the GPU machine)
-                    cuda_bench.lower_kernel(scheduled, target)
+                    kernel_builds.lower_kernel(scheduled, target)
             except Exception as err:  # noqa: BLE001 - a candidate that fails is dropped
                 log(f"  {label}: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
                 if cfg is None:
@@ -559,7 +417,7 @@ def export(works: list[Workload], out: Path, configs: dict, log=print,
         # (wsd.tuning.cuda_bench): llvm takes minutes per large fp16 kernel here.
         if kind == "webgpu" and not (out / entry["reference"]).is_file():
             np.savez_compressed(out / entry["reference"],
-                                **reference_samples(work.func, specs))
+                                **kernel_builds.reference_samples(work.func, specs))
         manifest["kernels"].append(entry)
         log(f"{work.name} [{work.key}] {work.flops / 1e9:.1f} GFLOP, "
             f"{len(entry['variants']) - 1} candidates ({time.time() - start:.1f} s)")
