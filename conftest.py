@@ -11,7 +11,7 @@ import pytest
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
     # tests/perf (run explicitly: `pytest tests/perf`); see tests/perf/conftest.py
-    perf = parser.getgroup("wsd perf", "benchmarks in tests/perf (wsd.bench.run)")
+    perf = parser.getgroup("wsd perf", "benchmarks in tests/perf (wsd.bench)")
     perf.addoption("--perf-target", choices=("auto", "llvm", "cuda"), default="auto",
                    help="device of the benchmarks (auto: cuda if TVM sees a GPU, else llvm)")
     perf.addoption("--perf-model", default="tiny", help="model of the per-model benchmarks: "

@@ -22,7 +22,7 @@ import tvm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsd.bench import run as bench  # noqa: E402
+from wsd import bench  # noqa: E402
 from wsd.kernels import attention, attention_wmma
 
 SHAPES = {name: attention.SD15_SHAPES[name] for name in (

@@ -136,7 +136,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from wsd.bench import run as bench
+    from wsd import bench
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     options = ["model", "target", "dtype", "parts", "height", "width", "repeat", "warmup",

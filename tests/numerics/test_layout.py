@@ -8,7 +8,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from wsd.bench import run as bench
+from wsd import bench
 from wsd.checks import verify
 from wsd.compiler import layout, optimize
 from wsd.compiler.trace import resolve_size, trace_model

@@ -265,23 +265,24 @@ def test_subgroup_kernel_set_reduces_through_shuffles():
 def test_subgroup_kernel_set_needs_subgroups_of_32(webgpu):
     """The subgroup target runs only where every kernel gets subgroups of 32 (the WGSL's
     shuffle trees assume it); elsewhere it is refused, naming what the adapter has."""
-    from wsd.bench import run as bench
+    from wsd import bench
     from wsd.targets import TargetError
 
     assert bool(webgpu.subgroup_sizes) == ("subgroup" in webgpu.device.features)
     name = targets.WEBGPU_NATIVE_SUBGROUPS
     if webgpu.subgroup_sizes == {32}:
+        webgpu_native.check_adapter(name)
         assert targets.make(name).attrs["supports_subgroups"]
     else:
         with pytest.raises(TargetError, match="needs subgroups of exactly 32 invocations; "
                                               r"this adapter .* has (subgroups of|no sub)"):
-            targets.make(name)
+            webgpu_native.check_adapter(name)
         with pytest.raises(bench.BenchError, match="subgroups of exactly 32"):
             bench.Device(name)  # `wsd bench` says so before timing anything
     assert not targets.make(targets.WEBGPU_NATIVE).attrs["supports_subgroups"]
     with pytest.raises(TargetError, match="unknown target 'webgpu-native-warps'"):
         targets.make("webgpu-native-warps")
-    assert set(bench.WEBGPU_NATIVES) <= set(bench.TARGETS)  # bench's names: wsd.targets
+    assert set(targets.WEBGPU_NATIVES) <= set(bench.TARGETS)  # bench's names: wsd.targets
 
 
 # ---- timing: WebGPUExecutor.timed and `wsd bench --target webgpu-native` -------------------
@@ -364,7 +365,7 @@ def test_profile_needs_timestamps(webgpu, chain):
 def unet_bench(webgpu):
     """`wsd bench --target webgpu-native --parts unet` on the tiny model (fp32, 2 repeats),
     and the WebGPUModelBench it ran."""
-    from wsd.bench import run as bench
+    from wsd import bench
 
     made = []
 
@@ -374,7 +375,7 @@ def unet_bench(webgpu):
             made.append(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench, "WebGPUModelBench", Kept)
+        patch.setattr(bench.suite, "WebGPUModelBench", Kept)  # where run() finds it
         report = bench.run("tiny", TARGET, ["float32"], ["unet"], repeat=2,
                            compile_option="off", log=lambda *_: None)
     return report, made[0]
@@ -383,7 +384,7 @@ def unet_bench(webgpu):
 def test_bench_row_is_the_webgpu_build_next_to_pytorch(webgpu, unet_bench):
     import torch
 
-    from wsd.bench import run as bench
+    from wsd import bench
 
     report, mb = unet_bench
     (row,) = report.rows
@@ -404,7 +405,7 @@ def test_bench_times_the_gpu_and_keeps_the_weights(unet_bench):
     its figure is the GPU's: a host slowed down while encoding shows in the encode time."""
     import time
 
-    from wsd.bench import run as bench
+    from wsd import bench
 
     _, mb = unet_bench
     prep = mb.prepare_part("unet")

@@ -12,7 +12,7 @@ Options (root conftest.py): --perf-target auto|llvm|cuda, --perf-model tiny|sd15
 
 Reusing it: the `perf` fixture's `record(benchmark, group, impl, fn, ...)` times any callable
 with pytest-benchmark and files the result under a group's TVM/torch columns; for one TVM
-PrimFunc against a reference, `wsd.bench.run.compare_kernel`.
+PrimFunc against a reference, `wsd.bench.kernels.compare_kernel`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from wsd.bench import run as bench
+from wsd import bench
 
 IMPLS = ("torch", "torch.compile", "tvm")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsd.bench import run as bench
+from wsd import bench
 
 IMPLS = ("torch", "torch.compile", "tvm")
 FUSED_PARTS = ("unet_guided", "decode")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsd.bench import run as bench
+from wsd import bench
 
 IMPLS = ("torch", "torch.compile", "tvm")
 PARTS = ("clip", "unet", "vae", "image")

@@ -1,4 +1,4 @@
-"""The benchmark library's own logic (wsd.bench.run, wsd.compiler.memory), on small inputs: the timing
+"""The benchmark library's own logic (wsd.bench, wsd.compiler.memory), on small inputs: the timing
 loop, FLOP counting, ratios and tables, kernel kinds, the kernel comparison and the memory
 analysis. The benchmarks themselves are in tests/perf (run explicitly)."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsd.bench import run as bench
+from wsd import bench
 
 
 def test_measure_warms_up_then_times_each_repeat():
@@ -191,7 +191,7 @@ def test_random_arrays_are_seeded():
 
 
 @pytest.mark.parametrize("edited,invalidates", [
-    ("bench/run.py", False), ("cli.py", False), ("tuning/tune.py", False),
+    ("bench/suite.py", False), ("cli.py", False), ("tuning/tune.py", False),
     ("web/bundle.py", False), ("runtime/pipeline.py", False), ("settings.py", False),
     ("compiler/memory.py", True), ("compiler/trace.py", True), ("kernels/attention.py", True),
     ("kernels/gemm/tuned/webgpu.json", True), ("samplers/pndm.py", True),

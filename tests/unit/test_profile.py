@@ -9,7 +9,7 @@ from tvm import relax
 
 from wsd import targets
 from wsd.bench import profile
-from wsd.bench.run import kind_of
+from wsd.bench.fused import kind_of
 from wsd.compiler import pipeline as build
 
 

@@ -449,6 +449,10 @@ def verify_layers(model: Model, target: str = "llvm", dtype: str = "float32",
         raise ValueError(f"dtype must be one of {', '.join(BARS)}, got {dtype!r}")
     log = log or (lambda *_: None)
     targets.check(target, targets.names("verify"))
+    if target in targets.WEBGPU_NATIVES:  # before minutes of capturing and compiling
+        from wsd.runtime import webgpu_native
+
+        webgpu_native.check_adapter(target)
     tvm_target = targets.make(target)
     height, width = resolve_size(model, height, width)
     bar = BARS[dtype]
