@@ -5,9 +5,9 @@ one of our own, used by `wsd verify --target webgpu-native` to check, block by b
 exact WGSL the browser bundle ships computes what PyTorch computes, and by `wsd bench --target
 webgpu-native` to time it on a GPU.
 
-    compile_program(mod)   the same call as the browser build (`wsd.targets.webgpu_target()`,
-                           wasm32 host; `wsd.compiler.pipeline.pipeline`, through `tvm.compile`), watched
-                           by a pass instrument that keeps two intermediate modules:
+    compile_program(mod)   the same compile as the browser build (`wsd.targets.webgpu_target()`,
+                           wasm32 host; `wsd.compiler.pipeline.compile_module`), keeping two
+                           intermediate modules (wsd.runtime.webgpu_host reads the second):
                              - the Relax functions after memory planning (the VM code:
                                storage/tensor allocations, reshapes, kernel calls, tuples);
                              - the TIR module right after SplitHostDevice: each host PrimFunc
@@ -47,6 +47,7 @@ from tvm import relax, tirx
 from tvm.tirx.buffer import BufferType
 
 from wsd.compiler import pipeline as build
+from wsd.runtime.webgpu_host import build_keeping_host, host_expr, host_steps, static_int
 from wsd.tuning.wgsl_bench import for_naga, probe_subgroup_sizes, split_sources
 from wsd.targets import (SUBGROUP_SIZE, WEBGPU_NATIVE, WEBGPU_NATIVE_SUBGROUPS, TargetError,
                          webgpu_target)
@@ -484,7 +485,7 @@ class WebGPUExecutor:
         if isinstance(expr, relax.TupleGetItem):
             return self._eval(expr.tuple_value, env)[expr.index]
         if isinstance(expr, relax.ShapeExpr):
-            return tuple(_int(v) for v in expr.values)
+            return tuple(static_int(v) for v in expr.values)
         if isinstance(expr, tvm.ir.GenericConst):
             value = expr.value
             if isinstance(value, tvm.runtime.Tensor):  # a constant tensor: upload once
@@ -562,7 +563,7 @@ class WebGPUExecutor:
             if not isinstance(param.ty, BufferType):  # a scalar
                 env[param] = arg
                 continue
-            shape = tuple(_int(d) for d in param.shape)
+            shape = tuple(static_int(d) for d in param.shape)
             if not isinstance(arg, Tensor) or arg.shape != shape or arg.dtype != param.dtype:
                 got = (arg.shape, arg.dtype) if isinstance(arg, Tensor) else type(arg).__name__
                 raise TypeError(f"{name}: {param.name} is {shape} {param.dtype}, got {got}")
@@ -571,15 +572,15 @@ class WebGPUExecutor:
         for step in host_steps(func.body, name):
             kind = step[0]
             if kind == "declare":
-                env[step[1]] = _host_expr(step[2], env)  # a buffer stands for its storage
+                env[step[1]] = host_expr(step[2], env)  # a buffer stands for its storage
             elif kind == "allocate":
                 buffer = step[1]
-                shape = [_int(_host_expr(d, env)) for d in buffer.shape]
+                shape = [static_int(host_expr(d, env)) for d in buffer.shape]
                 env[buffer] = self.alloc(_nbytes(shape, buffer.dtype))
             elif kind == "bind":
-                env[step[1]] = _host_expr(step[2], env)
+                env[step[1]] = host_expr(step[2], env)
             else:
-                self.launch(step[1], [_host_expr(a, env) for a in step[2]])
+                self.launch(step[1], [host_expr(a, env) for a in step[2]])
         return None
 
     # -- kernels
@@ -662,99 +663,6 @@ class WebGPUExecutor:
         self.dispatches += 1
         if self.after_dispatch is not None:
             self.after_dispatch(name, args)
-
-
-def _int(value) -> int:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, tirx.IntImm):
-        return int(value.value)
-    raise NotImplementedError(f"symbolic dimension {value}: only static shapes are supported")
-
-
-_BINARY = {
-    "Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
-    "FloorDiv": lambda a, b: a // b, "FloorMod": lambda a, b: a % b,
-    "Min": min, "Max": max,
-}
-
-
-BUFFER_DATA = tvm.ir.Op.get("tirx.buffer_data")
-CALL_KERNEL = tvm.ir.Op.get("tirx.call_ffi_kernel")
-
-
-def build_keeping_host(build_fn, ready=lambda: True):
-    """Run `build_fn()` (tvm.compile or tvm.tirx.build) in the current pass context's
-    settings plus an instrument that keeps the TIR module right after SplitHostDevice (the
-    first time once `ready()`): (build_fn's result, that module). Its host functions are
-    what host_steps reads."""
-    kept = []
-
-    @tvm.ir.instrument.pass_instrument
-    class KeepHost:
-        def run_after_pass(self, mod, info):
-            if info.name == "tirx.SplitHostDevice" and ready():
-                if kept:
-                    raise RuntimeError("SplitHostDevice ran twice in one build")
-                kept.append(mod)
-
-    outer = tvm.transform.PassContext.current()
-    with tvm.transform.PassContext(opt_level=outer.opt_level, config=dict(outer.config),
-                                   instruments=[*outer.instruments, KeepHost()]):
-        result = build_fn()
-    if not kept:
-        raise RuntimeError("the build ran no SplitHostDevice")
-    return result, kept[0]
-
-
-def host_steps(stmt, where: str = "host"):
-    """A host PrimFunc's body after SplitHostDevice, as the steps it takes, in order:
-      ("declare", buffer, data)      another (flattened) view of a buffer's data
-      ("allocate", buffer)           a workspace between two kernels, in global memory
-      ("bind", var, value)           a scalar
-      ("launch", kernel, arguments)  call_ffi_kernel: buffers and scalars, then one extent
-                                     per launch tag
-    Argument checks are passed over; any other statement is an error naming `where`."""
-    if isinstance(stmt, tirx.SeqStmt):
-        for inner in stmt.seq:
-            yield from host_steps(inner, where)
-    elif isinstance(stmt, tirx.DeclBuffer):
-        yield "declare", stmt.buffer, stmt.data
-    elif isinstance(stmt, tirx.AllocBuffer):
-        scope = stmt.buffer.scope()
-        if scope not in ("global", ""):
-            raise NotImplementedError(f"{where}: host allocation in scope {scope}")
-        yield "allocate", stmt.buffer
-    elif isinstance(stmt, tirx.Bind):
-        yield "bind", stmt.var, stmt.value
-    elif isinstance(stmt, tirx.AttrStmt):
-        yield from host_steps(stmt.body, where)
-    elif isinstance(stmt, tirx.AssertStmt):
-        pass  # argument checks (shapes, dtypes): the callers check their arguments
-    elif isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, tvm.ir.expr.Call) \
-            and stmt.value.op.same_as(CALL_KERNEL):
-        yield "launch", stmt.value.args[0].value, list(stmt.value.args[1:])
-    else:
-        raise NotImplementedError(f"{where}: host statement {type(stmt).__name__}")
-
-
-def _host_expr(expr, env):
-    """The value of a host-side argument: a buffer's data (its Storage) or a scalar."""
-    if isinstance(expr, (tirx.IntImm, tirx.FloatImm)):
-        return expr.value
-    if isinstance(expr, tirx.Var):
-        if expr not in env:
-            raise NotImplementedError(f"host variable {expr.name} has no value")
-        return env[expr]
-    if isinstance(expr, tvm.ir.expr.Call) and expr.op.same_as(BUFFER_DATA):
-        return _host_expr(expr.args[0], env)
-    if isinstance(expr, tirx.Cast):
-        value = _host_expr(expr.value, env)
-        return float(value) if "float" in expr.dtype else int(value)
-    op = _BINARY.get(type(expr).__name__)
-    if op is not None:
-        return op(_host_expr(expr.a, env), _host_expr(expr.b, env))
-    raise NotImplementedError(f"host expression {type(expr).__name__}: {expr}")
 
 
 def load(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> WebGPUExecutor:

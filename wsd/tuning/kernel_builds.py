@@ -34,7 +34,7 @@ def compile_wgsl(func: tirx.PrimFunc, target: tvm.target.Target) -> dict:
     [{name, shape, dtype}]}: its kernels in launch order, as TVM's host code (kept after
     SplitHostDevice) launches them, each binding a parameter (by buffer_specs' name) or a
     workspace, a global buffer between two kernels (split-K's partial products)."""
-    from wsd.runtime.webgpu_native import BUFFER_DATA, build_keeping_host, host_steps
+    from wsd.runtime.webgpu_host import BUFFER_DATA, build_keeping_host, host_steps
 
     func = func.with_attr("global_symbol", "main").with_attr("tirx.is_scheduled", True)
     rt, lowered = build_keeping_host(
