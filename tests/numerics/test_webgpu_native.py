@@ -22,8 +22,7 @@ from tests.cases import TINY_BLOCK_KINDS
 from wsd import targets
 from wsd.checks import verify
 from wsd.models import load_model
-from wsd.runtime import webgpu_native
-from wsd.tuning import wgsl_bench
+from wsd.runtime import webgpu_native, wgsl
 
 TARGET = targets.WEBGPU_NATIVE
 
@@ -228,7 +227,7 @@ def test_split_sources():
     a = f"{sep}// Function: a_kernel\n{sep}fn a_kernel() {{}}\n\n"
     b = f"{sep}// Function: b_kernel\n{sep}enable f16;\n\nfn b_kernel() {{}}\n\n"
     text = f"// Function: a_kernel\n{a}\n// Function: b_kernel\n{b}\n"  # as inspect_source
-    assert wgsl_bench.split_sources(text) == {"a_kernel": a, "b_kernel": b}
+    assert wgsl.split_sources(text) == {"a_kernel": a, "b_kernel": b}
 
 
 def test_unknown_target_is_refused():
@@ -257,7 +256,7 @@ def test_subgroup_kernel_set_reduces_through_shuffles():
     assert "subgroup" not in portable and "workgroupBarrier" in portable
     assert subgroups.startswith("//") and "enable subgroups;\n" in subgroups
     assert f"subgroupShuffleDown(red_buf0[0i], u32({SUBGROUP_SIZE // 2}i))" in subgroups
-    naga = wgsl_bench.for_naga(subgroups)
+    naga = wgsl.for_naga(subgroups)
     assert "enable subgroups" not in naga
     assert naga.count("subgroupShuffleDown") == subgroups.count("subgroupShuffleDown") > 0
 

@@ -32,6 +32,7 @@ import tvm
 from tvm import relax
 
 from wsd.compiler.buffers import kernel_workspace, nbytes, storage_sizes
+from wsd.compiler.weight_names import tensor_name
 
 # The functions a text-to-image run calls (the samplers' kernels work on latents only).
 MODEL_FUNCTIONS = ("encode_text", "unet_guided", "unet", "decode")
@@ -41,8 +42,6 @@ MIB = 1 << 20
 
 def weight_bytes(traced) -> dict[str, int]:
     """{tensor-cache name: bytes} of every distinct weight of a `wsd.compiler.trace.Traced` module."""
-    from wsd.runtime.weights import tensor_name
-
     out = {}
     for function, names in traced.weight_names.items():
         params = traced.mod[function].params[traced.num_inputs[function]:]

@@ -48,7 +48,7 @@ from tvm.tirx.buffer import BufferType
 
 from wsd.compiler import pipeline as build
 from wsd.runtime.webgpu_host import build_keeping_host, host_expr, host_steps, static_int
-from wsd.tuning.wgsl_bench import for_naga, probe_subgroup_sizes, split_sources
+from wsd.runtime.wgsl import for_naga, probe_subgroup_sizes, split_sources
 from wsd.targets import (SUBGROUP_SIZE, WEBGPU_NATIVE, WEBGPU_NATIVE_SUBGROUPS, TargetError,
                          webgpu_target)
 # Limits the kernels may need beyond WebGPU's defaults; requested at the adapter's maximum

@@ -58,6 +58,8 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
+from wsd.compiler.weight_names import tensor_name
+
 FORMAT_NAME = "wsd-tensor-cache"
 FORMAT_VERSION = 1
 MANIFEST = "tensor-cache.json"
@@ -65,16 +67,6 @@ SHARD_PREFIX = "params_shard_"
 SHARD_BYTES = 32 * 1024 * 1024
 ALIGNMENT = 16
 ENCODINGS = ("raw", "f32-to-bf16")
-
-# Compiled function -> (model part owning its weights, prefix of the part's module in the
-# wrapper module of wsd.compiler.trace). VaeDecoder holds the AutoencoderKL's submodules directly.
-FUNCTION_PARTS = {
-    "encode_text": ("text_encoder", "text_encoder."),
-    "unet_guided": ("unet", "unet."),
-    "unet": ("unet", "unet."),
-    "decode": ("vae", ""),
-}
-
 
 class ShardError(RuntimeError):
     """A tensor-cache shard (or the manifest) is missing, truncated or corrupt.
@@ -91,17 +83,6 @@ class CollectedWeights(NamedTuple):
 
     tensors: dict[str, np.ndarray]
     functions: dict[str, list[str]]
-
-
-def tensor_name(function: str, weight: str) -> str:
-    """The cache name of a function's weight (its wrapper-module state-dict name)."""
-    if function not in FUNCTION_PARTS:
-        raise ValueError(f"no weight naming for function {function!r}; "
-                         f"known: {', '.join(FUNCTION_PARTS)}")
-    part, prefix = FUNCTION_PARTS[function]
-    if not weight.startswith(prefix):
-        raise ValueError(f"weight {weight!r} of {function} does not start with {prefix!r}")
-    return f"{part}/{weight[len(prefix):]}"
 
 
 def _functions_of(meta: dict) -> dict:
