@@ -96,9 +96,27 @@ def _children(node):
         info = info.parent_type_info
 
 
+def _allocated(func: tirx.PrimFunc) -> tirx.Stmt:
+    """The kernel's body after the first steps of TVM's TIR lowering (tvm.s_tir.pipeline):
+    its buffers allocated where and as large as TVM allocates them (CompactBufferAllocation
+    shrinks a buffer to the region the kernel uses). The body as it is where the kernel does
+    not lower alone."""
+    from tvm.s_tir import transform as st
+
+    lower = tvm.transform.Sequential([
+        st.LowerCrossThreadReduction(), st.LowerInitBlock(),
+        st.PlanAndUpdateBufferAllocationLocation(), st.ConvertBlocksToOpaque(),
+        st.CompactBufferAllocation(), st.LowerOpaqueBlock()])
+    try:
+        return lower(tvm.IRModule({"main": func}))["main"].body
+    except Exception:  # noqa: BLE001 - the declared buffers are the next best answer
+        return func.body
+
+
 def global_intermediates(func: tirx.PrimFunc) -> list[tuple[str, int | None]]:
-    """(name, bytes) of every global-scope buffer a kernel allocates (not its arguments)."""
-    found, stack = [], [func.body]
+    """(name, bytes) of every global-scope buffer a kernel allocates (not its arguments), as
+    TVM allocates it."""
+    found, stack = [], [_allocated(func)]
     while stack:
         node = stack.pop()
         buffers = []
