@@ -12,6 +12,7 @@ from pathlib import Path
 from wsd.models import ModelError
 
 SCHEDULER_NAMES = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
+DEFAULT_DTYPE = "float32"
 
 
 def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False,
@@ -19,7 +20,8 @@ def _model_options(parser: argparse.ArgumentParser, webgpu: bool = False,
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
                              "weights) or the path of a diffusers-format model folder")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "float16"),
+                        help=f"default {DEFAULT_DTYPE}")
     parser.add_argument("--target", default="llvm", help="llvm (CPU) or cuda"
                         + (", or webgpu (a browser bundle, with --out DIR)" if webgpu else "")
                         + (", or webgpu-native (the browser build's WGSL kernels on a native "
@@ -91,11 +93,24 @@ def cmd_build(args) -> int:
 
 
 def _build_bundle(args) -> int:
-    from wsd.bundle import build_bundle
+    from wsd.bundle import build_bundle, write_weights
     from wsd.models import load_model
 
     if not args.out:
         raise ValueError("--target webgpu needs --out DIR (the bundle directory to write)")
+    if args.weights_only:
+        if not args.source:
+            raise ValueError("--weights-only needs --from DIR: the bundle whose compiled "
+                             "model.wasm the weights are for")
+        fixed = [f"--{name}" for name in ("dtype", "height", "width")
+                 if getattr(args, name) is not None]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: a --weights-only bundle keeps the dtype and "
+                             "size its model.wasm was compiled for")
+        write_weights(load_model(args.model), args.source, args.out, log=print)
+        return 0
+    if args.source:
+        raise ValueError("--from is only for --weights-only")
     model = load_model(args.model)
     build_bundle(model, args.out, args.dtype, args.height, args.width, log=print)
     return 0
@@ -169,6 +184,11 @@ def parser() -> argparse.ArgumentParser:
     _model_options(bld, webgpu=True)
     bld.add_argument("--force", action="store_true", help="rebuild even if cached")
     bld.add_argument("--out", help="with --target webgpu: the bundle directory to write")
+    bld.add_argument("--weights-only", action="store_true",
+                     help="with --target webgpu: write --model's weights for the compiled "
+                          "bundle --from DIR (same architecture), without compiling")
+    bld.add_argument("--from", dest="source", metavar="DIR",
+                     help="with --weights-only: the bundle whose model.wasm to reuse")
     bld.set_defaults(func=cmd_build)
 
     srv = sub.add_parser("serve", help="serve a web bundle locally (http://127.0.0.1:8888)")
@@ -212,6 +232,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    # --dtype has no parser default so that --weights-only can tell it was given
+    if getattr(args, "dtype", "") is None and not getattr(args, "weights_only", False):
+        args.dtype = DEFAULT_DTYPE
     from wsd.build import TargetError
     from wsd.bundle import BundleError
     from wsd.serve import ServeError
