@@ -161,6 +161,8 @@ collect() {
         unset NEW
     done
 
+    rm -rf "$SCAN"  # ~400 MiB unpacked; rebuilt on every run anyway
+
     # Only the resolved set travels (an earlier run may have left other debs).
     for deb in "$DEBS"/*.deb; do
         name=$(dpkg-deb -f "$deb" Package)
