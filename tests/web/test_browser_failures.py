@@ -8,6 +8,7 @@ Each test stops as soon as its case is decided, before SwiftShader has compiled 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from urllib.parse import urlsplit
@@ -47,6 +48,31 @@ def test_storage_quota_too_small(playwright, tiny_bundle, tmp_path):  # noqa: F8
     assert warning in shown
     assert cached == 0
     assert weights["loaded"] == weights["total"] == weights["fetched"] > 0
+
+
+def test_buffer_over_the_adapter_limit_named_before_download(playwright, tiny_bundle,  # noqa: F811
+                                                            tmp_path):
+    """A bundle whose largest buffer exceeds what the adapter allows (as SD v1.5 fp32's
+    256 MiB binding exceeds WebGPU's default): the limit is named and no weight is fetched."""
+    big = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, big)
+    config = json.loads((big / "wsd-config.json").read_text())
+    need = 1 << 40  # 1 TiB: beyond any adapter
+    config["requirements"].update(max_buffer_bytes=need, max_storage_binding_bytes=need)
+    (big / "wsd-config.json").write_text(json.dumps(config))
+    with serving(big) as (url, log):
+        context = launch(playwright, tmp_path / "profile")
+        page = context.new_page()
+        page.goto(url)
+        ready = wait_ready(page)
+        context.close()
+    if "no GPU adapter" in ready.get("error", ""):
+        pytest.skip(ready["error"])
+    error = ready["error"]
+    assert "this GPU adapter cannot run the model" in error, error
+    assert "needs maxBufferSize >= 1048576 MiB, the adapter offers" in error
+    assert "needs maxStorageBufferBindingSize >= 1048576 MiB" in error
+    assert not [path for path, _ in log if path.startswith("/params/")]
 
 
 def corrupt_first_kernel(wasm: bytes) -> tuple[bytes, str]:
