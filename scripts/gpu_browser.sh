@@ -109,9 +109,13 @@ shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
 
     # Playwright (browser_carry.sh WITH_PLAYWRIGHT=1): its wheels into $ROOT/site
     if compgen -G "$ROOT/payload/wheels/*.whl" >/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$ROOT/site" "$ROOT"/payload/wheels/*.whl
-        echo "Playwright installed in $ROOT/site (PYTHONPATH=$ROOT/site)"
+        # cp312 wheels: the GPU machine's Python; elsewhere pip may refuse them (not fatal)
+        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$ROOT/site" "$ROOT"/payload/wheels/*.whl; then
+            echo "Playwright installed in $ROOT/site (PYTHONPATH=$ROOT/site)"
+        else
+            echo "install: the Playwright wheels did not install (see above)" >&2
+        fi
     fi
 
     # fontconfig: the prefix's fonts only (the machine may have no /etc/fonts at all)
