@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,14 +19,8 @@ import pytest
 
 from tests.cases import PROMPTS
 from tests.web.conftest import ARTIFACTS, decode_png, golden, serving, ssim
+from wsd.browser_run import CHROMIUM, LOAD_TIMEOUT_MS, launch, wait_ready
 
-CHROMIUM = os.environ.get("WSD_CHROMIUM", "/usr/bin/chromium")
-# No network on build machines: keep Chromium from calling home (facts.md).
-QUIET = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
-WEBGPU = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
-          "--use-webgpu-adapter=swiftshader"]
-LOAD_TIMEOUT_MS = 600_000
 SSIM_FP32 = 0.99
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -39,20 +32,6 @@ def playwright():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
     with sync_api.sync_playwright() as p:
         yield p
-
-
-def launch(playwright, profile: Path, webgpu: bool = True):
-    """A fresh persistent context (its own profile: empty Cache Storage)."""
-    return playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=CHROMIUM, headless=True,
-        args=QUIET + (WEBGPU if webgpu else ["--disable-features=WebGPU,Vulkan",
-                                             "--disable-gpu"]))
-
-
-def wait_ready(page) -> dict:
-    """window.wsd.ready's value, or {"error": message} when it rejects."""
-    page.wait_for_function("window.wsd !== undefined")
-    return page.evaluate("window.wsd.ready.then(r => r, e => ({error: e.message}))")
 
 
 @pytest.fixture(scope="module")
