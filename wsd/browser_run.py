@@ -3,6 +3,7 @@
     python -m wsd.browser_run --bundle DIR --engine chromium|deno [--adapter gpu|swiftshader|
         lavapipe] [--dawn-features LIST] [--disable-robustness] [--reference PNG]
         [--settings JSON] [--runs N] [--compare-native BENCH.json] --out FILE.json
+    python -m wsd.browser_run --write-deno-script FILE.js   # Deno's script, for --deno-script
 
 chromium: the page itself (Playwright driving Chromium, a fresh profile): cold load, N
 generations through window.wsd.generate, then a reload in the same profile (the warm load,
@@ -447,9 +448,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m wsd.browser_run",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", required=True, help="a web bundle (wsd build --target "
-                        "webgpu --out DIR)")
-    parser.add_argument("--engine", required=True, choices=tuple(ADAPTERS))
+    parser.add_argument("--bundle", help="a web bundle (wsd build --target webgpu --out DIR)")
+    parser.add_argument("--engine", choices=tuple(ADAPTERS))
     parser.add_argument("--adapter", default="gpu",
                         choices=sorted({a for pair in ADAPTERS.values() for a in pair}), help="gpu (default), swiftshader "
                         "(Chromium's software adapter) or lavapipe (Deno on Mesa's)")
@@ -473,10 +473,20 @@ def main(argv=None) -> int:
                         "file of the same build: host_overhead_ratio over its UNet GPU time")
     parser.add_argument("--deno-script", help="a prebuilt bundle of web/test/measure.js "
                         "(default: bundled now with esbuild)")
+    parser.add_argument("--write-deno-script", metavar="FILE", help="only bundle "
+                        "web/test/measure.js into FILE (for machines without esbuild) and exit")
     parser.add_argument("--save-image", help="write the last generated PNG here")
-    parser.add_argument("--out", required=True, help="the JSON to write, e.g. "
+    parser.add_argument("--out", help="the JSON to write, e.g. "
                         "docs/results/browser-gpu-chromium-DATE.json")
     args = parser.parse_args(argv)
+    if args.write_deno_script:
+        from wsd.webapp import bundle_script
+
+        bundle_script(WEB / "test" / "measure.js", args.write_deno_script)
+        return 0
+    missing = [f"--{n}" for n in ("bundle", "engine", "out") if not getattr(args, n)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     features = [f for f in args.dawn_features.split(",") if f]
     if args.disable_robustness and "disable_robustness" not in features:
         features.append("disable_robustness")

@@ -88,12 +88,13 @@ def test_deno_lavapipe_cli(tiny_bundle_fp16, tmp_path, capsys):
     if not Path(browser_run.LAVAPIPE_ICD).exists():
         pytest.skip("Mesa lavapipe not installed (apt install mesa-vulkan-drivers)")
     settings, _ = golden("tiny-ddim")
-    out, image = tmp_path / "deno.json", tmp_path / "deno.png"
+    out, image, script = tmp_path / "deno.json", tmp_path / "deno.png", tmp_path / "measure.js"
+    assert browser_run.main(["--write-deno-script", str(script)]) == 0  # as the GPU script does
     code = browser_run.main([
         "--bundle", str(tiny_bundle_fp16), "--engine", "deno", "--adapter", "lavapipe",
         "--settings", json.dumps(settings), "--runs", "1", "--reference", str(REFERENCE),
         "--compare-native", str(_bench_json(tmp_path / "bench.json", "float16")),
-        "--save-image", str(image), "--out", str(out)])
+        "--deno-script", str(script), "--save-image", str(image), "--out", str(out)])
     report = json.loads(out.read_text())
     print(capsys.readouterr().out, json.dumps({k: v for k, v in report.items()
                                                if k != "adapter_info"}, indent=1))
