@@ -36,18 +36,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# The build machines and the GPU machine have no network: keep Chromium from calling home.
-QUIET = ["--headless=new", "--no-sandbox", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-         "--disable-default-apps", "--disable-breakpad", "--disable-dev-shm-usage",
-         "--enable-logging=stderr", "--v=0"]
+sys.path.insert(0, str(HERE.parent))  # wsd: its flag sets (stdlib-only module)
+from wsd.browser_run import CHROMIUM_FLAGS  # noqa: E402
+from wsd.browser_run import QUIET as RUN_QUIET  # noqa: E402
 
-# What showed Dawn's NVIDIA adapter in chrome://gpu on the H200 (facts.md, 2026-12-05), where a
-# file:// page's requestAdapter() still returned null.
-FACTS = ["--disable-gpu-sandbox", "--use-angle=vulkan", "--use-vulkan=native", "--enable-gpu",
-         "--enable-features=Vulkan,VulkanFromANGLE", "--disable-vulkan-surface",
-         "--enable-unsafe-webgpu", "--ignore-gpu-blocklist",
-         "--enable-dawn-features=vulkan_enable_f16_on_nvidia,allow_unsafe_apis"]
+# The runner's quiet flags (no network there either), headless, with Chromium's own log.
+QUIET = ["--headless=new", *RUN_QUIET, "--disable-default-apps", "--disable-breakpad",
+         "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0"]
+
+# The runner's GPU flag set, with the toggles for shader-f16 on NVIDIA and unsafe APIs.
+FACTS = [f for f in CHROMIUM_FLAGS["gpu"] if f != "--headless=new"] + [
+    "--enable-dawn-features=vulkan_enable_f16_on_nvidia,allow_unsafe_apis"]
 
 
 def _replace(flags, prefix, new):
@@ -92,8 +91,7 @@ def gpu_variants(pci: dict) -> dict:
     }
 
 
-SWIFTSHADER = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
-               "--use-webgpu-adapter=swiftshader"]
+SWIFTSHADER = CHROMIUM_FLAGS["swiftshader"]
 
 
 def swiftshader_variants(pci: dict) -> dict:

@@ -49,8 +49,13 @@ QUIET = ["--no-sandbox", "--disable-background-networking", "--disable-component
 CHROMIUM_FLAGS = {
     "swiftshader": ["--enable-unsafe-webgpu", "--enable-features=Vulkan",
                     "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader"],
-    "gpu": ["--headless=new", "--use-angle=vulkan", "--enable-features=Vulkan",
-            "--disable-vulkan-surface", "--enable-unsafe-webgpu"],
+    # What showed Dawn's NVIDIA adapter in chrome://gpu on the H200 (facts.md, 2026-12-05):
+    # without --use-vulkan=native --enable-gpu the GPU process does not touch the GPU, and
+    # without --ignore-gpu-blocklist requestAdapter() never answered (scripts/browser_probe.py
+    # tries variants of it)
+    "gpu": ["--headless=new", "--disable-gpu-sandbox", "--use-angle=vulkan",
+            "--use-vulkan=native", "--enable-gpu", "--enable-features=Vulkan,VulkanFromANGLE",
+            "--disable-vulkan-surface", "--enable-unsafe-webgpu", "--ignore-gpu-blocklist"],
     "no-webgpu": ["--disable-features=WebGPU,Vulkan", "--disable-gpu"],
 }
 WEBGPU = CHROMIUM_FLAGS["swiftshader"]

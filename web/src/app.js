@@ -111,15 +111,6 @@ function fillForm() {
   });
 }
 
-/** What window.wsd.ready resolves to: the model, the adapter, and how loading went. */
-function readyInfo(e) {
-  const c = e.config;
-  return { model: c.model, dtype: c.dtype, height: c.height, width: c.width,
-           adapter: e.adapterDescription, adapterInfo: e.adapterInfo,
-           kernelSet: "portable", loadMs: e.loadMs, load: e.loadStats, weights: e.weightStats,
-           gpuMemory: e.gpuMemory() };
-}
-
 async function main() {
   fillForm();
   const base = new URL(".", location.href).href;
@@ -134,7 +125,7 @@ async function main() {
     $("recover").hidden = true;
     ready = Engine.load(base, onProgress).then((e) => {
       engine = e;
-      const info = readyInfo(e);
+      const info = e.info();
       $("model").textContent = `${info.model} · ${info.dtype} · ${info.width}x${info.height} · ` +
         `${info.adapter} · loaded in ${fmtMs(e.loadMs)}`;
       setStatus("Ready.", 1);

@@ -175,7 +175,17 @@ export class Engine {
                          cacheReadMs: timings.cacheReadMs, cacheWriteMs: timings.cacheWriteMs,
                          uploadMs: timings.shardMs };
     this.loadStats = { readyMs: this.loadMs, stagesMs, weights: this.weightStats };
+    this.kernelSet = "portable"; // the only set bundles carry today (see wsd/bundle.py)
     this._queue = Promise.resolve();
+  }
+
+  /** What window.wsd.ready resolves to: the model, the adapter, and how loading went. */
+  info() {
+    const c = this.config;
+    return { model: c.model, dtype: c.dtype, height: c.height, width: c.width,
+             adapter: this.adapterDescription, adapterInfo: this.adapterInfo,
+             kernelSet: this.kernelSet, loadMs: this.loadMs, load: this.loadStats,
+             weights: this.weightStats, gpuMemory: this.gpuMemory() };
   }
 
   /** GPU memory tvmjs holds now and at most so far (weights, activations, workspaces). */

@@ -12,13 +12,7 @@ const { settings = {}, runs = 1, loadOnly = false } = JSON.parse(Deno.args[0] ||
 let result;
 try {
   const engine = await Engine.load(new URL(".", location.href).href);
-  const c = engine.config;
-  // What the page's window.wsd.ready resolves to (web/src/app.js), from the same engine fields
-  const ready = { model: c.model, dtype: c.dtype, height: c.height, width: c.width,
-                  adapter: engine.adapterDescription, adapterInfo: engine.adapterInfo ?? null,
-                  kernelSet: engine.kernelSet ?? null,
-                  loadMs: engine.loadMs, load: engine.loadStats ?? null,
-                  weights: engine.weightStats ?? null, gpuMemory: engine.gpuMemory?.() ?? null };
+  const ready = engine.info(); // what the page's window.wsd.ready resolves to
   const lasts = [];
   let png = null;
   for (let i = 0; !loadOnly && i < runs; i++) {
