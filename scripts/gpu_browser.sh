@@ -18,6 +18,22 @@
 #   gpu_browser.sh finish N          receive N, install, deno-probe, probe: the last call
 #   gpu_browser.sh status            which parts are here
 #
+# Then SD v1.5 in the browsers (issue 16's runs), with wsd installed (gpu_check.sh stage1 and
+# install), the Vulkan loader and wgpu (.gl/, .wgpuwhl/: scripts/webgpu_env.sh), the install
+# above with Playwright (browser_carry.sh WITH_PLAYWRIGHT=1) and the compiled bundles
+# (scripts/browser_bundles.sh here, carried as .browser/bundles):
+#   gpu_browser.sh weights DTYPE     the sd15 bundle's weight shards, written here by
+#                                    `wsd build --weights-only` into $ROOT/bundle-DTYPE
+#   gpu_browser.sh reference DTYPE   the image of `wsd generate --target cuda` (a CUDA build:
+#                                    ~6 min for fp16, a call of its own) and diffusers' fp32
+#                                    image, same settings -> $ROOT/ref-*.png (and $OUT)
+#   gpu_browser.sh native DTYPE      `wsd bench --target webgpu-native` of the same build (the
+#                                    GPU time per call, for the host overhead ratio)
+#   gpu_browser.sh measure DTYPE [NAMES]   wsd.browser_run on the GPU, one JSON
+#                                    browser-gpu-<name>-<dtype>-<date>.json each in $OUT (for
+#                                    docs/results); NAMES from chromium, chromium-norobust
+#                                    (Dawn's robustness checks off), deno (default: all)
+#
 # Environment: WSD_BROWSER_ROOT (default /tmp/wsd-browser: /tmp survives between back-to-back
 # calls while the machine stays warm), OUT (default $ROOT/out), WSD_BROWSER_ADAPTER=gpu (the
 # NVIDIA Vulkan driver) or swiftshader (Chromium's CPU Vulkan and, for Deno, Mesa lavapipe: the
@@ -211,8 +227,94 @@ EOF
     return 0
 }
 
+# The run's settings: the issue's 20-step 512x512 image with a fixed seed and prompt, as
+# window.wsd.generate takes them and as `wsd generate` does.
+PROMPT="a photograph of an astronaut riding a horse"
+SEED=42
+STEPS=20
+GUIDANCE=7.5
+SCHEDULER=pndm
+SETTINGS="{\"prompt\": \"$PROMPT\", \"steps\": $STEPS, \"guidanceScale\": $GUIDANCE,"
+SETTINGS+=" \"scheduler\": \"$SCHEDULER\", \"seed\": $SEED}"
+
+wsd_env() {  # wsd and its wheels (gpu_check.sh install), Playwright, the GPU's Vulkan driver
+    export PYTHONPATH=/tmp/site:$ROOT/site:$REPO PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    export WSD_CACHE=${WSD_CACHE:-/tmp/wsd-cache}
+    adapter_env
+}
+
+weights() {
+    local dtype=$1
+    wsd_env
+    "$PY" -m wsd.cli build --target webgpu --weights-only \
+        --from "$REPO/.browser/bundles/sd15-$dtype" --model sd15 --out "$ROOT/bundle-$dtype"
+}
+
+reference() {
+    local dtype=$1
+    wsd_env
+    "$PY" -m wsd.cli generate --model sd15 --target cuda --dtype "$dtype" --prompt "$PROMPT" \
+        --scheduler "$SCHEDULER" --steps "$STEPS" --guidance-scale "$GUIDANCE" --seed "$SEED" \
+        --out "$ROOT/ref-wsd-cuda-$dtype.png"
+    cp "$ROOT/ref-wsd-cuda-$dtype.png" "$OUT/"
+    if [ ! -f "$ROOT/ref-diffusers-fp32.png" ]; then
+        "$PY" -c 'import sys
+from PIL import Image
+from wsd.models import load_model
+from wsd.reference import Reference, Settings
+prompt, scheduler, steps, guidance, seed, out = sys.argv[1:]
+settings = Settings(prompt, "", scheduler, int(steps), float(guidance), int(seed))
+image = Reference(load_model("sd15"), "cuda").image(settings, 512, 512)
+Image.fromarray(image).save(out)' "$PROMPT" "$SCHEDULER" "$STEPS" "$GUIDANCE" "$SEED" \
+            "$ROOT/ref-diffusers-fp32.png"
+    fi
+    cp "$ROOT/ref-diffusers-fp32.png" "$OUT/"
+}
+
+native() {  # `wsd bench --target webgpu-native` of the bundle's build: the GPU time per call
+    local dtype=$1
+    wsd_env
+    # wgpu-py and the Vulkan loader (scripts/webgpu_env.sh; /tmp/site is on PYTHONPATH)
+    # shellcheck disable=SC1091
+    (cd "$REPO" && source scripts/webgpu_env.sh && webgpu_env) || echo "native: webgpu_env failed" >&2
+    VK_DRIVER_FILES=$NVIDIA_ICD "$PY" -m wsd.cli bench --model sd15 --target webgpu-native \
+        --dtype "$dtype" --parts unet,vae --json "$OUT/bench-webgpu-native-$dtype.json"
+    cp "$OUT/bench-webgpu-native-$dtype.json" "$ROOT/"
+}
+
+# The engines `measure` runs: name -> wsd.browser_run arguments
+declare -A ENGINES=(
+    [chromium]="--engine chromium --dawn-features vulkan_enable_f16_on_nvidia"
+    [chromium-norobust]="--engine chromium --dawn-features vulkan_enable_f16_on_nvidia --disable-robustness"
+    [deno]="--engine deno --deno-script $REPO/.browser/bundles/measure.js"
+)
+
+measure() {  # measure DTYPE [NAMES]: one wsd.browser_run JSON per engine (default: all)
+    local dtype=$1 names=${2:-chromium,chromium-norobust,deno} day name rc native=()
+    day=$(date -u +%F)
+    wsd_env
+    [ -f "$ROOT/bench-webgpu-native-$dtype.json" ] \
+        && native=(--compare-native "$ROOT/bench-webgpu-native-$dtype.json")
+    for name in ${names//,/ }; do
+        rc=0
+        # shellcheck disable=SC2086  # ENGINES' entries are word lists
+        timeout 420 "$PY" -m wsd.browser_run --bundle "$ROOT/bundle-$dtype" ${ENGINES[$name]} \
+            --adapter gpu --settings "$SETTINGS" --runs 3 \
+            --reference "$ROOT/ref-wsd-cuda-$dtype.png" \
+            --diffusers-reference "$ROOT/ref-diffusers-fp32.png" "${native[@]}" \
+            --save-image "$OUT/$name-$dtype.png" \
+            --out "$OUT/browser-gpu-$name-$dtype-$day.json" || rc=$?
+        echo "$name ($dtype): exit $rc"
+    done
+    return 0
+}
+
 case "${1:-}" in
 receive) shift; receive "$@" ;;
+weights) weights "$2" ;;
+reference) reference "$2" ;;
+native) native "$2" ;;
+measure) measure "$2" "${3:-}" ;;
 status) status ;;
 install) install ;;
 probe) shift; probe "$@" ;;
@@ -227,7 +329,7 @@ finish)
     probe --budget "${PROBE_BUDGET:-420}"
     ;;
 *)
-    sed -n '2,30p' "$0"
+    sed -n '2,43p' "$0"
     exit 2
     ;;
 esac
