@@ -469,7 +469,7 @@ def main(argv=None) -> int:
                         help="generate() settings: a JSON object or a file holding one "
                         "(prompt, negativePrompt, steps, guidanceScale, scheduler, seed)")
     parser.add_argument("--runs", type=int, default=3, help="generations (the figures are "
-                        "the last one's; default 3)")
+                        "the last one's; default 3); 0: the cold load and the warm reload only")
     parser.add_argument("--reference", help="PNG of `wsd generate` with the same settings: "
                         "SSIM and PSNR against it")
     parser.add_argument("--diffusers-reference", help="PNG of diffusers fp32 with the same "
@@ -492,12 +492,14 @@ def main(argv=None) -> int:
     missing = [f"--{n}" for n in ("bundle", "engine", "out") if not getattr(args, n)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    if args.runs < 0:
+        parser.error(f"--runs must be 0 or more, got {args.runs}")
     features = [f for f in args.dawn_features.split(",") if f]
     if args.disable_robustness and "disable_robustness" not in features:
         features.append("disable_robustness")
     try:
         report = measure(args.bundle, args.engine, args.adapter, args.settings,
-                         runs=max(1, args.runs), dawn_features=features,
+                         runs=args.runs, dawn_features=features,
                          extra_flags=args.chromium_flag, reference=args.reference,
                          diffusers_reference=args.diffusers_reference,
                          compare_native=args.compare_native, deno_script=args.deno_script,
