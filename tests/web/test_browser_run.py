@@ -124,3 +124,10 @@ def test_chromium_swiftshader(tiny_bundle, tmp_path):
     assert report["flags"] == browser_run.chromium_flags("swiftshader")
     assert "HeadlessChrome" in report["user_agent"]
     assert not report["console_errors"], report["console_errors"]
+
+
+def test_negative_runs_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        browser_run.main(["--bundle", str(tmp_path), "--engine", "deno", "--runs", "-1",
+                          "--out", str(tmp_path / "x.json")])
+    assert exit_.value.code == 2 and "--runs must be 0 or more, got -1" in capsys.readouterr().err
