@@ -16,7 +16,10 @@ def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
                              "weights) or the path of a diffusers-format model folder")
-    parser.add_argument("--dtype", choices=settings.DTYPES, default=settings.DEFAULT_DTYPE)
+    # build's --dtype has no parser default, so that --weights-only can tell it was given
+    parser.add_argument("--dtype", choices=settings.DTYPES,
+                        default=None if command == "build" else settings.DEFAULT_DTYPE,
+                        help=f"default {settings.DEFAULT_DTYPE}")
     parser.add_argument("--target", default="llvm", help=targets.describe(command))
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
                         "(default: the model's native size)")
@@ -74,6 +77,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if args.weights_only and args.verify:
+        raise ValueError("--verify checks what a build compiles; --weights-only compiles nothing")
+    if not args.weights_only:
+        args.dtype = args.dtype or settings.DEFAULT_DTYPE
     if args.verify:
         _verify_build(args)
     if args.target == targets.WEBGPU:
@@ -97,10 +104,23 @@ def _verify_build(args) -> None:
 
 def _build_bundle(args) -> int:
     from wsd.models import load_model
-    from wsd.web.bundle import build_bundle
+    from wsd.web.bundle import build_bundle, write_weights
 
     if not args.out:
         raise ValueError("--target webgpu needs --out DIR (the bundle directory to write)")
+    if args.weights_only:
+        if not args.source:
+            raise ValueError("--weights-only needs --from DIR: the bundle whose compiled "
+                             "model.wasm the weights are for")
+        fixed = [f"--{name}" for name in ("dtype", "height", "width")
+                 if getattr(args, name) is not None]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: a --weights-only bundle keeps the dtype and "
+                             "size its model.wasm was compiled for")
+        write_weights(load_model(args.model), args.source, args.out, log=print)
+        return 0
+    if args.source:
+        raise ValueError("--from is only for --weights-only")
     model = load_model(args.model)
     build_bundle(model, args.out, args.dtype, args.height, args.width, log=print)
     return 0
@@ -175,6 +195,11 @@ def parser() -> argparse.ArgumentParser:
                      help="first compare every block with PyTorch on the build's target "
                           "(webgpu: on webgpu-native) and refuse to build if any fails")
     bld.add_argument("--out", help="with --target webgpu: the bundle directory to write")
+    bld.add_argument("--weights-only", action="store_true",
+                     help="with --target webgpu: write --model's weights for the compiled "
+                          "bundle --from DIR (same architecture), without compiling")
+    bld.add_argument("--from", dest="source", metavar="DIR",
+                     help="with --weights-only: the bundle whose model.wasm to reuse")
     bld.set_defaults(func=cmd_build)
 
     srv = sub.add_parser("serve", help="serve a web bundle locally (http://127.0.0.1:8888)")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+# The runner's helpers, shared with the suites (they import them from here)
+from wsd.checks.browser_run import decode_png, serving, ssim  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "golden"
@@ -50,24 +51,6 @@ def tiny_bundle_fp16(web_runtime, tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "float16")
 
 
-@contextmanager
-def serving(directory):
-    """`wsd serve DIR` on a free port in this process: yields (base URL, request log), the
-    log being a list of (path, status) in arrival order."""
-    from wsd.web.serve import make_server
-
-    log: list[tuple[str, int]] = []
-    server = make_server(directory, port=0, quiet=True,
-                         on_request=lambda path, code: log.append((path, code)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", log
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def golden(name: str):
     """(settings for window.wsd.generate, golden RGB array) of golden/<name>.png."""
     import numpy as np
@@ -79,20 +62,3 @@ def golden(name: str):
                 "steps": s["steps"], "guidanceScale": s["guidance_scale"],
                 "scheduler": s["scheduler"], "seed": s["seed"]}
     return settings, np.asarray(Image.open(GOLDEN / f"{name}.png").convert("RGB"))
-
-
-def decode_png(data_url: str):
-    import base64
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    assert data_url.startswith("data:image/png;base64,"), data_url[:40]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))))
-
-
-def ssim(a, b) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(a, b, channel_axis=2, data_range=255))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,14 +19,8 @@ import pytest
 
 from tests.cases import PROMPTS
 from tests.web.conftest import ARTIFACTS, decode_png, golden, serving, ssim
+from wsd.checks.browser_run import CHROMIUM, LOAD_TIMEOUT_MS, launch, wait_ready
 
-CHROMIUM = os.environ.get("WSD_CHROMIUM", "/usr/bin/chromium")
-# No network on build machines: keep Chromium from calling home (facts.md).
-QUIET = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
-WEBGPU = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
-          "--use-webgpu-adapter=swiftshader"]
-LOAD_TIMEOUT_MS = 600_000
 SSIM_FP32 = 0.99
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -39,20 +32,6 @@ def playwright():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
     with sync_api.sync_playwright() as p:
         yield p
-
-
-def launch(playwright, profile: Path, webgpu: bool = True):
-    """A fresh persistent context (its own profile: empty Cache Storage)."""
-    return playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=CHROMIUM, headless=True,
-        args=QUIET + (WEBGPU if webgpu else ["--disable-features=WebGPU,Vulkan",
-                                             "--disable-gpu"]))
-
-
-def wait_ready(page) -> dict:
-    """window.wsd.ready's value, or {"error": message} when it rejects."""
-    page.wait_for_function("window.wsd !== undefined")
-    return page.evaluate("window.wsd.ready.then(r => r, e => ({error: e.message}))")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +113,46 @@ def test_bad_settings_rejected(app, settings, message):
     error = app[0].evaluate(
         "s => window.wsd.generate(s).then(() => 'resolved', e => e.message)", settings)
     assert message in error
+
+
+def test_lost_device_named_and_recovered(app):
+    """A lost GPU device (here destroyed from outside, as a driver reset would) is named by the
+    page and by every call; "Reload the model" loads a new engine from the browser's cache,
+    without reloading the page, and it gives the same image as before the loss."""
+    page = app[0]
+    settings, _ = golden("tiny-ddim")
+    settings = {**settings, "steps": 2}
+    before = page.evaluate("s => window.wsd.generate(s)", settings)
+    page.evaluate("window.wsd.engine.device.destroy()")
+    page.wait_for_function("!document.getElementById('recover').hidden")
+    shown = page.inner_text("#error")
+    assert shown.startswith("the GPU device was lost (destroyed"), shown
+    assert "reload the model to continue" in shown
+    assert page.is_disabled("#generate")
+    error = page.evaluate("s => window.wsd.generate(s).then(() => 'resolved', e => e.message)",
+                          settings)
+    assert error == shown
+    page.click("#recover")
+    ready = page.evaluate("window.wsd.ready.then(r => r, e => ({error: e.message}))")
+    assert "error" not in ready, ready["error"]
+    assert ready["weights"]["fetchedBytes"] == 0 and ready["weights"]["cachedBytes"] > 0
+    assert page.is_hidden("#error") and page.is_enabled("#generate")
+    assert page.evaluate("s => window.wsd.generate(s)", settings) == before
+
+
+def test_generation_timings(app):
+    """window.wsd.last.timings: one completion interval and one host time per step, the
+    encode and decode times, all positive and within the whole."""
+    page = app[0]
+    settings, _ = golden("tiny-ddim")
+    page.evaluate("s => window.wsd.generate(s)", {**settings, "steps": 3})
+    timings = page.evaluate("window.wsd.last.timings")
+    assert len(timings["stepMs"]) == len(timings["stepHostMs"]) == 3
+    parts = [timings["encodeMs"], timings["decodeMs"], *timings["stepMs"]]
+    assert all(ms > 0 for ms in parts), timings
+    assert sum(parts) <= timings["totalMs"] * 1.001, timings
+    memory = page.evaluate("window.wsd.last.gpuMemory")
+    assert memory["peakBytes"] >= memory["allocatedBytes"] > 0
 
 
 def test_reload_fetches_no_weights(app):

@@ -4,13 +4,14 @@ Chromium's only adapter here (SwiftShader) has no shader-f16, and Firefox ESR re
 in release builds (a compile-time switch, `WebGPU is not yet available in Release or late
 Beta builds`, measured on 140.12esr). So the app's engine (web/src/engine.js, the code the
 page runs) runs in Deno, whose WebGPU is wgpu, the implementation inside Firefox, on Mesa's
-lavapipe, which offers shader-f16. Firefox ESR is still driven (puppeteer-core) to check that
-the page gives its clear message there, or, in a Firefox that allows WebGPU, the image.
+lavapipe, which offers shader-f16: that is tests/web/test_browser_run.py's
+test_deno_lavapipe_cli, through the same runner the GPU machine uses. Here Firefox ESR is
+driven (puppeteer-core) to check that the page gives its clear message there, or, in a
+Firefox that allows WebGPU, the image.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -23,7 +24,6 @@ import pytest
 from tests.web.conftest import ARTIFACTS, ROOT, decode_png, golden, serving, ssim
 
 WEB = ROOT / "web"
-DENO = WEB / "node_modules" / ".bin" / "deno"
 LAVAPIPE_ICD = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json"
 FIREFOX = os.environ.get("WSD_FIREFOX", "/usr/bin/firefox-esr")
 SSIM_FP16 = 0.95
@@ -34,33 +34,6 @@ def _check(image, expected, label):
     diff = np.abs(image[..., :3].astype(int) - expected).max()
     print(f"{label} vs fp32 golden tiny-ddim: SSIM {score:.5f}, max |diff| {diff}")
     assert score >= SSIM_FP16
-
-
-def test_fp16_end_to_end_on_wgpu(tiny_bundle_fp16, tmp_path):
-    from wsd.web.app import bundle_script
-
-    if not DENO.exists():
-        pytest.skip("npm `deno` not installed in web/ (npm install in web/)")
-    if not Path(LAVAPIPE_ICD).exists():
-        pytest.skip("Mesa lavapipe not installed (apt install mesa-vulkan-drivers)")
-    runner = tmp_path / "headless.js"
-    bundle_script(WEB / "test" / "headless.js", runner)
-    settings, expected = golden("tiny-ddim")
-    env = dict(os.environ, VK_ICD_FILENAMES=LAVAPIPE_ICD, XDG_RUNTIME_DIR=str(tmp_path),
-               DENO_DIR=str(tmp_path / "deno"), NO_COLOR="1")
-    with serving(tiny_bundle_fp16) as (url, _):
-        proc = subprocess.run([str(DENO), "run", "--allow-net", "--allow-env", "--location",
-                               url, str(runner), json.dumps(settings)],
-                              capture_output=True, text=True, env=env, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "error" not in result, result["error"]
-    print(f"deno: {result['ready']}, generated in {result['last']['ms'] / 1000:.1f} s")
-    assert result["ready"]["dtype"] == "float16"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "wgpu-tiny-fp16.png").write_bytes(
-        base64.b64decode(result["png"].split(",", 1)[1]))
-    _check(decode_png(result["png"]), expected, "wgpu (Deno, lavapipe) fp16")
 
 
 def test_firefox(tiny_bundle_fp16, tmp_path):

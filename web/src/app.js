@@ -3,6 +3,7 @@
 //   await window.wsd.ready                 -> {model, dtype, height, width, adapter, ...}
 //   await window.wsd.generate({prompt, negativePrompt, steps, guidanceScale, scheduler, seed,
 //                              preview, previewEvery, onProgress})  -> PNG data URL
+//   await window.wsd.reload()              -> a new Engine (after a lost GPU device), as ready
 //
 // (documented in README.md, "Use it from JavaScript").
 
@@ -21,6 +22,12 @@ function showError(err) {
   box.textContent = err && err.message ? err.message : String(err);
   box.hidden = false;
   console.error(err);
+}
+
+function showWarning(message) {
+  const box = $("warning");
+  box.textContent = box.hidden ? `warning: ${message}` : `${box.textContent}\nwarning: ${message}`;
+  box.hidden = false;
 }
 
 function setStatus(text, fraction) {
@@ -53,6 +60,10 @@ const latest = {}; // the latest report of each stage (window.wsd.progress)
 function onProgress(p) {
   if (!(p.stage in timeline)) timeline[p.stage] = Math.round(performance.now());
   latest[p.stage] = p;
+  if (p.stage === "warning") {
+    showWarning(p.message);
+    return;
+  }
   if (p.stage === "preview") {
     $("image").src = p.image;
     $("image").hidden = false;
@@ -100,25 +111,46 @@ async function main() {
   fillForm();
   const base = new URL(".", location.href).href;
   let engine = null;
-  const ready = Engine.load(base, onProgress).then((e) => {
-    engine = e;
-    // The bundle's defaults (wsd-config.json "settings"), known once its config is read.
-    $("scheduler").value = DEFAULTS.scheduler;
-    $("steps").value = DEFAULTS.steps;
-    $("guidance").value = DEFAULTS.guidanceScale;
-    $("seed").value = DEFAULTS.seed;
-    const c = e.config;
-    $("model").textContent = `${c.model} · ${c.dtype} · ${c.width}x${c.height} · ` +
-      `${e.adapterDescription} · loaded in ${fmtMs(e.loadMs)}`;
-    setStatus("Ready.", 1);
-    $("generate").disabled = false;
-    return { model: c.model, dtype: c.dtype, height: c.height, width: c.width,
-             adapter: e.adapterDescription, loadMs: e.loadMs, weights: e.weightStats };
-  });
-  ready.catch((err) => {
-    setStatus("Cannot run here.", 0);
-    showError(err);
-  });
+  let ready = null;
+  let shownDefaults = false;
+
+  // Load an Engine (again, after a lost device: the weights come from the browser's cache).
+  const load = () => {
+    if (engine) engine.dispose();
+    engine = null;
+    $("generate").disabled = true;
+    $("recover").hidden = true;
+    ready = Engine.load(base, onProgress).then((e) => {
+      if (!shownDefaults) { // the bundle's defaults (wsd-config.json "settings"),
+        shownDefaults = true;          // once: a reload after a loss keeps the form as it is
+        $("scheduler").value = DEFAULTS.scheduler;
+        $("steps").value = DEFAULTS.steps;
+        $("guidance").value = DEFAULTS.guidanceScale;
+        $("seed").value = DEFAULTS.seed;
+      }
+      engine = e;
+      const info = e.info();
+      $("model").textContent = `${info.model} · ${info.dtype} · ${info.width}x${info.height} · ` +
+        `${info.adapter} · loaded in ${fmtMs(e.loadMs)}`;
+      setStatus("Ready.", 1);
+      $("error").hidden = true;
+      $("generate").disabled = false;
+      e.whenLost.then((message) => { // a loss between generations shows at once
+        if (engine !== e) return;
+        setStatus("The GPU device was lost.", 0);
+        showError(new Error(message));
+        $("generate").disabled = true;
+        $("recover").hidden = false;
+      });
+      return info;
+    });
+    ready.catch((err) => {
+      setStatus("Cannot run here.", 0);
+      showError(err);
+    });
+    return ready;
+  };
+  load();
 
   const generate = async (options = {}) => {
     await ready;
@@ -136,8 +168,9 @@ async function main() {
   };
 
   window.wsd = {
-    ready,
+    get ready() { return ready; },
     generate,
+    reload: load,
     timeline,
     progress: latest,
     get config() { return engine && engine.config; },
@@ -145,17 +178,25 @@ async function main() {
     get last() { return engine && engine.last; },
   };
 
+  $("recover").addEventListener("click", () => {
+    $("error").hidden = true;
+    load();
+  });
   $("form").addEventListener("submit", async (event) => {
     event.preventDefault();
     $("error").hidden = true;
     $("generate").disabled = true;
+    let failed = false;
     try {
       await generate(formSettings());
       for (const w of engine.last.warnings) showError(new Error(`warning: ${w}`));
     } catch (err) {
+      failed = true;
       showError(err);
     } finally {
-      $("generate").disabled = false;
+      const lost = engine && engine.lost;
+      $("generate").disabled = Boolean(lost);
+      if (failed && lost) $("recover").hidden = false;
     }
   });
 }

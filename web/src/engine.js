@@ -9,8 +9,17 @@
 //
 // Loading (Engine.load) reports progress per stage: "config", "device", "runtime" (the wasm),
 // "weights" (bytes, from the network or the cache), "shaders" (pipeline compilation),
-// "tokenizer"; generation reports "encode", "denoise" (step i of n, time left), "preview"
-// (optional intermediate images) and "decode".
+// "tokenizer", and "warning" (e.g. the weights could not be cached); each stage's time is in
+// `engine.loadStats`. Generation reports "encode", "denoise" (step i of n, time left),
+// "preview" (optional intermediate images) and "decode"; its times are in `engine.last`.
+//
+// The denoising loop does not wait for the GPU after each step: it encodes step i+1 while
+// the GPU computes step i (at most STEPS_IN_FLIGHT steps queued), and reports a step when
+// the GPU has finished it (queue.onSubmittedWorkDone).
+//
+// A lost GPU device (driver reset, out of memory, another tab) makes every later call fail
+// with a message naming it (`engine.lost`); the page then loads a new Engine, with the
+// weights from the browser's cache, without reloading the page.
 
 import * as tvmjs from "@mlc-ai/web-runtime";
 import { Tokenizer, clipIds } from "./tokenizers.js";
@@ -23,6 +32,9 @@ import { fetchOk, loadWeights } from "./weights.js";
 
 export const CONFIG_NAME = "wsd-config.json";
 export const FORMAT_VERSION = 2; // 2: the config carries "settings"
+// Steps the host may encode ahead of the GPU: 2 lets step i+1's encoding overlap step i's
+// GPU time; more would only queue work (and delay noticing a lost device).
+const STEPS_IN_FLIGHT = 2;
 
 // The settings' defaults and bounds: the bundle's wsd-config.json "settings", written from
 // wsd/settings.py (the record `wsd generate` uses too); filled in by Engine.load.
@@ -93,7 +105,18 @@ export class Engine {
 
   async _load(baseUrl, onProgress) {
     const t0 = performance.now();
-    onProgress({ stage: "config" });
+    const stagesMs = {};
+    let stage = null;
+    let stageStart = t0;
+    const enter = (name, report = {}) => { // times each stage from its start to the next's
+      const now = performance.now();
+      if (stage) stagesMs[stage] = now - stageStart;
+      stage = name;
+      stageStart = now;
+      if (name) onProgress({ stage: name, ...report });
+    };
+
+    enter("config");
     const config = JSON.parse(new TextDecoder().decode(
       await fetchBytes(new URL(CONFIG_NAME, baseUrl).href, "the bundle config")));
     if (config.format !== "wsd-web-bundle" || config.format_version !== FORMAT_VERSION) {
@@ -103,26 +126,37 @@ export class Engine {
     this.config = config;
     useSettings(config.settings);
 
-    onProgress({ stage: "device" });
-    const { device, description } = await openDevice(config.requirements);
+    enter("device");
+    const { device, description, info } = await openDevice(config.requirements);
     this.adapterDescription = description;
+    this.adapterInfo = info;
+    this.device = device;
+    this.lost = null;
+    this._disposed = false;
+    // `whenLost` resolves with the message when the device is lost other than by dispose();
+    // waits on the GPU race against it, since work on a lost device may never complete.
+    this.whenLost = device.lost.then((why) => {
+      if (this._disposed) return new Promise(() => {});
+      this.lost = lostMessage(why, this);
+      return this.lost;
+    });
 
-    onProgress({ stage: "runtime" });
+    enter("runtime");
     const wasm = await fetchBytes(new URL(config.files.wasm, baseUrl).href, "the model library");
     const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(),
                                         (msg) => console.log(`tvmjs: ${msg}`));
     tvm.initWebGPU(device);
     this.tvm = tvm;
     this.dev = tvm.webgpu();
-    this.device = device;
-    device.lost.then((info) => {
-      this.lost = `the GPU device was lost (${info.reason}): ${info.message}`;
-    });
 
-    const weights = await loadWeights(tvm, this.dev, baseUrl,
-                                      (p) => onProgress({ stage: "weights", ...p }));
-    this.weightStats = { fetchedBytes: weights.fetchedBytes, cachedBytes: weights.cachedBytes,
-                         cacheStorage: weights.cached };
+    enter("weights");
+    const weights = await loadWeights(tvm, this.dev, baseUrl, (p) => {
+      onProgress({ stage: "weights", ...p });
+      if (p.cacheWarning && p.cacheWarning !== this._cacheWarning) {
+        this._cacheWarning = p.cacheWarning;
+        onProgress({ stage: "warning", message: p.cacheWarning });
+      }
+    });
 
     tvm.beginScope();
     this.vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(this.dev));
@@ -140,14 +174,53 @@ export class Engine {
 
     tvm.registerInitProgressCallback((report) =>
       onProgress({ stage: "shaders", progress: report.progress, text: report.text }));
-    onProgress({ stage: "shaders", progress: 0 });
-    await tvm.asyncLoadWebGPUPipelines(this.vm.getInternalModule());
+    enter("shaders", { progress: 0 });
+    await this._untilLost(tvm.asyncLoadWebGPUPipelines(this.vm.getInternalModule()));
 
-    onProgress({ stage: "tokenizer" });
+    enter("tokenizer");
     this.tokenizer = await Tokenizer.fromJSON(
       await fetchBytes(new URL(config.files.tokenizer, baseUrl).href, "the tokenizer"));
+    enter(null);
     this.loadMs = performance.now() - t0;
+    const { tensors, manifest, timings, ...counts } = weights;
+    this.weightStats = { ...counts, fetchMs: timings.fetchMs, hashMs: timings.hashMs,
+                         cacheReadMs: timings.cacheReadMs, cacheWriteMs: timings.cacheWriteMs,
+                         uploadMs: timings.shardMs };
+    this.loadStats = { readyMs: this.loadMs, stagesMs, weights: this.weightStats };
+    this.kernelSet = "portable"; // the only set bundles carry today (see wsd/bundle.py)
     this._queue = Promise.resolve();
+  }
+
+  /** What window.wsd.ready resolves to: the model, the adapter, and how loading went. */
+  info() {
+    const c = this.config;
+    return { model: c.model, dtype: c.dtype, height: c.height, width: c.width,
+             adapter: this.adapterDescription, adapterInfo: this.adapterInfo,
+             kernelSet: this.kernelSet, loadMs: this.loadMs, load: this.loadStats,
+             weights: this.weightStats, gpuMemory: this.gpuMemory() };
+  }
+
+  /** GPU memory tvmjs holds now and at most so far (weights, activations, workspaces). */
+  gpuMemory() {
+    const context = this.tvm?.lib?.webGPUContext;
+    return context ? { allocatedBytes: context.currAllocatedBytes,
+                       peakBytes: context.peakAllocatedBytes } : null;
+  }
+
+  /** `promise`, or a rejection naming the loss if the device is lost first. */
+  _untilLost(promise) {
+    return Promise.race([promise, this.whenLost.then((m) => { throw new Error(m); })]);
+  }
+
+  /** Free the GPU device and the runtime (e.g. before loading a new Engine after a loss). */
+  dispose() {
+    this._disposed = true;
+    try {
+      this.tvm?.dispose();
+    } catch (err) {
+      console.warn(`wsd: disposing the runtime: ${err.message}`);
+    }
+    this.device?.destroy();
   }
 
   /** One generation at a time: calls queue up behind each other. */
@@ -193,9 +266,15 @@ export class Engine {
   async _toPixels(latents) {
     const image = this._call("decode", latents);
     const host = this.tvm.empty(image.shape, "float32", this.tvm.cpu()).copyFrom(image);
-    await this.dev.sync();
+    await this._untilLost(this.dev.sync());
     const [, h, w] = image.shape;
     return { rgba: toRGBA(host.toArray(), h, w), height: h, width: w };
+  }
+
+  /** Submit what tvmjs has encoded so far; resolves when the GPU has finished it. */
+  _submitted() {
+    this.tvm.lib.webGPUContext.flushCommands();
+    return this._untilLost(this.device.queue.onSubmittedWorkDone());
   }
 
   async _generate(options) {
@@ -209,6 +288,7 @@ export class Engine {
     const timesteps = sampler.timesteps;
     const guided = s.guidanceScale > 1.0; // as diffusers: no guidance at or below 1
     const warnings = [];
+    const timings = { encodeMs: 0, stepMs: [], stepHostMs: [], decodeMs: 0, totalMs: 0 };
 
     tvm.beginScope();
     try {
@@ -232,37 +312,68 @@ export class Engine {
       const noise = rng.randn(shape);
       for (let i = 0; i < noise.length; i++) noise[i] = Math.fround(noise[i] * sigma);
       let latents = this._upload(noise, shape);
+      await this._submitted();
+      timings.encodeMs = performance.now() - t0;
 
       const run = this._runner();
       const tLoop = performance.now();
+      const finished = []; // per step: resolves when the GPU has finished it
+      let lastDone = tLoop;
+      const every = s.previewEvery || 5;
       for (let i = 0; i < timesteps.length; i++) {
+        if (i >= STEPS_IN_FLIGHT) await finished[i - STEPS_IN_FLIGHT];
+        const tHost = performance.now();
         const sample = sampler.scaleModelInput(run, latents, i);
         const t = this._upload(Float32Array.of(timesteps[i]), [1]);
         const eps = guided ? this._call("unet_guided", sample, t, cond, uncond, scale)
           : this._call("unet", sample, t, cond);
         latents = sampler.step(run, eps, i, latents, rng);
-        await this.dev.sync();
-        if (this.lost) throw new Error(this.lost);
-        const elapsedMs = performance.now() - tLoop;
         const done = i + 1;
-        onProgress({ stage: "denoise", step: done, steps: timesteps.length, elapsedMs,
-                     remainingMs: elapsedMs / done * (timesteps.length - done) });
-        const every = s.previewEvery || 5;
+        const stepDone = this._submitted().then(() => {
+          const now = performance.now();
+          timings.stepMs.push(now - lastDone);
+          lastDone = now;
+          const elapsedMs = now - tLoop;
+          onProgress({ stage: "denoise", step: done, steps: timesteps.length, elapsedMs,
+                       remainingMs: elapsedMs / done * (timesteps.length - done) });
+        });
+        stepDone.catch(() => {}); // awaited below; a loss must not also be "unhandled"
+        finished.push(stepDone);
+        timings.stepHostMs.push(performance.now() - tHost);
         if (s.preview && done < timesteps.length && done % every === 0) {
+          await finished[i];
           const p = await this._toPixels(latents);
           onProgress({ stage: "preview", step: done, steps: timesteps.length,
                        image: await pngDataURL(p.rgba, p.height, p.width) });
         }
       }
+      await Promise.all(finished);
       onProgress({ stage: "decode" });
+      const tDecode = performance.now();
       const { rgba, height, width } = await this._toPixels(latents);
+      timings.decodeMs = performance.now() - tDecode;
       const dataURL = await pngDataURL(rgba, height, width);
-      this.last = { ms: performance.now() - t0, warnings, settings: { ...s, seed: String(s.seed),
-                    onProgress: undefined }, height, width };
+      timings.totalMs = performance.now() - t0;
+      this.last = { ms: timings.totalMs, warnings, timings, gpuMemory: this.gpuMemory(),
+                    settings: { ...s, seed: String(s.seed), onProgress: undefined },
+                    height, width };
       onProgress({ stage: "done", ms: this.last.ms });
       return dataURL;
     } finally {
       tvm.endScope();
     }
   }
+}
+
+/** The message for a lost device: what the browser says, and what to do. */
+function lostMessage(why, engine) {
+  const memory = engine.gpuMemory();
+  const held = memory ? ` with ${(memory.allocatedBytes / (1 << 20)).toFixed(0)} MiB of GPU ` +
+    "buffers allocated" : "";
+  // tvmjs destroys the device itself when a buffer cannot be created (out of memory)
+  const cause = why.reason === "destroyed"
+    ? " (the GPU probably ran out of memory: close other GPU-heavy tabs or use a float16 bundle)"
+    : "";
+  return `the GPU device was lost (${why.reason || "unknown"}: ${why.message || "no details"})` +
+    `${held}${cause}; reload the model to continue`;
 }

@@ -69,6 +69,51 @@ async function requestAdapter(gpu, attempts = 5) {
   return null;
 }
 
+/** What the adapter is and offers, as plain data (for window.wsd.ready and run records). */
+export function describeAdapter(adapter) {
+  const info = adapter.info || {};
+  const limits = {};
+  for (const name in adapter.limits) limits[name] = adapter.limits[name];
+  return { vendor: info.vendor || "", architecture: info.architecture || "",
+           device: info.device || "", description: info.description || "",
+           features: Array.from(adapter.features).sort(), limits };
+}
+
+/** A shader the browser's WGSL compiler rejected: names the kernel and the compiler's words. */
+export class ShaderError extends Error {
+  constructor(kernel, details) {
+    super(`the browser cannot compile the GPU shader of kernel '${kernel}': ${details} ` +
+          "(please report it with your browser's version and GPU)");
+    this.name = "ShaderError";
+    this.kernel = kernel;
+  }
+}
+
+/**
+ * Make pipeline creation on `device` fail with a ShaderError naming the kernel (tvmjs
+ * compiles every kernel through createComputePipelineAsync, with the kernel's name as the
+ * entry point, and would pass on an anonymous GPUPipelineError).
+ */
+export function nameShaderErrors(device) {
+  const create = device.createComputePipelineAsync.bind(device);
+  device.createComputePipelineAsync = async (descriptor) => {
+    try {
+      return await create(descriptor);
+    } catch (err) {
+      const kernel = descriptor?.compute?.entryPoint || "(unnamed)";
+      let details = err && err.message ? err.message : String(err);
+      try {
+        const info = await descriptor.compute.module.getCompilationInfo();
+        const errors = info.messages.filter((m) => m.type === "error")
+          .map((m) => `line ${m.lineNum}:${m.linePos}: ${m.message}`);
+        if (errors.length) details = errors.join("; ");
+      } catch { /* no compilation info: keep the pipeline error's message */ }
+      throw new ShaderError(kernel, details);
+    }
+  };
+  return device;
+}
+
 /** Open a GPUDevice for the bundle, or throw WebGPUError with the reason. */
 export async function openDevice(requirements, nav = globalThis.navigator) {
   if (!nav || !nav.gpu) {
@@ -91,7 +136,8 @@ export async function openDevice(requirements, nav = globalThis.navigator) {
                           problems);
   }
   const device = await adapter.requestDevice(deviceDescriptor(adapter, requirements));
-  const info = adapter.info || {};
-  return { adapter, device, description: [info.vendor, info.architecture, info.description]
-    .filter(Boolean).join(" ") || "WebGPU adapter" };
+  const info = describeAdapter(adapter);
+  return { adapter, device: nameShaderErrors(device), info,
+           description: [info.vendor, info.architecture, info.description]
+             .filter(Boolean).join(" ") || "WebGPU adapter" };
 }

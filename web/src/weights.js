@@ -7,6 +7,10 @@
 //
 // Cache keys carry the shard's hash (`<url>?sha256=<hex>`): a rebuilt bundle with new
 // weights gets new keys, and a reload with the same bundle fetches nothing.
+//
+// Caching is best effort: where Cache Storage is missing, disabled or too small for the
+// weights (a browser's quota for one site can be below 2 GB), the weights still load and the
+// page works; `cacheWarning` says why nothing (or not everything) was kept.
 
 export const CACHE_NAME = "wsd-weights-v1";
 
@@ -66,11 +70,43 @@ async function readBody(response, onBytes) {
   return out.buffer;
 }
 
+const MIB = 1 << 20;
+const fmtMiB = (bytes) => `${(bytes / MIB).toFixed(1)} MiB`;
+
 async function openCache() {
   try {
     return typeof caches === "undefined" ? null : await caches.open(CACHE_NAME);
   } catch {
     return null; // e.g. storage disabled: still works, without caching
+  }
+}
+
+/** Why `bytes` more cannot be cached, from the browser's storage estimate; null if they fit
+ * or the browser does not say. */
+export async function quotaProblem(bytes, storage = globalThis.navigator?.storage) {
+  if (!storage || typeof storage.estimate !== "function") return null;
+  let estimate;
+  try {
+    estimate = await storage.estimate();
+  } catch {
+    return null;
+  }
+  const { quota, usage = 0 } = estimate || {};
+  if (!Number.isFinite(quota) || quota - usage >= bytes) return null;
+  return `the browser's storage quota for this site leaves ${fmtMiB(Math.max(0, quota - usage))} ` +
+    `free and the weights need ${fmtMiB(bytes)} more`;
+}
+
+const NOT_KEPT = "the weights are not kept in the browser's cache and will be downloaded " +
+  "again next time (free disk space, or allow this site more storage)";
+
+/** Milliseconds spent in `fn` added to `timings[key]`. */
+async function timed(timings, key, fn) {
+  const t0 = performance.now();
+  try {
+    return await fn();
+  } finally {
+    timings[key] += performance.now() - t0;
   }
 }
 
@@ -92,25 +128,39 @@ export async function fetchManifest(baseUrl) {
 /**
  * Each shard's bytes, verified, in manifest order: calls `onShard(shard, arrayBuffer)` for
  * one shard at a time (so memory holds one shard, not the whole model).
- * `onProgress({loaded, total, fromCache, fetched})`: bytes so far of all shards.
- * Returns {fetchedBytes, cachedBytes, cached: whether Cache Storage was usable}.
+ * `onProgress({loaded, total, fromCache, fetched, cacheWarning})`: bytes so far of all shards.
+ * Returns {fetchedBytes, cachedBytes, cached: whether Cache Storage was usable, cacheWarning:
+ * why weights were not kept (or null), timings: ms spent in fetchMs, hashMs, cacheReadMs,
+ * cacheWriteMs, shardMs (the onShard calls: the upload to the GPU)}.
  */
 export async function loadShards(baseUrl, manifest, onShard, onProgress = () => {}) {
-  const cache = await openCache();
+  let cache = await openCache();
   const total = manifest.records.reduce((sum, s) => sum + s.nbytes, 0);
   let loaded = 0;
   let fetchedBytes = 0;
   let cachedBytes = 0;
-  const report = () => onProgress({ loaded, total, fetched: fetchedBytes, fromCache: cachedBytes });
+  let cacheWarning = null;
+  let quotaChecked = false;
+  const timings = { fetchMs: 0, hashMs: 0, cacheReadMs: 0, cacheWriteMs: 0, shardMs: 0 };
+  const report = () => onProgress({ loaded, total, fetched: fetchedBytes, fromCache: cachedBytes,
+                                    cacheWarning });
+  const stopCaching = (why) => {
+    cacheWarning = `${why}: ${NOT_KEPT}`;
+    console.warn(`wsd: ${cacheWarning}`);
+    cache = null;
+    report();
+  };
 
-  for (const shard of manifest.records) {
+  for (const [index, shard] of manifest.records.entries()) {
     const url = new URL(`params/${shard.dataPath}`, baseUrl).href;
     const key = `${url}?sha256=${shard.sha256}`;
     let buffer = null;
-    const hit = cache ? await cache.match(key) : undefined;
+    const hit = cache ? await timed(timings, "cacheReadMs", () => cache.match(key)) : undefined;
     if (hit) {
-      buffer = await hit.arrayBuffer();
-      if (buffer.byteLength !== shard.nbytes || await sha256Hex(buffer) !== shard.sha256) {
+      buffer = await timed(timings, "cacheReadMs", () => hit.arrayBuffer());
+      const intact = buffer.byteLength === shard.nbytes &&
+        await timed(timings, "hashMs", () => sha256Hex(buffer)) === shard.sha256;
+      if (!intact) {
         await cache.delete(key); // damaged cache entry: fetch it again
         buffer = null;
       } else {
@@ -120,34 +170,42 @@ export async function loadShards(baseUrl, manifest, onShard, onProgress = () => 
       }
     }
     if (buffer === null) {
+      if (cache && !quotaChecked) { // before the first download: will the rest fit?
+        quotaChecked = true;
+        const rest = manifest.records.slice(index).reduce((sum, s) => sum + s.nbytes, 0);
+        const problem = await quotaProblem(rest);
+        if (problem) stopCaching(problem);
+      }
       const start = loaded;
-      buffer = await readBody(await fetchOk(url, `weight shard ${shard.dataPath}`), (n) => {
-        loaded += n;
-        fetchedBytes += n;
-        report();
-      });
+      buffer = await timed(timings, "fetchMs", async () =>
+        readBody(await fetchOk(url, `weight shard ${shard.dataPath}`), (n) => {
+          loaded += n;
+          fetchedBytes += n;
+          report();
+        }));
       loaded = start + buffer.byteLength;
       if (buffer.byteLength !== shard.nbytes) {
         throw new ShardError(shard.dataPath, `${buffer.byteLength} bytes, the manifest says ` +
                              `${shard.nbytes} (truncated or incomplete download?)`);
       }
-      const digest = await sha256Hex(buffer);
+      const digest = await timed(timings, "hashMs", () => sha256Hex(buffer));
       if (digest !== shard.sha256) {
         throw new ShardError(shard.dataPath, `corrupt: sha256 ${digest}, the manifest says ` +
                              `${shard.sha256}`);
       }
       if (cache) {
         try {
-          await cache.put(key, new Response(buffer.slice(0)));
-        } catch (err) {
-          console.warn(`wsd: cannot cache ${shard.dataPath} (${err.message}); ` +
-                       "it will be downloaded again next time");
+          await timed(timings, "cacheWriteMs",
+                      () => cache.put(key, new Response(buffer.slice(0))));
+        } catch (err) { // QuotaExceededError, or storage switched off meanwhile
+          stopCaching(`the browser refused to store ${shard.dataPath} (${err.name}: ` +
+                      `${err.message})`);
         }
       }
     }
-    await onShard(shard, buffer);
+    await timed(timings, "shardMs", () => onShard(shard, buffer));
   }
-  return { fetchedBytes, cachedBytes, cached: cache !== null };
+  return { fetchedBytes, cachedBytes, cached: cache !== null, cacheWarning, timings };
 }
 
 /** bfloat16 (upper halves of float32) -> float32 bytes. */

@@ -8,6 +8,7 @@ scheduler) and loaders for the PyTorch modules and the tokenizer. Everything dow
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,33 @@ class Model:
         }
         blob = json.dumps(clean, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def architecture(self) -> dict:
+        """What compiled code depends on, per part: every constructor parameter of the class
+        that reads the part's config (diffusers' UNet2DConditionModel and AutoencoderKL,
+        transformers' CLIPTextConfig, less the generic ones of its PretrainedConfig base),
+        defaults filled in as the class fills them, less what only training reads (dropout,
+        initializers). Two models with equal architectures run on the same compiled library,
+        whichever keys their config files happen to spell out."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, PretrainedConfig
+
+        generic = set(inspect.signature(PretrainedConfig.__init__).parameters)
+
+        classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL,
+                   "text_encoder": CLIPTextConfig}
+        parts = {}
+        for part, cls in classes.items():
+            config = self.configs[part]
+            values = {}
+            for name, param in inspect.signature(cls.__init__).parameters.items():
+                if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or name in generic:
+                    continue  # generic also holds "self"
+                if "dropout" in name or "initializer" in name:
+                    continue
+                values[name] = config.get(name, param.default)
+            parts[part] = json.loads(json.dumps(values, default=str))  # tuples -> lists
+        return parts
 
     # ---- PyTorch modules (fp32, eval mode) ------------------------------------------------
     def text_encoder(self) -> torch.nn.Module:

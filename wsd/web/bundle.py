@@ -11,6 +11,11 @@
 `settings` in wsd-config.json: the generation settings' defaults and bounds (wsd.settings), which
 the app offers and checks, as `wsd generate` does.
 
+`write_weights` gives a built bundle another checkpoint of the same architecture without
+compiling (`wsd build --target webgpu --weights-only --from DIR`): wsd-config.json records
+the model's `architecture` (wsd.models.Model.architecture) and, per function, which weights
+it takes in which dtype and stored layout (`weight_meta`, as a library's meta.json).
+
 `requirements` in wsd-config.json: what the adapter must offer (wsd.web.limits reads it from the
 lowered module, its kernels and the generated WGSL). The web app reads `shader_f16`,
 `max_buffer_bytes` and `max_storage_binding_bytes`:
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -56,7 +62,7 @@ from wsd.compiler import buffers, layout
 from wsd.compiler import pipeline as wsd_build
 from wsd.compiler.trace import check_dtype, resolve_size, trace_model
 from wsd.models import Model
-from wsd.runtime.weights import collect_weights, write_tensor_cache
+from wsd.runtime.weights import collect_weights, read_manifest, write_tensor_cache
 from wsd.targets import webgpu_target
 from wsd.web import limits
 from wsd.web.app import build_app, ensure_packages
@@ -105,6 +111,26 @@ def _param_info(func: relax.Function, count: int) -> list[dict]:
     return info
 
 
+def _write_params(model: Model, weights, folder: Path) -> dict:
+    return write_tensor_cache(weights, folder, metadata={"model": model.name,
+                                                         "config_hash": model.config_hash()})
+
+
+def _write_tokenizer(model: Model, out: Path):
+    # Unpadded: web-tokenizers' encode() adds no special tokens; the app adds bos/eos,
+    # truncates and pads as wsd.runtime.tokenizer's __call__ does, with the ids in config["tokens"].
+    tokenizer = model.tokenizer()
+    (out / "tokenizer.json").write_text(tokenizer.to_tokenizers_json(padded=False))
+    return tokenizer
+
+
+def _model_entries(model: Model, tokenizer) -> dict:
+    """The config entries that come from the checkpoint rather than the compiled code."""
+    return {"tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+                       "pad": tokenizer.pad_token_id},
+            "scheduler_config": model.configs["scheduler"]}
+
+
 def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
                  width: int | None = None, log=print) -> dict:
     """Write the web bundle for `model` into out_dir; returns the wsd-config.json dict."""
@@ -148,13 +174,8 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     t0 = time.time()
     meta = {"dtype": dtype, "functions": wsd_build.function_meta(traced, weight_layouts)}
     weights = collect_weights(model, meta, dtype, modules=traced.modules)  # no second load
-    manifest = write_tensor_cache(weights, out / "params",
-                                  metadata={"model": model.name,
-                                            "config_hash": model.config_hash()})
-    # Unpadded: web-tokenizers' encode() adds no special tokens; the app adds bos/eos,
-    # truncates and pads as wsd.runtime.tokenizer's __call__ does, with the ids in config["tokens"].
-    tokenizer = model.tokenizer()
-    (out / "tokenizer.json").write_text(tokenizer.to_tokenizers_json(padded=False))
+    manifest = _write_params(model, weights, out / "params")
+    tokenizer = _write_tokenizer(model, out)
     times["params_s"] = time.time() - t0
 
     f = model.vae_scale_factor
@@ -172,11 +193,10 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     config = {
         "format": "wsd-web-bundle", "format_version": FORMAT_VERSION,
         "model": model.name, "config_hash": model.config_hash(), "dtype": dtype,
+        "architecture": model.architecture(), "weight_meta": meta["functions"],
         "height": height, "width": width, "latent_shape": latent_shape,
         "vae_scale_factor": f, "max_tokens": model.max_tokens,
-        "tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
-                   "pad": tokenizer.pad_token_id},
-        "scheduler_config": model.configs["scheduler"],
+        **_model_entries(model, tokenizer),
         "settings": settings.record(),  # defaults and bounds the app offers (wsd.settings)
         "target": str(target), "tvm_version": tvm.__version__,
         "files": {"wasm": wasm.name, "params": "params/", "tokenizer": "tokenizer.json"},
@@ -205,3 +225,98 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
     for line in limits.describe(config["requirements"]):
         log(f"  {line}")
     return config
+
+
+def read_bundle_config(folder) -> dict:
+    """A bundle's wsd-config.json, checked to be one this wsd writes."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise BundleError(f"{folder} is not a web bundle: it has no {CONFIG_NAME} "
+                          "(write one with `wsd build --target webgpu --out DIR`)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"malformed {path}: {err}") from err
+    if (not isinstance(config, dict) or config.get("format") != "wsd-web-bundle"
+            or config.get("format_version") != FORMAT_VERSION):
+        raise BundleError(f"{path} is not a wsd web bundle of format version {FORMAT_VERSION}")
+    return config
+
+
+def architecture_differences(bundle: dict, model: dict) -> list[str]:
+    """Where two Model.architecture() records differ, as 'part.key: bundle X, model Y'."""
+    lines = []
+    for part in sorted(set(bundle) | set(model)):
+        ours, theirs = bundle.get(part, {}), model.get(part, {})
+        for key in sorted(set(ours) | set(theirs)):
+            if ours.get(key) != theirs.get(key):
+                lines.append(f"{part}.{key}: bundle {ours.get(key)!r}, model {theirs.get(key)!r}")
+    return lines
+
+
+def write_weights(model: Model, source_dir, out_dir, log=print) -> dict:
+    """The bundle at `source_dir` with `model`'s weights, tokenizer and scheduler config,
+    written to `out_dir` (which may be `source_dir`) without compiling: same model.wasm and
+    app. Refuses a model whose architecture differs from the bundle's, naming the
+    differences. Everything is written beside `out_dir` first and moved in at the end, so a
+    failure leaves `out_dir` as it was. Returns the new wsd-config.json dict."""
+    start = time.time()
+    source, out = Path(source_dir), Path(out_dir)
+    config = read_bundle_config(source)
+    if "architecture" not in config or "weight_meta" not in config:
+        raise BundleError(f"{source} was built by an older wsd, which did not record the "
+                          "architecture and weight layouts that --weights-only needs; build "
+                          "it once more with `wsd build --target webgpu`")
+    differences = architecture_differences(config["architecture"], model.architecture())
+    if differences:
+        shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+        raise BundleError(f"model {model.name} does not have the architecture {source} was "
+                          f"compiled for ({len(differences)} difference(s): {shown}); build a "
+                          "bundle for it with `wsd build --target webgpu`")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.weights-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        log(f"collecting {model.name}'s weights as {source}'s functions take them "
+            f"({config['dtype']}) ...")
+        weights = collect_weights(model, {"dtype": config["dtype"],
+                                          "functions": config["weight_meta"]})
+        manifest = _write_params(model, weights, staging / "params")
+        _check_same_tensors(read_manifest(source / "params"), manifest)
+        tokenizer = _write_tokenizer(model, staging)
+        config.update({"model": model.name, "config_hash": model.config_hash(),
+                       **_model_entries(model, tokenizer)})
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=1, default=str))
+        if out.resolve() != source.resolve():  # the compiled code and the app, as they are
+            for item in source.iterdir():
+                if item.name not in ("params", "tokenizer.json", CONFIG_NAME):
+                    copy = shutil.copytree if item.is_dir() else shutil.copy2
+                    copy(item, staging / item.name)
+        out.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    mib = 1 << 20
+    log(f"wrote {out} in {time.time() - start:.1f} s: {model.name}'s weights "
+        f"({manifest['metadata']['total_bytes'] / mib:.2f} MiB in {len(manifest['records'])} "
+        f"shard(s)) for the model.wasm of {source}")
+    return config
+
+
+def _check_same_tensors(expected: dict, written: dict) -> None:
+    """Every tensor as the compiled functions expect it: same names, shapes and dtypes."""
+    def tensors(manifest):
+        return {r["name"]: (r["shape"], r["dtype"])
+                for shard in manifest["records"] for r in shard["records"]}
+
+    want, got = tensors(expected), tensors(written)
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            raise BundleError(f"weight {name}: the bundle's functions take "
+                              f"{want.get(name)} (shape, dtype), the model gives {got.get(name)}")
