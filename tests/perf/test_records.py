@@ -29,7 +29,7 @@ import pytest
 from wsd.targets import tuning_target
 
 ROOT = Path(__file__).resolve().parents[2]
-DB_DIR = ROOT / "wsd" / "tuned"
+DB_DIR = ROOT / "wsd" / "kernels" / "gemm" / "tuned"
 MAX_INVOCATIONS = 256
 MAX_WORKGROUP_BYTES = 16384
 ADMISSION_MARGIN = 0.05

@@ -64,7 +64,7 @@ def _common(config, metadata, log):
     assert req["max_weight_bytes"] == metadata["max_tensor_bytes"]
     assert req["weights_bytes"] == metadata["tensor_bytes"]
     assert req["max_storage_binding_bytes"] == req["max_buffer_bytes"] >= req["max_storage_bytes"]
-    # no score matrix; split-K's partial products (wsd/tuned records) are the only kernel
+    # no score matrix; split-K's partial products (wsd/kernels/gemm/tuned records) are the only kernel
     # scratch: a few tens of MiB, one at a time
     assert 0 < req["max_intermediate_bytes"] == req["workspace_pool_bytes"] <= 64 * MiB
     assert req["peak_memory_bytes"] == (req["weights_bytes"] + req["activation_pool_bytes"]

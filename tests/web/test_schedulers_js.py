@@ -1,4 +1,4 @@
-"""web/src/schedulers/*.js must drive the compiled kernels exactly as wsd/schedulers does.
+"""web/src/schedulers/*.js must drive the compiled kernels exactly as wsd/samplers does.
 
 For every sampler, config variant and step count, the Python scheduler runs a denoising loop
 with a recording `run` (each call returns a fresh opaque token) and a fake rng; a node driver

@@ -1,4 +1,4 @@
-// The text-to-image pipeline in the browser: the same loop as wsd/runtime.py (and diffusers'
+// The text-to-image pipeline in the browser: the loop of wsd/runtime/pipeline.py (and diffusers'
 // StableDiffusionPipeline), driving the bundle's compiled functions through tvmjs' Relax VM
 // on WebGPU. Same weights, settings and seed give the same image as `wsd generate`:
 //

@@ -1,4 +1,4 @@
-// The model's weights: the bundle's TVM tensor cache (params/, written by wsd/params.py),
+// The model's weights: the bundle's TVM tensor cache (params/, written by wsd/runtime/weights.py),
 // fetched shard by shard, checked against the SHA-256 the manifest records for each shard,
 // kept in the browser's Cache Storage, and uploaded to the GPU as tvmjs tensors.
 //

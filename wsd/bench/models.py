@@ -32,7 +32,7 @@ def _pipeline_from(model, library, modules):
 
 
 class ModelBench:
-    """One model in one dtype on one device: the compiled library (wsd.compiler.pipeline), its Pipeline,
+    """One model in one dtype on one device: the compiled library (wsd.runtime.library), its Pipeline,
     and the same PyTorch modules in diffusers' pipeline (wsd.checks.reference)."""
 
     PROMPT = "a lighthouse on a cliff at dusk, oil painting"

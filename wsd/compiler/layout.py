@@ -11,8 +11,8 @@ their tiles along the reduction axis, so on CUDA:
 - linear layers become one NT kernel reading w as stored, (N, K), instead of a transpose
   kernel per weight and call followed by a GEMM reading (K, N) across rows.
 
-Other targets keep PyTorch's layouts: WebGPU's tuned records (wsd/tuned) were measured on
-the kernels as traced.
+Other targets keep PyTorch's layouts: WebGPU's tuned records (wsd/kernels/gemm/tuned) were
+measured on the kernels as traced.
 
 What is left of a weight's permute (CUDA's OHWI convolution weights; on other targets the
 (K, N) linear weights of `x @ permute_dims(w)`) is a transpose kernel on every call unless

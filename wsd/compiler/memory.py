@@ -127,14 +127,14 @@ def plan_model(model, dtype: str, target: tvm.target.Target,
     """Trace and run the Relax pipeline (no code generation) for any target, also one this
     machine cannot run (e.g. `Target("nvidia/nvidia-h100")` on a CPU machine)."""
     from wsd.compiler.layout import WeightLayouts
-    from wsd.compiler.pipeline import add_scheduler_functions, pipeline
+    from wsd.compiler.pipeline import add_scheduler_functions, compile_module
     from wsd.compiler.trace import resolve_size, trace_model
 
     height, width = resolve_size(model, height, width)
     traced = trace_model(model, height, width, dtype)
     mod = add_scheduler_functions(traced.mod)
-    lowered = pipeline(target, WeightLayouts(traced.num_inputs))(mod)  # as wsd.compiler.pipeline plans
-    return plan(lowered, weight_bytes(traced))
+    compiled = compile_module(mod, target, WeightLayouts(traced.num_inputs), codegen=False)
+    return plan(compiled.lowered, weight_bytes(traced))
 
 
 def describe(report: dict) -> str:

@@ -21,7 +21,7 @@ from wsd.kernels.group_norm import SplitGroupNorm
 
 def passes(target: tvm.target.Target,
            weight_layouts: layout.WeightLayouts | None = None) -> list[tvm.transform.Pass]:
-    """`weight_layouts`: given by builds that store their weights (wsd.compiler.pipeline, the web bundle),
+    """`weight_layouts`: given by builds that store their weights (wsd.runtime.library, the web bundle),
     which then store the weights its pass permutes as it records."""
     return [
         flash_attention(target),

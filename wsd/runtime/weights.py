@@ -1,6 +1,6 @@
 """Stage "params": the model's weights for the browser, as a TVM tensor cache, with integrity.
 
-Compiled libraries take their weights as function inputs (wsd.compiler.pipeline). This stage collects
+Compiled libraries take their weights as function inputs (wsd.runtime.library). This stage collects
 those weights once, in the compiled dtype, and writes them in the format that tvmjs
 (`@mlc-ai/web-runtime`, the JS runtime of this TVM) loads with `fetchTensorCache`:
 

@@ -1,4 +1,4 @@
-// The samplers' host logic in JavaScript (port of wsd/schedulers): timesteps, per-step
+// The samplers' host logic in JavaScript (port of wsd/samplers): timesteps, per-step
 // float32 coefficients and multistep history; the tensor math runs as compiled kernels via
 // `run(kernelName, ...tensors, coeffs)`.
 //
