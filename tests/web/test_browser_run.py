@@ -131,3 +131,10 @@ def test_negative_runs_refused(tmp_path, capsys):
         browser_run.main(["--bundle", str(tmp_path), "--engine", "deno", "--runs", "-1",
                           "--out", str(tmp_path / "x.json")])
     assert exit_.value.code == 2 and "--runs must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def test_the_runner_finds_the_web_app():
+    """The runner's paths point into this repository's web/ (a wrong root would make the
+    Deno test skip as if Deno were not installed)."""
+    assert (browser_run.WEB / "test" / "measure.js").is_file()
+    assert (browser_run.WEB / "package.json").is_file()

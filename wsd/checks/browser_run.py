@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (wsd/checks/ is two down)
 WEB = ROOT / "web"
 CHROMIUM = os.environ.get("WSD_CHROMIUM", "/usr/bin/chromium")
 DENO = os.environ.get("WSD_DENO", str(WEB / "node_modules" / ".bin" / "deno"))
