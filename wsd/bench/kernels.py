@@ -13,12 +13,6 @@ from wsd.bench.device import Device, Peak, Timing, measure, measure_interleaved
 from wsd.bench.report import Row
 
 
-def image_psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR of two uint8 images, dB (inf when equal)."""
-    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
-
-
 def rel_l2(actual, expected) -> float:
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)

@@ -14,8 +14,9 @@ from wsd import settings
 from wsd.bench import profile
 from wsd.bench.device import Device, compile_policy, count_flops, strict_fp32, torch_compiled
 from wsd.bench.fused import kind_of
-from wsd.bench.kernels import Prepared, first_output, image_psnr, rel_l2, to_numpy
+from wsd.bench.kernels import Prepared, first_output, rel_l2, to_numpy
 from wsd.bench.options import BenchError, MEMORY_GOAL_BYTES, PART_FUNCTIONS
+from wsd.checks.browser_run import image_psnr
 from wsd.targets import WEBGPU_NATIVE
 
 

@@ -134,10 +134,11 @@ def ssim(a, b) -> float:
     return float(structural_similarity(a, b, channel_axis=2, data_range=255))
 
 
-def psnr(a, b) -> float:
+def image_psnr(image, reference) -> float:
+    """PSNR of two uint8 images, dB (inf when equal); also wsd bench's image figure."""
     import numpy as np
 
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
@@ -151,7 +152,7 @@ def compare_to_reference(image, reference_png) -> dict:
     if rgb.shape != expected.shape:
         raise BrowserRunError(f"the image is {rgb.shape[1]}x{rgb.shape[0]}, the reference "
                               f"{reference_png} {expected.shape[1]}x{expected.shape[0]}")
-    score = psnr(rgb, expected)
+    score = image_psnr(rgb, expected)
     return {"ssim": ssim(rgb, expected), "psnr": None if math.isinf(score) else score,
             "max_abs_diff": int(np.abs(rgb.astype(int) - expected).max())}
 
