@@ -14,8 +14,10 @@ from wsd.models import ModelError
 
 def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", default="tiny",
-                        help="'tiny' (default, built in), 'sd15' (SD v1.5 architecture, random "
-                             "weights) or the path of a diffusers-format model folder")
+                        help="a built-in architecture with random weights ('tiny', the "
+                             "default; 'sd15', 'sd21', 'sd-turbo', 'lcm'; small variants "
+                             "'tiny-sd2', 'tiny-turbo', 'tiny-lcm') or the path of a "
+                             "diffusers-format model folder")
     # build's --dtype has no parser default, so that --weights-only can tell it was given
     parser.add_argument("--dtype", choices=settings.DTYPES,
                         default=None if command == "build" else settings.DEFAULT_DTYPE,
@@ -26,7 +28,7 @@ def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--height", type=int, help="image height, a multiple of 8")
 
 
-def _build_library(args, log):
+def _build_library(args, log, model=None):
     from wsd.runtime.library import build
     from wsd.models import load_model
 
@@ -36,7 +38,7 @@ def _build_library(args, log):
             f"bundle); `wsd {args.command}` runs natively: use --target llvm or cuda. "
             f"Generating in the browser is the web app's job")
 
-    model = load_model(args.model)
+    model = model or load_model(args.model)
     library = build(model, args.target, args.dtype, args.height, args.width, log=log,
                     force=getattr(args, "force", False))
     return model, library
@@ -47,12 +49,24 @@ def cmd_generate(args) -> int:
     from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
+    from wsd.models import load_model
     from wsd.runtime.pipeline import Pipeline
 
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    model = load_model(args.model)
+    given = (args.scheduler, args.steps, args.guidance_scale)
+    args.scheduler, args.steps, args.guidance_scale = model.settings(*given)
+    if None in given:  # say what the family chose, and how to override it
+        log(f"{model.family.description}: sampler {args.scheduler}, {args.steps} steps, "
+            f"guidance {args.guidance_scale:g} (--scheduler, --steps, --guidance-scale "
+            f"override)")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     settings.check(args.steps, args.guidance_scale, seed)
-    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    model, library = _build_library(args, log)
+    if args.scheduler not in model.family.samplers:
+        raise ValueError(f"sampler {args.scheduler!r} does not apply to {model.name} "
+                         f"({model.family.description}); choose one of: "
+                         f"{', '.join(model.family.samplers)}")
+    model, library = _build_library(args, log, model)
     pipe = Pipeline(model, library)
     start = time.time()
     with tqdm(desc="denoising", unit="step", file=sys.stderr) as bar:
@@ -180,9 +194,13 @@ def parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="make an image from a prompt")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default=settings.NEGATIVE_PROMPT)
-    gen.add_argument("--scheduler", choices=settings.SCHEDULERS, default=settings.SCHEDULER)
-    gen.add_argument("--steps", type=int, default=settings.STEPS)
-    gen.add_argument("--guidance-scale", type=float, default=settings.GUIDANCE_SCALE)
+    gen.add_argument("--scheduler", choices=settings.SCHEDULERS,
+                     help="default: the model folder's own scheduler (else its family's)")
+    gen.add_argument("--steps", type=int,
+                     help=f"default: the model family's ({settings.STEPS}; SD-Turbo 1, LCM 4)")
+    gen.add_argument("--guidance-scale", type=float,
+                     help=f"default: the model family's ({settings.GUIDANCE_SCALE:g}; SD-Turbo "
+                          f"0, LCM 8.5)")
     gen.add_argument("--seed", type=int, help="default: a random seed, printed")
     gen.add_argument("--out", default="wsd.png")
     _model_options(gen, "generate")

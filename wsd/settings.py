@@ -2,7 +2,10 @@
 
 Every entry point reads it: `wsd generate` (its option defaults), wsd.runtime.pipeline
 (Pipeline.generate), wsd.checks.reference (diffusers' run), and the web app, through the
-bundle's wsd-config.json "settings" (`record()`), so that no two of them can drift apart.
+bundle's wsd-config.json "settings" (`record(model)`), so that no two of them can drift apart.
+Steps, guidance and sampler are the "sd" family's here; a model's family
+(wsd.models.families: SD-Turbo, LCM) may have its own, which the entry points take through
+`Model.settings()` wherever the user gave none.
 
 Defaults, and why:
 - steps 25: what `wsd generate` and the web app offered already (the user-facing entry
@@ -48,14 +51,17 @@ def check(steps, guidance_scale, seed) -> None:
         raise ValueError(f"seed must be an integer from 0 to 2**64-1, got {seed!r}")
 
 
-def record() -> dict:
-    """The settings for wsd-config.json: defaults and bounds (the seed's bound is not a JSON
-    number JavaScript can hold exactly, so the app keeps 2**64 as a BigInt)."""
+def record(model=None) -> dict:
+    """The settings for wsd-config.json: defaults and bounds, and the samplers that apply;
+    with a model (wsd.models.Model), its family's defaults and samplers. (The seed's bound is
+    not a JSON number JavaScript can hold exactly, so the app keeps 2**64 as a BigInt.)"""
+    scheduler, steps, guidance = ((SCHEDULER, STEPS, GUIDANCE_SCALE) if model is None
+                                  else model.settings())
     return {
         "defaults": {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT,
-                     "scheduler": SCHEDULER, "steps": STEPS, "guidance_scale": GUIDANCE_SCALE,
+                     "scheduler": scheduler, "steps": steps, "guidance_scale": guidance,
                      "seed": SEED},
         "bounds": {"steps": [MIN_STEPS, MAX_STEPS],
                    "guidance_scale": [MIN_GUIDANCE, MAX_GUIDANCE]},
-        "schedulers": list(SCHEDULERS),
+        "schedulers": list(SCHEDULERS if model is None else model.family.samplers),
     }

@@ -13,12 +13,33 @@ from wsd.runtime.pipeline import Pipeline
 
 def test_every_entry_point_has_the_same_defaults():
     generate = parser().parse_args(["generate", "--prompt", "x"])
-    assert (generate.steps, generate.guidance_scale, generate.scheduler, generate.dtype) == (
-        settings.STEPS, settings.GUIDANCE_SCALE, settings.SCHEDULER, settings.DEFAULT_DTYPE)
+    assert generate.dtype == settings.DEFAULT_DTYPE
     api = inspect.signature(Pipeline.generate).parameters
     reference = Settings("x")
-    for name in ("negative_prompt", "scheduler", "steps", "guidance_scale", "seed"):
+    for name in ("negative_prompt", "seed"):
         assert api[name].default == getattr(reference, name) == settings.record()["defaults"][name]
+    # sampler, steps and guidance: the model family's (None everywhere: Model.settings fills in)
+    for name in ("scheduler", "steps", "guidance_scale"):
+        assert api[name].default is getattr(reference, name) is getattr(generate, name) is None
+
+
+@pytest.mark.parametrize("model,expected", [
+    ("tiny", ("pndm", settings.STEPS, settings.GUIDANCE_SCALE)),  # SD v1.5's own PNDM
+    ("sd21", ("ddim", settings.STEPS, settings.GUIDANCE_SCALE)),  # SD 2.1's own DDIM
+    ("tiny-turbo", ("euler", 1, 0.0)),
+    ("sd-turbo", ("euler", 1, 0.0)),
+    ("lcm", ("lcm", 4, 8.5)),
+])
+def test_a_model_s_defaults_are_its_family_s(model, expected):
+    from wsd.models import load_model
+
+    m = load_model(model)
+    assert m.settings() == expected
+    assert m.settings("ddim", 7, 2.0) == ("ddim", 7, 2.0)  # what the user gives wins
+    record = settings.record(m)
+    assert (record["defaults"]["scheduler"], record["defaults"]["steps"],
+            record["defaults"]["guidance_scale"]) == expected
+    assert expected[0] in record["schedulers"]
 
 
 def test_the_samplers_are_the_record_s():

@@ -7,7 +7,7 @@
 //
 // (documented in README.md, "Use it from JavaScript").
 
-import { DEFAULTS, Engine, checkSettings } from "./engine.js";
+import { DEFAULTS, Engine, SAMPLERS, checkSettings } from "./engine.js";
 import { SCHEDULERS } from "./schedulers/index.js";
 
 const $ = (id) => document.getElementById(id);
@@ -95,12 +95,16 @@ function showSettings(s) {
   $("seed").value = String(s.seed);
 }
 
-function fillForm() {
-  for (const name of Object.keys(SCHEDULERS)) {
+function fillSamplers(names) {
+  $("scheduler").replaceChildren(...names.map((name) => {
     const option = document.createElement("option");
     option.value = option.textContent = name;
-    $("scheduler").append(option);
-  }
+    return option;
+  }));
+}
+
+function fillForm() {
+  fillSamplers(Object.keys(SCHEDULERS));
   $("dice").addEventListener("click", () => {
     const words = crypto.getRandomValues(new Uint32Array(1));
     $("seed").value = String(words[0]);
@@ -123,6 +127,7 @@ async function main() {
     ready = Engine.load(base, onProgress).then((e) => {
       if (!shownDefaults) { // the bundle's defaults (wsd-config.json "settings"),
         shownDefaults = true;          // once: a reload after a loss keeps the form as it is
+        fillSamplers(SAMPLERS);        // only those that apply to the model
         $("scheduler").value = DEFAULTS.scheduler;
         $("steps").value = DEFAULTS.steps;
         $("guidance").value = DEFAULTS.guidanceScale;

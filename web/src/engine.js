@@ -38,15 +38,19 @@ const STEPS_IN_FLIGHT = 2;
 
 // The settings' defaults and bounds: the bundle's wsd-config.json "settings", written from
 // wsd/settings.py (the record `wsd generate` uses too); filled in by Engine.load.
+// The model family's defaults and the samplers that apply to it (wsd/models/families.py).
 export const DEFAULTS = {};
 const BOUNDS = {};
+export const SAMPLERS = []; // names, in the order the app offers them
 
-function useSettings({ defaults, bounds }) {
+function useSettings({ defaults, bounds, schedulers }) {
   Object.assign(DEFAULTS, {
     prompt: defaults.prompt, negativePrompt: defaults.negative_prompt, steps: defaults.steps,
     guidanceScale: defaults.guidance_scale, scheduler: defaults.scheduler, seed: defaults.seed,
   });
   Object.assign(BOUNDS, { steps: bounds.steps, guidanceScale: bounds.guidance_scale });
+  SAMPLERS.splice(0, SAMPLERS.length,
+                  ...schedulers.filter((name) => Object.hasOwn(SCHEDULERS, name)));
 }
 
 /** Settings checked as wsd/settings.py's check does; returns them normalized. */
@@ -74,6 +78,10 @@ export function checkSettings(options) {
   if (!Object.prototype.hasOwnProperty.call(SCHEDULERS, s.scheduler)) {
     throw new Error(`unknown scheduler '${s.scheduler}'; choose one of: ` +
                     Object.keys(SCHEDULERS).join(", "));
+  }
+  if (SAMPLERS.length && !SAMPLERS.includes(s.scheduler)) {
+    throw new Error(`scheduler '${s.scheduler}' does not apply to this model; choose one ` +
+                    `of: ${SAMPLERS.join(", ")}`);
   }
   s.seed = parseSeed(s.seed);
   return s;
@@ -286,7 +294,10 @@ export class Engine {
     const sampler = makeScheduler(s.scheduler, this.config.scheduler_config);
     sampler.setTimesteps(s.steps);
     const timesteps = sampler.timesteps;
-    const guided = s.guidanceScale > 1.0; // as diffusers: no guidance at or below 1
+    // As diffusers: no guidance at or below 1; a UNet with a guidance embedding (LCM) takes
+    // the scale as an input instead and runs on the prompt alone.
+    const embedded = Boolean(this.config.guidance_embedded);
+    const guided = s.guidanceScale > 1.0 && !embedded;
     const warnings = [];
     const timings = { encodeMs: 0, stepMs: [], stepHostMs: [], decodeMs: 0, totalMs: 0 };
 
@@ -326,7 +337,8 @@ export class Engine {
         const sample = sampler.scaleModelInput(run, latents, i);
         const t = this._upload(Float32Array.of(timesteps[i]), [1]);
         const eps = guided ? this._call("unet_guided", sample, t, cond, uncond, scale)
-          : this._call("unet", sample, t, cond);
+          : embedded ? this._call("unet", sample, t, cond, scale)
+            : this._call("unet", sample, t, cond);
         latents = sampler.step(run, eps, i, latents, rng);
         const done = i + 1;
         const stepDone = this._submitted().then(() => {

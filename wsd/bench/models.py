@@ -17,6 +17,7 @@ from wsd.bench.fused import kind_of
 from wsd.bench.kernels import Prepared, first_output, rel_l2, to_numpy
 from wsd.bench.options import BenchError, MEMORY_GOAL_BYTES, PART_FUNCTIONS
 from wsd.checks.browser_run import image_psnr
+from wsd.compiler.trace import denoiser
 from wsd.targets import WEBGPU_NATIVE
 
 
@@ -25,7 +26,14 @@ def _pipeline_from(model, library, modules):
     (wsd.runtime.weights.collect_weights(modules=...)) instead of loading the model again."""
     from wsd.runtime.pipeline import Pipeline, upload_weights
 
-    class PipelineFrom(Pipeline):
+    def part_function(model, part: str) -> str:
+    """The compiled function that times `part` (clip, unet, vae) of this model: the UNet's
+    is the one a step calls at the default guidance (batch 2 with guidance, unless the
+    guidance is an embedding)."""
+    return denoiser(model) if part == "unet" else PART_FUNCTIONS[part]
+
+
+class PipelineFrom(Pipeline):
         def _upload_weights(self):
             return upload_weights(self.executor, self.model, self.meta, modules)
 
@@ -45,8 +53,8 @@ class ModelBench:
         import torch
 
         from wsd.checks.reference import Reference
-        from wsd.compiler.trace import (GuidedUNet, PlainUNet, TextEncoder, VaeDecoder, check_dtype,
-                               resolve_size)
+        from wsd.compiler.trace import (EmbeddedGuidanceUNet, GuidedUNet, PlainUNet,
+                                        TextEncoder, VaeDecoder, check_dtype, resolve_size)
 
         check_dtype(dtype)
         strict_fp32()
@@ -59,14 +67,16 @@ class ModelBench:
         self.reference = Reference(model, "cpu")
         pipe = self.reference.pipe
         pipe.to(dtype=getattr(torch, dtype))
+        plain = EmbeddedGuidanceUNet if model.guidance_embedded else PlainUNet
         wrapped = {"encode_text": TextEncoder(pipe.text_encoder).eval(),
-                   "unet_guided": GuidedUNet(pipe.unet).eval(),
-                   "unet": PlainUNet(pipe.unet).eval(),
+                   "unet": plain(pipe.unet).eval(),
                    "decode": VaeDecoder(pipe.vae).eval()}
+        if not model.guidance_embedded:
+            wrapped["unet_guided"] = GuidedUNet(pipe.unet).eval()
         self.measured: dict = {}
         self._load(wrapped)
         pipe.to(device.torch)
-        self.torch_modules = {k: wrapped[k] for k in ("encode_text", "unet_guided", "decode")}
+        self.torch_modules = {k: wrapped[k] for k in ("encode_text", denoiser(model), "decode")}
         self._flops: dict[str, int] = {}
 
     def _compile(self) -> None:
@@ -129,7 +139,7 @@ class ModelBench:
     def prepare_part(self, part: str) -> Prepared:
         import torch
 
-        function = PART_FUNCTIONS[part]
+        function = part_function(self.model, part)
         inputs = self.inputs(function)
         module = self.torch_modules[function]
         args = tuple(x.to(self.device.torch) for x in inputs)
@@ -150,7 +160,7 @@ class ModelBench:
 
     def profile(self, part: str) -> dict:
         """The part's compiled function, each kernel call timed (wsd.bench.profile)."""
-        function = PART_FUNCTIONS[part]
+        function = part_function(self.model, part)
         run, _ = self._tvm_call(function, self.inputs(function))
         rows, total = profile.profile_calls(self.pipe.executor.vm, run, self.device.sync)
         return {"title": f"{part} ({function}) {self.dtype}", "total_ms": total,
@@ -163,7 +173,7 @@ class ModelBench:
         sampler = make_scheduler("pndm", self.model.configs["scheduler"])
         sampler.set_timesteps(self.steps)
         evaluations = len(sampler.timesteps)
-        return (2 * self.flops("encode_text") + evaluations * self.flops("unet_guided")
+        return (2 * self.flops("encode_text") + evaluations * self.flops(denoiser(self.model))
                 + self.flops("decode"))
 
     def prepare_image(self) -> Prepared:
@@ -245,11 +255,11 @@ class WebGPUModelBench(ModelBench):
     def __init__(self, model, device: Device, dtype: str, height: int | None = None,
                  width: int | None = None, compile_option: str = "auto",
                  parts: Sequence[str] = tuple(PART_FUNCTIONS), log=print):
-        self.functions = self.functions_of(parts)
+        self.functions = self.functions_of(model, parts)
         super().__init__(model, device, dtype, height, width, compile_option, log=log)
 
     @staticmethod
-    def functions_of(parts: Sequence[str]) -> list[str]:
+    def functions_of(model, parts: Sequence[str]) -> list[str]:
         """The compiled functions of `parts`; a BenchError for what this target cannot do."""
         bad = [p for p in parts if p not in PART_FUNCTIONS]
         if bad:
@@ -258,7 +268,7 @@ class WebGPUModelBench(ModelBench):
                 f"{', '.join(bad)}: a whole image runs the samplers, whose symbolic shapes "
                 "wsd.runtime.webgpu_native does not run; `wsd build --target webgpu` reports the "
                 "browser's memory plan")
-        return [PART_FUNCTIONS[p] for p in parts]
+        return [part_function(model, p) for p in parts]
 
     def _compile(self) -> None:
         from wsd.compiler.layout import WeightLayouts
@@ -308,7 +318,7 @@ class WebGPUModelBench(ModelBench):
         """The part's function with every kernel timed on the GPU (timestamps around each
         compute pass, WebGPUExecutor.profiled), after one untimed call; the total is one
         call's GPU time, so the rows' shares leave the gaps between passes out."""
-        function = PART_FUNCTIONS[part]
+        function = part_function(self.model, part)
         executor, args = self.executor, self._device_args(function, self.inputs(function))
         executor(function, *args)
         runs = [executor.profiled(function, *args)[1] for _ in range(rounds)]

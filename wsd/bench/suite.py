@@ -62,9 +62,9 @@ def run(model_spec: str = "tiny", target: str = "llvm", dtypes: Sequence[str] = 
     from wsd.models import load_model
 
     load_start = os.getloadavg()[0]
+    model = load_model(model_spec)  # configs only: the weights load later
     if target in WEBGPU_NATIVES:  # before minutes of loading
-        WebGPUModelBench.functions_of(parts)
-    model = load_model(model_spec)
+        WebGPUModelBench.functions_of(model, parts)
     device = Device(target)
     report = Report(datetime.date.today().isoformat(), device.name, target,
                     command or " ".join(["wsd"] + sys.argv[1:]), versions(),

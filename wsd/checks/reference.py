@@ -1,4 +1,5 @@
-"""The reference: diffusers' StableDiffusionPipeline over the same weights and settings.
+"""The reference: diffusers' StableDiffusionPipeline over the same weights and settings
+(LatentConsistencyModelPipeline for a UNet with a guidance embedding).
 
 Used by the end-to-end tests and to (re)generate the golden images.
 """
@@ -20,11 +21,13 @@ from wsd.runtime.pipeline import to_uint8
 
 @dataclass(frozen=True)
 class Settings:
+    """None: the model family's default (wsd.models.Model.settings)."""
+
     prompt: str
     negative_prompt: str = settings.NEGATIVE_PROMPT
-    scheduler: str = settings.SCHEDULER
-    steps: int = settings.STEPS
-    guidance_scale: float = settings.GUIDANCE_SCALE
+    scheduler: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
     seed: int = settings.SEED
 
     def as_dict(self) -> dict:
@@ -38,7 +41,7 @@ class Reference:
         # A fair float32 reference on GPUs: no TF32 in matrix products and convolutions.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        from diffusers import StableDiffusionPipeline
+        from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
         from transformers import CLIPTokenizer
 
         from wsd.samplers import diffusers_scheduler
@@ -50,9 +53,12 @@ class Reference:
             folder = tempfile.mkdtemp(prefix="wsd-tokenizer-")
             model.tokenizer().save_pretrained_files(folder)
         tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-        self.pipe = StableDiffusionPipeline(
+        cls = (LatentConsistencyModelPipeline if model.guidance_embedded
+               else StableDiffusionPipeline)
+        self.pipe = cls(
             vae=model.vae(), text_encoder=model.text_encoder(), tokenizer=tokenizer,
-            unet=model.unet(), scheduler=diffusers_scheduler("pndm", model.configs["scheduler"]),
+            unet=model.unet(),
+            scheduler=diffusers_scheduler(model.settings()[0], model.configs["scheduler"]),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         ).to(device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -67,12 +73,17 @@ class Reference:
 
     def image(self, settings: Settings, height: int, width: int) -> np.ndarray:
         """uint8 (height, width, 3). Noise comes from a CPU generator, as wsd's does."""
-        self.pipe.scheduler = self._scheduler(settings.scheduler, self.model.configs["scheduler"])
+        scheduler, steps, guidance = self.model.settings(settings.scheduler, settings.steps,
+                                                         settings.guidance_scale)
+        self.pipe.scheduler = self._scheduler(scheduler, self.model.configs["scheduler"])
         generator = torch.Generator("cpu").manual_seed(settings.seed)
+        # the LCM pipeline takes no negative prompt (its UNet runs on the prompt alone)
+        negative = ({} if self.model.guidance_embedded
+                    else {"negative_prompt": settings.negative_prompt or None})
         with torch.no_grad():
             out = self.pipe(
-                settings.prompt, negative_prompt=settings.negative_prompt or None,
-                num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                generator=generator, height=height, width=width, output_type="np",
+                settings.prompt, **negative, num_inference_steps=steps,
+                guidance_scale=guidance, generator=generator, height=height, width=width,
+                output_type="np",
             ).images[0]
         return to_uint8(out)

@@ -68,6 +68,30 @@ class PlainUNet(torch.nn.Module):
                          return_dict=False)[0].float()
 
 
+class EmbeddedGuidanceUNet(torch.nn.Module):
+    """One evaluation of a UNet that takes the guidance scale as an input (LCM-distilled:
+    `time_cond_proj_dim`): the scale's sinusoidal embedding enters beside the timestep's, and
+    the UNet runs once, on the prompt alone. diffusers embeds (scale - 1) * 1000 with the
+    timestep embedding's formula (frequencies 10000^(-k / (half - 1)), sines then cosines)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.dim = unet.config.time_cond_proj_dim
+
+    def forward(self, latents, timestep, cond, guidance_scale):
+        dtype = self.unet.dtype
+        half = self.dim // 2
+        step = torch.log(torch.tensor(10000.0)) / (half - 1)
+        freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -step)
+        angles = ((guidance_scale - 1) * 1000.0)[:, None] * freqs[None, :]
+        embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+        if self.dim % 2:
+            embedding = torch.nn.functional.pad(embedding, (0, 1))
+        return self.unet(latents.to(dtype), timestep, encoder_hidden_states=cond.to(dtype),
+                         timestep_cond=embedding.to(dtype), return_dict=False)[0].float()
+
+
 class VaeDecoder(torch.nn.Module):
     """Latents -> RGB image (1, H, W, 3) in [0, 1], as diffusers' image processor leaves it."""
 
@@ -127,28 +151,41 @@ def example_inputs(model: Model, height: int, width: int) -> dict[str, tuple]:
     t = torch.tensor([500.0])
     emb = torch.randn(1, model.max_tokens, model.text_hidden_size)
     ids = torch.zeros(1, model.max_tokens, dtype=torch.int32)
+    scale = torch.tensor([settings.GUIDANCE_SCALE])
     return {
         "encode_text": (ids,),
-        "unet_guided": (latents, t, emb, emb.clone(), torch.tensor([settings.GUIDANCE_SCALE])),
-        "unet": (latents, t, emb),
+        "unet_guided": (latents, t, emb, emb.clone(), scale),
+        "unet": (latents, t, emb, scale) if model.guidance_embedded else (latents, t, emb),
         "decode": (latents,),
     }
 
 
-FUNCTIONS = ("encode_text", "unet_guided", "unet", "decode")
+def functions(model: Model) -> tuple[str, ...]:
+    """The model's compiled functions. A UNet with a guidance embedding is never run on a
+    batch of two (diffusers guides it through the embedding alone): no unet_guided."""
+    if model.guidance_embedded:
+        return ("encode_text", "unet", "decode")
+    return ("encode_text", "unet_guided", "unet", "decode")
+
+
+def denoiser(model: Model) -> str:
+    """The function a denoising step calls at the model's default guidance."""
+    return "unet" if model.guidance_embedded else "unet_guided"
 
 
 DTYPES = {name: getattr(torch, name) for name in settings.DTYPES}
 
 
-def wrap_modules(model: Model, names=FUNCTIONS,
+def wrap_modules(model: Model, names=None,
                  dtype: str = "float32") -> dict[str, torch.nn.Module]:
-    """The PyTorch module behind each compiled function, in the compute dtype
-    (the UNet is loaded once and shared by the guided and plain functions)."""
+    """The PyTorch module behind each compiled function (default: all of the model's), in the
+    compute dtype (the UNet is loaded once and shared by the guided and plain functions)."""
+    names = functions(model) if names is None else names
+    plain = EmbeddedGuidanceUNet if model.guidance_embedded else PlainUNet
     makers = {
         "encode_text": lambda: TextEncoder(model.text_encoder()),
         "unet_guided": lambda: GuidedUNet(unet()),
-        "unet": lambda: PlainUNet(unet()),
+        "unet": lambda: plain(unet()),
         "decode": lambda: VaeDecoder(model.vae()),
     }
     cache = {}
@@ -162,7 +199,7 @@ def wrap_modules(model: Model, names=FUNCTIONS,
 
 
 def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
-                names=FUNCTIONS) -> Traced:
+                names=None) -> Traced:
     """Trace the model's functions (default: all) into one IRModule."""
     check_size(model, height, width)
     check_dtype(dtype)

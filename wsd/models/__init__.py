@@ -1,8 +1,10 @@
-"""Which Stable Diffusion model to compile: `tiny`, `sd15`, or a local diffusers folder.
+"""Which Stable Diffusion model to compile: a built-in preset (wsd.models.presets: `tiny`,
+`sd15`, `sd21`, `sd-turbo`, `lcm`, ...) or a local diffusers folder.
 
 `load_model(spec)` returns a `Model`: the configs of its parts (UNet, VAE, CLIP text encoder,
-scheduler) and loaders for the PyTorch modules and the tokenizer. Everything downstream
-(trace, build, runtime, verify) takes a `Model`, never a spec string.
+scheduler), its family (wsd.models.families: the defaults that fit it) and loaders for the
+PyTorch modules and the tokenizer. Everything downstream (trace, build, runtime, verify)
+takes a `Model`, never a spec string.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from wsd.models.families import SD, Family, detect
 from wsd.models.presets import PRESETS
 from wsd.models.random_weights import randomize_
 
@@ -55,6 +58,7 @@ class Model:
     configs: dict  # "unet", "vae", "text_encoder", "scheduler" -> config dict
     path: Path | None = None  # diffusers folder, or None for random weights
     seed: int = 0  # seed of the random weights when path is None
+    family: Family = SD
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -78,6 +82,21 @@ class Model:
     @property
     def max_tokens(self) -> int:
         return self.configs["text_encoder"]["max_position_embeddings"]
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """The UNet takes the guidance scale as an embedding (LCM-distilled UNets): it runs
+        once per step on the prompt alone, never on a batch of two."""
+        return self.configs["unet"].get("time_cond_proj_dim") is not None
+
+    def settings(self, scheduler: str | None = None, steps: int | None = None,
+                 guidance_scale: float | None = None) -> tuple[str, int, float]:
+        """(scheduler, steps, guidance scale): those given, the family's defaults for the rest
+        (the folder's own scheduler where we have it)."""
+        defaults = self.family.defaults(self.configs["scheduler"])
+        return (defaults["scheduler"] if scheduler is None else scheduler,
+                defaults["steps"] if steps is None else steps,
+                defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
 
     def config_hash(self) -> str:
         """Hash of the architecture (not the weights): it keys compiled libraries."""
@@ -153,7 +172,7 @@ class Model:
         from wsd.runtime.tokenizer import CLIPTokenizer
 
         if self.path is None:
-            return CLIPTokenizer.default()
+            return CLIPTokenizer.default(**self.configs.get("tokenizer", {}))
         return CLIPTokenizer.from_pretrained_dir(self.path / "tokenizer")
 
 
@@ -161,13 +180,18 @@ def load_model(spec: str | Path, seed: int = 0) -> Model:
     """`tiny`, `sd15`, or the path of a diffusers-format folder."""
     spec_str = str(spec)
     if spec_str in PRESETS:
-        return Model(name=spec_str, configs=PRESETS[spec_str], seed=seed)
+        configs = PRESETS[spec_str]
+        return Model(name=spec_str, configs=configs, seed=seed,
+                     family=detect(configs, (spec_str,)))
     path = Path(spec_str).expanduser()
     if not spec_str or not path.exists():
         raise ModelError(
             f"model '{spec_str}' is neither a built-in model ({', '.join(PRESETS)}) "
             f"nor an existing folder")
-    return Model(name=path.resolve().name, configs=_read_folder_configs(path), path=path.resolve())
+    configs = _read_folder_configs(path)
+    index = _read_json(path / "model_index.json")
+    family = detect(configs, (path.resolve().name, str(index.get("_name_or_path", ""))))
+    return Model(name=path.resolve().name, configs=configs, path=path.resolve(), family=family)
 
 
 def _read_json(file: Path) -> dict:

@@ -8,6 +8,11 @@ weights, scheduler, steps, guidance, prompts and seed give the same image:
     for each timestep: scale_model_input -> unet_guided / unet -> scheduler step
     decode -> RGB in [0, 1] -> uint8 with diffusers' rounding
 
+A UNet with a guidance embedding (LCM-distilled) is called once per step with the prompt
+and the scale, never with a negative prompt: diffusers' LatentConsistencyModelPipeline (and
+StableDiffusionPipeline, for such a UNet) do the same. Settings left as None take the
+model family's defaults (wsd.models.families).
+
 Everything between the token ids and the decoded image runs in compiled code on the device;
 the host only picks timesteps and coefficients (and draws noise for ancestral samplers).
 """
@@ -51,14 +56,17 @@ class Pipeline:
         return self.call("encode_text", ids)
 
     def generate(self, prompt: str, negative_prompt: str = settings.NEGATIVE_PROMPT,
-                 scheduler: str = settings.SCHEDULER, steps: int = settings.STEPS,
-                 guidance_scale: float = settings.GUIDANCE_SCALE, seed: int = settings.SEED,
+                 scheduler: str | None = None, steps: int | None = None,
+                 guidance_scale: float | None = None, seed: int = settings.SEED,
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Returns the image as uint8 (height, width, 3)."""
+        scheduler, steps, guidance_scale = self.model.settings(scheduler, steps,
+                                                               guidance_scale)
         settings.check(steps, guidance_scale, seed)
         sampler = make_scheduler(scheduler, self.model.configs["scheduler"])
         sampler.set_timesteps(steps)
-        guided = guidance_scale > 1.0  # as diffusers: no guidance at or below 1
+        embedded = self.model.guidance_embedded
+        guided = guidance_scale > 1.0 and not embedded  # as diffusers: none at or below 1
         cond = self.encode(prompt)
         uncond = self.encode(negative_prompt or "") if guided else None
         scale = np.array([guidance_scale], dtype=np.float32)
@@ -75,6 +83,8 @@ class Pipeline:
             timestep = np.array([t], dtype=np.float32)
             if guided:
                 noise = self.call("unet_guided", sample, timestep, cond, uncond, scale)
+            elif embedded:
+                noise = self.call("unet", sample, timestep, cond, scale)
             else:
                 noise = self.call("unet", sample, timestep, cond)
             latents = sampler.step(run, noise, i, latents, rng)

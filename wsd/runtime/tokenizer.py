@@ -222,17 +222,21 @@ class CLIPTokenizer:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def default(cls, model_max_length: int = DEFAULT_MAX_LENGTH) -> "CLIPTokenizer":
+    def default(cls, model_max_length: int = DEFAULT_MAX_LENGTH,
+                pad_token: str = EOS_TOKEN) -> "CLIPTokenizer":
         """Official CLIP vocabulary from open_clip_torch, configured like SD 1.5's tokenizer.
 
-        Same ids as diffusers' SD 1.5 ``tokenizer/`` (pad = ``<|endoftext|>``).
+        Same ids as diffusers' SD 1.5 ``tokenizer/`` (pad = ``<|endoftext|>``); SD 2.x's
+        folders pad with ``pad_token="!"`` (id 0), a plain vocabulary entry.
         Raises ModuleNotFoundError (telling to ``pip install --no-deps open_clip_torch``)
         when the package is missing.
         """
-        return cls.from_bpe_file(open_clip_bpe_path(), model_max_length=model_max_length)
+        return cls.from_bpe_file(open_clip_bpe_path(), model_max_length=model_max_length,
+                                 pad_token=pad_token)
 
     @classmethod
-    def from_bpe_file(cls, path: str | os.PathLike, model_max_length: int = DEFAULT_MAX_LENGTH) -> "CLIPTokenizer":
+    def from_bpe_file(cls, path: str | os.PathLike, model_max_length: int = DEFAULT_MAX_LENGTH,
+                      pad_token: str = EOS_TOKEN) -> "CLIPTokenizer":
         """Load an OpenAI-format ``bpe_simple_vocab_16e6.txt[.gz]`` (header line + merges)."""
         path = Path(path)
         opener = gzip.open if path.suffix == ".gz" else open
@@ -247,7 +251,8 @@ class CLIPTokenizer:
         vocab = {t: i for i, t in enumerate(tokens)}
         # Settings of SD 1.5's tokenizer/ as loaded by transformers 5 (bos is normalized, eos is not).
         added = [AddedToken(BOS_TOKEN, vocab[BOS_TOKEN], True), AddedToken(EOS_TOKEN, vocab[EOS_TOKEN], False)]
-        return cls(vocab, merges, model_max_length=model_max_length, added_tokens=added)
+        return cls(vocab, merges, pad_token=pad_token, model_max_length=model_max_length,
+                   added_tokens=added)
 
     @classmethod
     def from_pretrained_dir(cls, path: str | os.PathLike) -> "CLIPTokenizer":

@@ -126,9 +126,13 @@ def _write_tokenizer(model: Model, out: Path):
 
 def _model_entries(model: Model, tokenizer) -> dict:
     """The config entries that come from the checkpoint rather than the compiled code."""
-    return {"tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+    return {"settings": settings.record(model),  # defaults, bounds, samplers (wsd.settings)
+            "tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
                        "pad": tokenizer.pad_token_id},
-            "scheduler_config": model.configs["scheduler"]}
+            "scheduler_config": model.configs["scheduler"],
+            "family": model.family.name,
+            # the UNet takes the scale as an input and runs once per step (LCM-distilled)
+            "guidance_embedded": model.guidance_embedded}
 
 
 def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
@@ -197,7 +201,6 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
         "height": height, "width": width, "latent_shape": latent_shape,
         "vae_scale_factor": f, "max_tokens": model.max_tokens,
         **_model_entries(model, tokenizer),
-        "settings": settings.record(),  # defaults and bounds the app offers (wsd.settings)
         "target": str(target), "tvm_version": tvm.__version__,
         "files": {"wasm": wasm.name, "params": "params/", "tokenizer": "tokenizer.json"},
         "functions": functions,
