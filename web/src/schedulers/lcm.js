@@ -56,7 +56,8 @@ export class LCM extends Scheduler {
     this._checkOriginalSteps(this.config.original_inference_steps);
     const scaling = this.config.timestep_scaling;
     if (typeof scaling !== "number" || !Number.isFinite(scaling)) {
-      throw new Error(`lcm scheduler: timestep_scaling must be a finite number, got ${pyRepr(scaling)}`);
+      throw new Error("lcm scheduler: timestep_scaling must be a finite number, " +
+                      `got ${pyRepr(scaling)}`);
     }
     this.finalAlphaCumprod = this.config.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
     this.originalInferenceSteps = this.config.original_inference_steps;
