@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SCHEDULERS = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
+SCHEDULERS = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim", "lcm")
 DTYPES = ("float32", "float16")
 DEFAULT_DTYPE = "float32"
 

@@ -19,7 +19,7 @@ from wsd.models import load_model
 from wsd.runtime.pipeline import Pipeline
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
-SCHEDULERS = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim")
+SCHEDULERS = ("pndm", "dpm-solver++", "euler", "euler-a", "ddim", "lcm")
 SSIM_BAR = 0.99
 FP16_SSIM_BAR = 0.98  # half-precision build vs the fp32 reference
 PROMPT = "a lighthouse at dusk, oil painting"

@@ -1,4 +1,4 @@
-"""The five samplers against diffusers' schedulers, step by step.
+"""The samplers against diffusers' schedulers, step by step.
 
 The per-step math runs compiled (llvm) through wsd.runtime.executor.Executor; the reference is the
 diffusers scheduler built from the same config, driven as StableDiffusionPipeline drives it
@@ -8,6 +8,7 @@ diffusers scheduler built from the same config, driven as StableDiffusionPipelin
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ import torch
 import tvm
 
 import diffusers
-from tests.cases import SCHEDULER_VARIANTS, SD15
+from tests.cases import (LCM_SCHEDULER, REAL_SCHEDULER_CONFIGS, SCHEDULER_VARIANTS, SD15,
+                         SD21_SCHEDULER)
 from wsd.runtime.executor import Executor
 from wsd.samplers import (SCHEDULERS, diffusers_scheduler, make_scheduler,
                             relax_functions)
@@ -23,6 +25,7 @@ from wsd.samplers import (SCHEDULERS, diffusers_scheduler, make_scheduler,
 diffusers.utils.logging.set_verbosity_error()  # from_config's "unexpected keys" notes
 
 NAMES = list(SCHEDULERS)
+STOCHASTIC = ("euler-a", "lcm")  # step() draws noise from the pipeline's generator
 STEPS = (1, 2, 3, 10, 25, 50)
 SPACINGS = ("leading", "trailing", "linspace")
 SHAPE = (1, 4, 8, 8)
@@ -73,9 +76,13 @@ def compare_loop(run, name: str, config: dict, steps: int, shape=SHAPE, seed: in
         err = relative_error(ours.scale_model_input(run, latents, i), ref_input)
         assert err <= TOL, f"{name} {steps} steps: model input of step {i} off by {err:.2e}"
         model_output = (rs.randn(*shape) * 0.8 + 0.1).astype(np.float32)
-        kwargs = {"generator": generator} if name == "euler-a" else {}
-        ref_latents = ref.step(torch.from_numpy(model_output), t, ref_latents,
-                               **kwargs).prev_sample
+        kwargs = {"generator": generator} if name in STOCHASTIC else {}
+        out = ref.step(torch.from_numpy(model_output), t, ref_latents, **kwargs)
+        ref_latents = out.prev_sample
+        if name == "lcm" and i == len(ref.timesteps) - 1:
+            # what LatentConsistencyModelPipeline decodes (`denoised`) is what
+            # StableDiffusionPipeline decodes (prev_sample) after the last step
+            assert torch.equal(out.denoised, out.prev_sample)
         latents = ours.step(run, run.upload(model_output), i, latents, rng)
         err = relative_error(latents, ref_latents)
         assert err <= TOL, f"{name} {steps} steps: latents after step {i} off by {err:.2e}"
@@ -94,6 +101,12 @@ def test_timesteps_and_init_noise_sigma(name, spacing):
     # before set_timesteps too (euler's depends on its sigmas)
     assert_close_f32(ours.init_noise_sigma, ref.init_noise_sigma)
     for steps in STEPS + (7, 100, 500):
+        if name == "lcm" and steps > ours.config["original_inference_steps"]:
+            with pytest.raises(ValueError):  # diffusers refuses these too
+                ref.set_timesteps(steps)
+            with pytest.raises(ValueError, match="more than original_inference_steps"):
+                ours.set_timesteps(steps)
+            continue
         ours.set_timesteps(steps)
         ref.set_timesteps(steps)
         assert ours.timesteps.dtype == np.float32
@@ -169,10 +182,126 @@ def test_symbolic_latent_shape(run, name):
     compare_loop(run, name, SD15, 4, shape=(2, 3, 5, 7))
 
 
-def test_euler_a_follows_the_generator(run):
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_samplers_follow_the_generator(run, name):
     """A different generator seed must break the match (the noise really is used)."""
     with pytest.raises(AssertionError, match="off by"):
-        compare_loop(run, "euler-a", SD15, 5, noise_seeds=(7, 8))
+        compare_loop(run, name, SD15, 5, noise_seeds=(7, 8))
+
+
+# ---- LCM ---------------------------------------------------------------------------------
+
+LCM_CONFIGS = {"dreamshaper": LCM_SCHEDULER, "lora-sd15": SD15, "sd21-v": SD21_SCHEDULER}
+
+
+@pytest.mark.parametrize("config", list(LCM_CONFIGS.values()), ids=list(LCM_CONFIGS))
+@pytest.mark.parametrize("original", (None, 1, 4, 8, 15, 25, 50, 64, 100, 333, 1000))
+def test_lcm_timesteps(config, original):
+    """Every step count up to original_inference_steps (from the config, or set_timesteps'
+    argument), as diffusers; more steps are refused by both."""
+    limit = 50 if original is None else original
+    cfg = config if original is None else {**config, "original_inference_steps": original}
+    for how in ("config", "argument"):
+        ours, ref = make_scheduler("lcm", cfg if how == "config" else config), \
+            diffusers_scheduler("lcm", cfg if how == "config" else config)
+        kwargs = {"original_inference_steps": original} if how == "argument" else {}
+        counts = sorted({1, 2, 4, 8, limit, limit + 1, *range(1, min(limit, 60) + 1)})
+        for steps in counts:
+            if steps > limit:
+                with pytest.raises(ValueError):
+                    ref.set_timesteps(steps, **kwargs)
+                with pytest.raises(ValueError, match=f"num_inference_steps={steps} is more "
+                                   f"than original_inference_steps \\({limit}\\)|between 1 "
+                                   "and num_train_timesteps"):
+                    ours.set_timesteps(steps, **kwargs)
+                continue
+            ours.set_timesteps(steps, **kwargs)
+            ref.set_timesteps(steps, **kwargs)
+            expected = ref.timesteps.numpy().astype(np.float32)
+            np.testing.assert_array_equal(ours.timesteps, expected,
+                                          err_msg=f"{how} {steps} steps")
+
+
+def test_lcm_timesteps_ignore_spacing_and_offset():
+    """diffusers' LCMScheduler reads neither timestep_spacing nor steps_offset."""
+    ours = make_scheduler("lcm", {**LCM_SCHEDULER, "steps_offset": 0,
+                                  "timestep_spacing": "trailing"})
+    ours.set_timesteps(4)
+    np.testing.assert_array_equal(ours.timesteps, [999, 759, 499, 259])
+
+
+def test_lcm_boundary_scalings():
+    """c_skip bit for bit; c_out to 2 ulps (torch's float32 sqrt is 1 ulp off at times)."""
+    from wsd.samplers.lcm import boundary_scalings
+
+    ref = diffusers_scheduler("lcm", LCM_SCHEDULER)
+    for scaling in (10.0, 3.7, 0.1, 123.456):
+        ref.register_to_config(timestep_scaling=scaling)
+        for t in range(0, 1000, 7):
+            c_skip, c_out = ref.get_scalings_for_boundary_condition_discrete(torch.tensor(t))
+            ours = boundary_scalings(t, scaling)
+            assert np.float32(ours[0]) == np.float32(c_skip.item()), (scaling, t)
+            assert_close_f32(ours[1], c_out.item())
+
+
+@pytest.mark.parametrize("config", list(LCM_CONFIGS.values()), ids=list(LCM_CONFIGS))
+@pytest.mark.parametrize("steps", (1, 2, 4, 8))
+def test_lcm_denoising_matches_diffusers(run, config, steps):
+    compare_loop(run, "lcm", config, steps)
+    compare_loop(run, "lcm", config, steps, shape=(2, 4, 6, 10), seed=3, noise_seeds=(11, 11))
+
+
+def test_lcm_one_step_draws_no_noise(run):
+    """Noise is drawn between steps only (none for one step), in diffusers' order."""
+    class Counting(TorchRng):
+        shapes = []
+
+        def randn(self, shape):
+            self.shapes.append(tuple(shape))
+            return super().randn(shape)
+
+    for steps in (1, 4):
+        scheduler, rng = make_scheduler("lcm", LCM_SCHEDULER), Counting(0)
+        rng.shapes.clear()
+        scheduler.set_timesteps(steps)
+        x = run.upload(np.ones(SHAPE, np.float32))
+        for i in range(steps):
+            x = scheduler.step(run, run.upload(np.zeros(SHAPE, np.float32)), i, x, rng)
+        assert rng.shapes == [SHAPE] * (steps - 1)
+    compare_loop(run, "lcm", LCM_SCHEDULER, 1, noise_seeds=(7, 8))  # no noise: any seed
+
+
+# ---- real configs across samplers ------------------------------------------------------------
+
+def _from_config_inputs(source: dict) -> dict:
+    """A real config as a pipeline hands it to from_config: the raw file's dict, and the
+    `.config` of diffusers' own scheduler loaded from it (with _use_default_values)."""
+    loaded = getattr(diffusers, source["_class_name"]).from_config(source)
+    return {"raw": source, "loaded": dict(loaded.config)}
+
+
+REAL_PAIRS = [(src, name) for src in REAL_SCHEDULER_CONFIGS for name in NAMES]
+
+
+@pytest.mark.parametrize("source,name", REAL_PAIRS, ids=[f"{s}-{n}" for s, n in REAL_PAIRS])
+def test_from_real_configs_like_diffusers(run, source, name):
+    """`XScheduler.from_config(config)` of each real config (and of its loaded scheduler's
+    .config, which lists _use_default_values): the options we resolve are diffusers' ones, or
+    we refuse the option value diffusers' scheduler gets; then a few denoising steps agree."""
+    for how, config in _from_config_inputs(REAL_SCHEDULER_CONFIGS[source]).items():
+        ref = diffusers_scheduler(name, config)
+        try:
+            ours = make_scheduler(name, config)
+        except ValueError as e:
+            refused = re.search(r"scheduler: (\w+)=(.*) is not supported", str(e))
+            assert refused, str(e)
+            key, value = refused.groups()
+            assert repr(ref.config[key]) == value, (how, key)
+            continue
+        for key in ours.config:
+            assert ours.config[key] == ref.config[key], (how, key)
+        for steps in (1, 2, 4):
+            compare_loop(run, name, config, steps)
 
 
 # ---- errors --------------------------------------------------------------------------------
@@ -193,6 +322,14 @@ def test_step_counts_where_diffusers_breaks_are_refused(name):
     these with a clear message instead of copying them."""
     trailing = {**SD15, "timestep_spacing": "trailing"}
     reference = diffusers_scheduler(name, trailing)
+    if name == "lcm":  # spacing is unused; more steps than original_inference_steps: refused
+        with pytest.raises(ValueError, match="cannot be larger|smaller than"):
+            reference.set_timesteps(61)
+        for steps in (51, 61, 1000):
+            with pytest.raises(ValueError, match=f"num_inference_steps={steps} is more than "
+                                                 "original_inference_steps \\(50\\)"):
+                make_scheduler(name, trailing).set_timesteps(steps)
+        return
     reference.set_timesteps(61)
     assert reference.timesteps[-1] == -1  # what we refuse to copy
     with pytest.raises(ValueError, match="61 .* gives timestep -1, outside the trained range"):
@@ -207,7 +344,7 @@ def test_step_counts_where_diffusers_breaks_are_refused(name):
 @pytest.mark.parametrize("function", [make_scheduler, diffusers_scheduler])
 def test_unknown_name(function):
     with pytest.raises(ValueError, match="unknown scheduler 'lms'.*pndm, dpm-solver\\+\\+, "
-                                         "euler, euler-a, ddim"):
+                                         "euler, euler-a, ddim, lcm"):
         function("lms", SD15)
 
 
@@ -228,6 +365,15 @@ UNSUPPORTED = [
     ("euler-a", {"prediction_type": "sample"}, "prediction_type"),
     ("euler-a", {"timestep_spacing": "quadratic"}, "timestep_spacing"),
     ("euler-a", {"beta_schedule": "sigmoid"}, "beta_schedule"),
+    ("lcm", {"thresholding": True}, "thresholding"),
+    ("lcm", {"clip_sample": True}, "clip_sample"),
+    ("lcm", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ("lcm", {"prediction_type": "x0"}, "prediction_type"),
+    ("lcm", {"beta_schedule": "sigmoid"}, "beta_schedule"),
+    ("lcm", {"original_inference_steps": 0}, "original_inference_steps"),
+    ("lcm", {"original_inference_steps": 1001}, "original_inference_steps"),
+    ("lcm", {"original_inference_steps": 2.5}, "original_inference_steps"),
+    ("lcm", {"timestep_scaling": None}, "timestep_scaling"),
 ]
 
 
@@ -262,6 +408,12 @@ def test_steps_in_order_and_in_range(run):
     euler_a.set_timesteps(5)
     with pytest.raises(ValueError, match="rng"):
         euler_a.step(run, x, 0, x)
+    lcm = make_scheduler("lcm", SD15)
+    lcm.set_timesteps(2)
+    with pytest.raises(ValueError, match="rng"):
+        lcm.step(run, x, 0, x)
+    lcm.step(run, x, 0, x, TorchRng(0))  # the refused call took no step
+    lcm.step(run, x, 1, x)  # the last step draws no noise: no rng needed
 
 
 # ---- compiled functions ----------------------------------------------------------------
@@ -269,7 +421,7 @@ def test_steps_in_order_and_in_range(run):
 def test_relax_functions(run):
     functions = relax_functions()
     prefixes = {"pndm": "pndm_", "dpm-solver++": "dpmpp_", "euler": "euler_",
-                "euler-a": "euler_a_", "ddim": "ddim_"}
+                "euler-a": "euler_a_", "ddim": "ddim_", "lcm": "lcm_"}
     for name, cls in SCHEDULERS.items():
         assert cls.kernels
         for k in cls.kernels:

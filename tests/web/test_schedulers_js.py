@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from tests.cases import SCHEDULER_VARIANTS, SD15  # noqa: E402
+from tests.cases import REAL_SCHEDULER_CONFIGS, SCHEDULER_VARIANTS, SD15  # noqa: E402
 from wsd.samplers import SCHEDULERS, diffusers_scheduler, make_scheduler  # noqa: E402
 
 NODE = shutil.which("node")
@@ -50,10 +50,21 @@ VARIANTS = SCHEDULER_VARIANTS + [
 ]
 
 
+# every sampler from every real config (the refused ones must fail with Python's message)
+REAL = [(n, f"real-{src}", cfg) for src, cfg in REAL_SCHEDULER_CONFIGS.items() for n in NAMES]
+# lcm with set_timesteps' original_inference_steps argument: (label, config, argument)
+LCM_ORIGINAL = [("orig8", SD15, 8), ("orig20", SD15, 20), ("orig100", SD15, 100),
+                ("orig-real", REAL_SCHEDULER_CONFIGS["lcm"], 4)]
+
+
 def _cases():
     cases = [(n, label, cfg) for n in NAMES for label, cfg in CONFIGS]
     cases += [(n, f"variant{i}", cfg) for i, (n, cfg) in enumerate(VARIANTS)]
-    return [(n, label, cfg, steps) for n, label, cfg in cases for steps in STEPS]
+    cases += REAL
+    out = [(n, label, cfg, steps, None) for n, label, cfg in cases for steps in STEPS]
+    out += [("lcm", label, cfg, steps, original) for label, cfg, original in LCM_ORIGINAL
+            for steps in STEPS]
+    return out
 
 
 CASES = _cases()
@@ -70,11 +81,11 @@ def _bits(a) -> list[int]:
     return np.asarray(a, np.float32).reshape(-1).view(np.int32).tolist()
 
 
-def python_events(name: str, config: dict, steps: int) -> dict:
+def python_events(name: str, config: dict, steps: int, original=None) -> dict:
     try:
         s = make_scheduler(name, config)
         before = s.init_noise_sigma
-        s.set_timesteps(steps)
+        s.set_timesteps(steps, *([] if original is None else [original]))
     except ValueError as e:
         return {"error": str(e)}
     events, counter = [], [0]
@@ -123,12 +134,12 @@ const bits = (a) => Array.from(new Int32Array(Float32Array.from(a).buffer));
 class Token { constructor(name, shape) { this.name = name; this.shape = shape; } }
 const SHAPE = %(shape)s;
 
-function events(name, config, steps) {
+function events(name, config, steps, original) {
   let s, before;
   try {
     s = makeScheduler(name, config);
     before = s.initNoiseSigma;
-    s.setTimesteps(steps);
+    if (original === null) s.setTimesteps(steps); else s.setTimesteps(steps, original);
   } catch (e) {
     return { error: e.message };
   }
@@ -166,10 +177,14 @@ function error(f) {
 
 const input = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const t0 = performance.now();
-const results = input.cases.map(([name, config, steps]) => events(name, config, steps));
+const results = input.cases.map(([name, config, steps, original]) =>
+  events(name, config, steps, original));
 const errors = input.errors.map((c) => {
   if (c.kind === "make") return error(() => makeScheduler(c.name, c.config));
   if (c.kind === "steps") return error(() => makeScheduler(c.name, c.config).setTimesteps(c.steps));
+  if (c.kind === "steps_original") {
+    return error(() => makeScheduler(c.name, c.config).setTimesteps(c.steps, c.original));
+  }
   const s = makeScheduler(c.name, c.config);
   const t = (n) => new Token(n, SHAPE);
   const run = () => t("out");
@@ -203,6 +218,17 @@ UNSUPPORTED = [
     ("euler-a", {"beta_schedule": "sigmoid"}),
     ("euler", {"trained_betas": [0.1, 0.2]}),
     ("ddim", {"num_train_timesteps": 1}),
+    ("lcm", {"thresholding": True}),
+    ("lcm", {"clip_sample": True}),
+    ("lcm", {"rescale_betas_zero_snr": True}),
+    ("lcm", {"prediction_type": "x0"}),
+    ("lcm", {"beta_schedule": "sigmoid"}),
+    ("lcm", {"original_inference_steps": 0}),
+    ("lcm", {"original_inference_steps": 1001}),
+    ("lcm", {"original_inference_steps": 2.5}),
+    ("lcm", {"original_inference_steps": None}),
+    ("lcm", {"timestep_scaling": None}),
+    ("lcm", {"timestep_scaling": "10"}),
 ]
 BAD_STEPS = [0, -1, 10000, 1001, 2.5, True, "10", None]
 
@@ -223,6 +249,11 @@ def _error_cases():
         cases += [{"kind": "bad_index", "name": n, "config": SD15, "index": i}
                   for i in (-1, 99, 1.5, True)]
     cases.append({"kind": "no_rng", "name": "euler-a", "config": SD15})
+    cases.append({"kind": "no_rng", "name": "lcm", "config": SD15})
+    cases += [{"kind": "steps_original", "name": "lcm", "config": SD15, "steps": steps,
+               "original": original}
+              for steps, original in ((5, 4), (5, 0), (5, 1001), (5, 2.5), (5, True), (4, 4),
+                                      (1001, 1000), (0, 10))]
     return cases
 
 
@@ -242,6 +273,8 @@ def python_error(c) -> str | None:
             make_scheduler(c["name"], c["config"])
         elif c["kind"] == "steps":
             make_scheduler(c["name"], c["config"]).set_timesteps(c["steps"])
+        elif c["kind"] == "steps_original":
+            make_scheduler(c["name"], c["config"]).set_timesteps(c["steps"], c["original"])
         else:
             s = make_scheduler(c["name"], c["config"])
             if c["kind"] == "step_before_set":
@@ -266,7 +299,8 @@ def js(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schedulers_js")
     driver = tmp / "driver.mjs"
     driver.write_text(DRIVER % {"module_url": json.dumps(INDEX_JS.as_uri()), "shape": json.dumps(SHAPE)})
-    payload = {"cases": [[n, cfg, steps] for n, _, cfg, steps in CASES], "errors": _error_cases()}
+    payload = {"cases": [[n, cfg, steps, original] for n, _, cfg, steps, original in CASES],
+               "errors": _error_cases()}
     (tmp / "input.json").write_text(json.dumps(payload))
     proc = subprocess.run([NODE, str(driver), str(tmp / "input.json")],
                           capture_output=True, text=True, timeout=60)
@@ -275,14 +309,14 @@ def js(tmp_path_factory):
 
 
 def _ids(case):
-    n, label, _, steps = case
+    n, label, _, steps, _ = case
     return f"{n}-{label}-{steps}"
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[_ids(c) for c in CASES])
 def test_js_scheduler_matches_python(js, index):
-    name, _, config, steps = CASES[index]
-    ours, theirs = js["results"][index], python_events(name, config, steps)
+    name, _, config, steps, original = CASES[index]
+    ours, theirs = js["results"][index], python_events(name, config, steps, original)
     if "error" in theirs:
         assert ours == theirs
         return
@@ -295,7 +329,8 @@ def test_js_scheduler_matches_python(js, index):
         assert a == b, f"event {k}: JS {a} != Python {b}"
     # and directly against diffusers
     ref = diffusers_scheduler(name, config)
-    ref.set_timesteps(steps)
+    ref.set_timesteps(steps, **({} if original is None else
+                                {"original_inference_steps": original}))
     ref_bits = ref.timesteps.numpy().astype(np.float32).view(np.int32).tolist()
     assert ours["timesteps"] == ref_bits
 

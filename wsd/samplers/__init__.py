@@ -1,7 +1,7 @@
 """The samplers: host logic in numpy, per-step tensor math as compiled Relax functions.
 
     SCHEDULERS                        name -> Scheduler class: "pndm", "dpm-solver++",
-                                      "euler", "euler-a", "ddim"
+                                      "euler", "euler-a", "ddim", "lcm"
     make_scheduler(name, config)      our scheduler for a diffusers scheduler config dict
     relax_functions()                 every sampler's Relax functions, to compile with the model
     diffusers_scheduler(name, config) diffusers' matching scheduler (the reference)
@@ -19,6 +19,7 @@ from wsd.samplers.ddim import DDIM
 from wsd.samplers.dpm_solver import DPMSolverPP
 from wsd.samplers.euler import Euler
 from wsd.samplers.euler_ancestral import EulerAncestral
+from wsd.samplers.lcm import LCM
 from wsd.samplers.pndm import PNDM
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
@@ -27,6 +28,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "euler": Euler,
     "euler-a": EulerAncestral,
     "ddim": DDIM,
+    "lcm": LCM,
 }
 
 
@@ -54,7 +56,8 @@ def relax_functions() -> dict[str, relax.Function]:
 
 def diffusers_scheduler(name: str, config: dict):
     """diffusers' scheduler for `name`, built with `from_config(config)` (the reference).
-    DDIM's eta is a step() argument in diffusers; the pipeline's default, 0, is ours."""
+    DDIM's eta is a step() argument in diffusers; the pipeline's default, 0, is ours.
+    LCM's step() takes the pipeline's generator, as euler-a's does."""
     import diffusers
 
     return getattr(diffusers, _check_name(name).diffusers_class).from_config(config)

@@ -2,7 +2,7 @@
 // float32 coefficients and multistep history; the tensor math runs as compiled kernels via
 // `run(kernelName, ...tensors, coeffs)`.
 //
-//   SCHEDULERS                     name -> class: "pndm", "dpm-solver++", "euler", "euler-a", "ddim"
+//   SCHEDULERS                     name -> class: "pndm", "dpm-solver++", "euler", "euler-a", "ddim", "lcm"
 //   makeScheduler(name, config)    our scheduler for a diffusers scheduler config object
 //   kernelNames()                  every kernel name the samplers call
 //
@@ -12,10 +12,11 @@ import { DDIM } from "./ddim.js";
 import { DPMSolverPP } from "./dpm_solver.js";
 import { Euler } from "./euler.js";
 import { EulerAncestral } from "./euler_ancestral.js";
+import { LCM } from "./lcm.js";
 import { PNDM } from "./pndm.js";
 
 export { Scheduler } from "./base.js";
-export { DDIM, DPMSolverPP, Euler, EulerAncestral, PNDM };
+export { DDIM, DPMSolverPP, Euler, EulerAncestral, LCM, PNDM };
 
 export const SCHEDULERS = Object.freeze({
   "pndm": PNDM,
@@ -23,6 +24,7 @@ export const SCHEDULERS = Object.freeze({
   "euler": Euler,
   "euler-a": EulerAncestral,
   "ddim": DDIM,
+  "lcm": LCM,
 });
 
 function checkName(name) {
