@@ -1,59 +1,10 @@
 """Test inputs shared by the Python suites and their JavaScript counterparts (tests/web)."""
 
+from wsd.models.presets import LCM_SCHEDULER, SD21_SCHEDULER, SD_TURBO_SCHEDULER
 from wsd.models.presets import SD15_SCHEDULER as SD15
 
-# Real scheduler configs (scheduler/scheduler_config.json of the model repositories).
-# SD 2.1 (768, v-prediction): DDIM.
-SD21_SCHEDULER = {
-    "_class_name": "DDIMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "skip_prk_steps": True,
-    "timestep_spacing": "leading",
-}
-# SD-Turbo: Euler with "trailing" spacing (1 to 4 steps).
-SD_TURBO_SCHEDULER = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "timestep_spacing": "trailing",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-}
-# SimianLuo/LCM_Dreamshaper_v7: LCM. (LCM-LoRA on SD v1.5 uses LCMScheduler.from_config of
-# SD v1.5's PNDM config, SD15 above.)
-LCM_SCHEDULER = {
-    "_class_name": "LCMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "original_inference_steps": 50,
-    "prediction_type": "epsilon",
-    "rescale_betas_zero_snr": False,
-    "set_alpha_to_one": True,
-    "steps_offset": 1,
-    "thresholding": False,
-    "timestep_scaling": 10.0,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-}
+# The real scheduler configs (wsd/models/presets.py: the families' scheduler_config.json).
+# LCM-LoRA on SD v1.5 uses LCMScheduler.from_config of SD v1.5's PNDM config, SD15.
 # name -> config, for the tests that run every sampler from every real config
 REAL_SCHEDULER_CONFIGS = {"sd15": SD15, "sd21": SD21_SCHEDULER, "sd-turbo": SD_TURBO_SCHEDULER,
                           "lcm": LCM_SCHEDULER}
