@@ -52,7 +52,8 @@ from torch.utils import _pytree as pytree
 
 from wsd import settings, targets
 from wsd.compiler import pipeline as build
-from wsd.compiler.trace import DTYPES, GuidedUNet, TextEncoder, VaeDecoder, resolve_size, to_relax
+from wsd.compiler.trace import (DTYPES, EmbeddedGuidanceUNet, GuidedUNet, TextEncoder, VaeDecoder,
+                                resolve_size, to_relax)
 from wsd.models import Model
 from wsd.runtime.executor import Executor
 
@@ -258,11 +259,16 @@ def capture(model: Model, parts: Iterable[str] = PARTS, height: int | None = Non
             if not embeddings:
                 text_encoder_pass(record=False)
             unet = model.unet()
-            guided = GuidedUNet(unet).eval()
             t = torch.tensor([TIMESTEP])
             scale = torch.tensor([GUIDANCE_SCALE])
-            found = _record("unet", unet, lambda: guided(
-                latents, t, embeddings["cond"], embeddings["uncond"], scale), select)
+            if model.guidance_embedded:  # the scale's embedding goes through cond_proj
+                guided = EmbeddedGuidanceUNet(unet).eval()
+                found = _record("unet", unet, lambda: guided(
+                    latents, t, embeddings["cond"], scale), select)
+            else:
+                guided = GuidedUNet(unet).eval()
+                found = _record("unet", unet, lambda: guided(
+                    latents, t, embeddings["cond"], embeddings["uncond"], scale), select)
             del guided
             yield "unet", unet, found
             del unet, found
