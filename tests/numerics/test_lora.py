@@ -12,6 +12,7 @@ out/fc1/fc2.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -304,3 +305,55 @@ def test_generate_matches_diffusers(tiny, lora_files):
     assert ssim(ours, theirs) >= SSIM_BAR
     plain = setup.pipe.generate(**settings.as_dict())
     assert ssim(ours, plain) < 0.9, "the LoRA barely changed the image"
+
+
+# ---- the command line ----------------------------------------------------------------------
+@pytest.mark.parametrize("command", [
+    ["build", "--target", "webgpu"],
+    ["build", "--target", "webgpu", "--weights-only", "--from", "{src}"],
+    ["generate", "--prompt", "a cat", "--steps", "2"],
+])
+def test_cli_refuses_bad_loras_before_writing(tmp_path, capsys, command):
+    """Each failure is named, and nothing is written: not the bundle folder, not the PNG."""
+    from wsd.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "wsd-config.json").write_text("{}")
+    bad = tmp_path / "bad.safetensors"
+    save_file({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight":
+               torch.zeros(2, 32)}, str(bad))
+    out = tmp_path / "out"
+    target = ["--out", str(out) if command[0] == "build" else str(out / "x.png")]
+    argv = [a.format(src=src) for a in command] + target
+    for lora, message in ((tmp_path / "missing.safetensors", "does not exist"),
+                          (bad, "SDXL"), (f"{bad}:abc", "does not exist")):
+        assert main(argv + ["--lora", str(lora)]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert not out.exists()
+    assert sorted(p.name for p in src.iterdir()) == ["wsd-config.json"]
+
+
+def test_cli_generate_with_lora(tiny, lora_files, tmp_path):
+    """`wsd generate --lora PATH:SCALE`: the pipeline's image with the fused weights, and
+    the LoRA (file, sha256, scale) in the PNG's parameters."""
+    import hashlib
+
+    from PIL import Image
+
+    from tests.numerics.test_generate import PROMPT, setup_for
+    from wsd.cli import main
+    from wsd.runtime.pipeline import Pipeline
+
+    path = lora_files["kohya"]
+    out = tmp_path / "out.png"
+    assert main(["generate", "--prompt", PROMPT, "--scheduler", "euler", "--steps", "2",
+                 "--seed", "9", "--out", str(out), "--lora", f"{path}:0.5"]) == 0
+    png = Image.open(out)
+    params = json.loads(png.info["parameters"])
+    assert params["loras"] == [{"file": path.name, "scale": 0.5,
+                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
+    pipe = Pipeline(tiny.with_loras([(path, 0.5)]), setup_for("tiny", "llvm").pipe.library)
+    expected = pipe.generate(**Settings(PROMPT, "", "euler", steps=2, seed=9).as_dict())
+    assert np.array_equal(np.asarray(png.convert("RGB")), expected)

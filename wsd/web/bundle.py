@@ -126,9 +126,12 @@ def _write_tokenizer(model: Model, out: Path):
 
 def _model_entries(model: Model, tokenizer) -> dict:
     """The config entries that come from the checkpoint rather than the compiled code."""
+    from wsd.models.lora import records
+
     return {"tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
                        "pad": tokenizer.pad_token_id},
-            "scheduler_config": model.configs["scheduler"]}
+            "scheduler_config": model.configs["scheduler"],
+            "loras": records(model.loras)}  # what was fused into params/: file, sha256, scale
 
 
 def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
