@@ -357,3 +357,24 @@ def test_cli_generate_with_lora(tiny, lora_files, tmp_path):
     pipe = Pipeline(tiny.with_loras([(path, 0.5)]), setup_for("tiny", "llvm").pipe.library)
     expected = pipe.generate(**Settings(PROMPT, "", "euler", steps=2, seed=9).as_dict())
     assert np.array_equal(np.asarray(png.convert("RGB")), expected)
+
+
+def test_lora_code_does_not_key_libraries(tmp_path):
+    """Editing wsd/models/lora.py (weights only) keeps the cached libraries; editing another
+    file of wsd/models does not."""
+    import shutil
+
+    import wsd
+    from wsd.runtime.library import COMPILER_SOURCES, compiler_fingerprint
+
+    root = Path(wsd.__file__).parent
+    for folder in COMPILER_SOURCES:
+        shutil.copytree(root / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    before = compiler_fingerprint(tmp_path)
+    with open(tmp_path / "models" / "lora.py", "a") as f:
+        f.write("\n# edited\n")
+    assert compiler_fingerprint(tmp_path) == before
+    with open(tmp_path / "models" / "presets.py", "a") as f:
+        f.write("\n# edited\n")
+    assert compiler_fingerprint(tmp_path) != before
