@@ -378,3 +378,17 @@ def test_lora_code_does_not_key_libraries(tmp_path):
     with open(tmp_path / "models" / "presets.py", "a") as f:
         f.write("\n# edited\n")
     assert compiler_fingerprint(tmp_path) != before
+
+
+def test_model_folder_with_lora(tiny, lora_files, tmp_path):
+    """A diffusers folder's own configs (with their provenance keys) resolve LoRAs as the
+    preset does, and fuse to the same weights."""
+    folder = tmp_path / "tiny-sd"
+    Reference(tiny).save(folder)
+    loras = [(lora_files["peft"], 0.5), (lora_files["kohya"], 1.0)]
+    ours = load_model(folder).with_loras(loras)
+    preset = tiny.with_loras(loras)
+    for part in ("unet", "text_encoder"):
+        a, b = getattr(ours, part)().state_dict(), getattr(preset, part)().state_dict()
+        for name in b:
+            assert torch.equal(a[name], b[name]), name

@@ -142,7 +142,7 @@ class Model:
                 return CLIPTextModel(CLIPTextConfig(**self.configs["text_encoder"]))
             from diffusers import UNet2DConditionModel
 
-            return UNet2DConditionModel(**self.configs["unet"])
+            return UNet2DConditionModel.from_config(self.configs["unet"])
 
     def _fuse_loras(self, module: torch.nn.Module, part: str) -> torch.nn.Module:
         from wsd.models import lora
