@@ -54,10 +54,18 @@ def random_pairs(module, suffixes, seed: int, rank: int = RANK, strength: float 
     return pairs
 
 
+def _clip_name(name: str) -> str:
+    """The text encoder's module name as LoRA files spell it: CLIPTextModel's modules under
+    `text_model.` (transformers 5's CLIPTextModel has no such level; wsd and diffusers
+    accept both)."""
+    return name if name.startswith("text_model.") else f"text_model.{name}"
+
+
 def write_kohya(path: Path, unet_pairs, te_pairs, alpha: float | None = 2.0, dtype=torch.float32):
     tensors = {}
     for prefix, pairs in (("lora_unet_", unet_pairs), ("lora_te_", te_pairs)):
         for name, (down, up) in pairs.items():
+            name = _clip_name(name) if prefix == "lora_te_" else name
             flat = prefix + name.replace(".", "_")
             tensors[f"{flat}.lora_down.weight"] = down.to(dtype).contiguous()
             tensors[f"{flat}.lora_up.weight"] = up.to(dtype).contiguous()
@@ -84,6 +92,7 @@ def write_old_diffusers(path: Path, unet_pairs, te_pairs):
     te_proj = {"q_proj": "to_q_lora", "k_proj": "to_k_lora", "v_proj": "to_v_lora",
                "out_proj": "to_out_lora"}
     for name, (down, up) in te_pairs.items():
+        name = _clip_name(name)
         stem_name, _, last = name.rpartition(".")
         stem = (f"text_encoder.{stem_name}.{te_proj[last]}" if last in te_proj
                 else f"text_encoder.{name}.lora_linear_layer")
@@ -392,3 +401,29 @@ def test_model_folder_with_lora(tiny, lora_files, tmp_path):
         a, b = getattr(ours, part)().state_dict(), getattr(preset, part)().state_dict()
         for name in b:
             assert torch.equal(a[name], b[name]), name
+
+
+def test_per_module_alpha(tiny, base, tmp_path):
+    """kohya's alpha is per module: a module with alpha 1 at rank 4 gets a quarter of its
+    product, the others (alpha 2) half. (diffusers 0.42 applies the most common alpha to
+    kohya's attention-processor and text-encoder modules instead: its alpha names for
+    them match no module, so it is not the reference here.)"""
+    from safetensors.torch import load_file
+
+    unet_pairs = random_pairs(base["unet"], ("to_q",), seed=8)
+    te_pairs = random_pairs(base["text_encoder"], ("q_proj",), seed=9)
+    path = write_kohya(tmp_path / "alphas.safetensors", unet_pairs, te_pairs, alpha=2.0)
+    tensors = load_file(str(path))
+    odd = [k for k in tensors if k.endswith(".alpha")][:3]
+    for key in odd:
+        tensors[key] = torch.tensor(1.0)
+    save_file(tensors, str(path))
+    model = tiny.with_loras([path])
+    for part, pairs, prefix in (("unet", unet_pairs, "lora_unet_"),
+                                ("text_encoder", te_pairs, "lora_te_")):
+        fused, original = getattr(model, part)().state_dict(), base[part].state_dict()
+        for name, (down, up) in pairs.items():
+            flat = prefix + (_clip_name(name) if part == "text_encoder" else name).replace(".", "_")
+            alpha = 1.0 if f"{flat}.alpha" in odd else 2.0
+            expected = original[f"{name}.weight"] + (up @ down) * (alpha / RANK)
+            torch.testing.assert_close(fused[f"{name}.weight"], expected, rtol=1e-6, atol=1e-7)

@@ -284,12 +284,16 @@ def resolve(lora: LoraFile, part: str, shapes: dict[str, tuple[int, ...]]) -> li
     for entry in lora.entries:
         if entry.part != part:
             continue
-        if entry.kohya:
-            name = flat.get(entry.name)
-        else:
-            name = entry.name if entry.name in shapes else None
-            if name is None and part == "text_encoder" and f"text_model.{entry.name}" in shapes:
-                name = f"text_model.{entry.name}"
+        names = flat if entry.kohya else shapes
+        sep = "_" if entry.kohya else "."
+        candidates = [entry.name]
+        if part == "text_encoder":  # CLIPTextModel's text_model level: transformers 5 has none
+            wrapper = f"text_model{sep}"
+            candidates.append(entry.name.removeprefix(wrapper) if entry.name.startswith(wrapper)
+                              else wrapper + entry.name)
+        name = next((c for c in candidates if c in names), None)
+        if entry.kohya and name is not None:
+            name = flat[name]  # the real dotted name (None where two flatten alike)
         if name is None:
             unmatched.append(entry.key)
             continue
