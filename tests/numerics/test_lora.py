@@ -47,7 +47,8 @@ def random_pairs(module, suffixes, seed: int, rank: int = RANK, strength: float 
         w = m.weight.detach()
         out, inp = w.shape[:2]
         kernel = tuple(w.shape[2:])
-        down = torch.randn((rank, inp, *kernel), generator=gen) / (inp * max(1, w[0, 0].numel())) ** 0.5
+        fan_in = inp * max(1, w[0, 0].numel())
+        down = torch.randn((rank, inp, *kernel), generator=gen) / fan_in ** 0.5
         up = torch.randn((out, rank, *((1, 1) if kernel else ())), generator=gen)
         up *= strength * float(w.std()) / rank ** 0.5
         pairs[name] = (down, up)
@@ -79,7 +80,8 @@ def write_old_diffusers(path: Path, unet_pairs, te_pairs):
     """Pre-PEFT diffusers names: attention processors' to_q_lora, `.lora.down`, and the text
     encoder's to_q_lora / lora_linear_layer."""
     tensors = {}
-    proj = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}
+    proj = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora",
+            "to_out.0": "to_out_lora"}
     for name, (down, up) in unet_pairs.items():
         attn_proj = next((p for p in proj if name.endswith("." + p) and ".attn" in name), None)
         if attn_proj:
@@ -290,7 +292,8 @@ def test_wrong_shapes(tiny, base, tmp_path):
     out, inp = base["unet"].get_submodule(name).weight.shape
     flat = "lora_unet_" + name.replace(".", "_")
     path = _one_pair(tmp_path, "sd2.safetensors", {
-        f"{flat}.lora_down.weight": torch.zeros(4, 1024), f"{flat}.lora_up.weight": torch.zeros(out, 4)})
+        f"{flat}.lora_down.weight": torch.zeros(4, 1024),
+        f"{flat}.lora_up.weight": torch.zeros(out, 4)})
     with pytest.raises(LoraError, match=rf"unet\.{name}\.weight: the weight is \({out}, {inp}\)"
                                         r".*\(4, 1024\)"):
         tiny.with_loras([path])

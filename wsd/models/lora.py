@@ -153,7 +153,7 @@ _LYCORIS = re.compile(r"\.(hada_\w+|lokr_\w+|lora_mid\.weight|diff|diff_b|w_norm
                       r"oft_\w+|boft_\w+)$")
 
 
-def _unsupported(path: Path, key: str) -> str | None:
+def _unsupported(key: str) -> str | None:
     """Why a key's kind of file is refused, or None."""
     if key.startswith(("lora_te2_", "text_encoder_2.")):
         return f"{key}: an SDXL LoRA (second text encoder), not supported: wsd runs SD 1.x/2.x"
@@ -173,7 +173,7 @@ def read_lora(path) -> LoraFile:
     entries: dict[tuple[str, str], Entry] = {}
     unknown = []
     for key, value in tensors.items():
-        reason = _unsupported(path, key)
+        reason = _unsupported(key)
         if reason:
             raise LoraError(f"LoRA file {path}: {reason}")
         parsed = _parse_key(key)
