@@ -28,6 +28,18 @@ def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--height", type=int, help="image height, a multiple of 8")
 
 
+def _lora_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                        help="a LoRA .safetensors file (diffusers/PEFT or kohya names) fused into "
+                             "the UNet and text encoder weights, times SCALE (default 1.0); "
+                             "repeatable, applied in order. The compiled code does not change")
+
+
+def _with_loras(model, args):
+    """--lora: every file read and checked against the model before anything is built."""
+    return model.with_loras(getattr(args, "lora", None) or [])
+
+
 def _build_library(args, log, model=None):
     from wsd.runtime.library import build
     from wsd.models import load_model
@@ -38,7 +50,7 @@ def _build_library(args, log, model=None):
             f"bundle); `wsd {args.command}` runs natively: use --target llvm or cuda. "
             f"Generating in the browser is the web app's job")
 
-    model = model or load_model(args.model)
+    model = model or _with_loras(load_model(args.model), args)
     library = build(model, args.target, args.dtype, args.height, args.width, log=log,
                     force=getattr(args, "force", False))
     return model, library
@@ -53,7 +65,7 @@ def cmd_generate(args) -> int:
     from wsd.runtime.pipeline import Pipeline
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    model = load_model(args.model)
+    model = _with_loras(load_model(args.model), args)
     given = (args.scheduler, args.steps, args.guidance_scale)
     args.scheduler, args.steps, args.guidance_scale = model.settings(*given)
     if None in given:  # say what the family chose, and how to override it
@@ -80,6 +92,10 @@ def cmd_generate(args) -> int:
                   "model": args.model, "scheduler": args.scheduler, "steps": args.steps,
                   "guidance_scale": args.guidance_scale, "seed": seed, "dtype": args.dtype,
                   "target": args.target}
+    if model.loras:
+        from wsd.models.lora import records
+
+        parameters["loras"] = records(model.loras)
     info = PngInfo()
     info.add_text("parameters", json.dumps(parameters))
     out = Path(args.out)
@@ -111,8 +127,8 @@ def _verify_build(args) -> None:
     from wsd.checks.verify import format_report, verify_build
     from wsd.models import load_model
 
-    rows = verify_build(load_model(args.model), args.target, args.dtype, args.height,
-                        args.width, log=print)
+    rows = verify_build(_with_loras(load_model(args.model), args), args.target, args.dtype,
+                        args.height, args.width, log=print)
     print(format_report(rows))
 
 
@@ -122,6 +138,7 @@ def _build_bundle(args) -> int:
 
     if not args.out:
         raise ValueError("--target webgpu needs --out DIR (the bundle directory to write)")
+    model = _with_loras(load_model(args.model), args)  # LoRA errors before anything is written
     if args.weights_only:
         if not args.source:
             raise ValueError("--weights-only needs --from DIR: the bundle whose compiled "
@@ -131,11 +148,10 @@ def _build_bundle(args) -> int:
         if fixed:
             raise ValueError(f"{', '.join(fixed)}: a --weights-only bundle keeps the dtype and "
                              "size its model.wasm was compiled for")
-        write_weights(load_model(args.model), args.source, args.out, log=print)
+        write_weights(model, args.source, args.out, log=print)
         return 0
     if args.source:
         raise ValueError("--from is only for --weights-only")
-    model = load_model(args.model)
     build_bundle(model, args.out, args.dtype, args.height, args.width, log=print)
     return 0
 
@@ -204,10 +220,12 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="default: a random seed, printed")
     gen.add_argument("--out", default="wsd.png")
     _model_options(gen, "generate")
+    _lora_option(gen)
     gen.set_defaults(func=cmd_generate)
 
     bld = sub.add_parser("build", help="compile the model library (cached)")
     _model_options(bld, "build")
+    _lora_option(bld)
     bld.add_argument("--force", action="store_true", help="rebuild even if cached")
     bld.add_argument("--verify", action="store_true",
                      help="first compare every block with PyTorch on the build's target "

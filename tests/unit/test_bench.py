@@ -228,10 +228,12 @@ def test_unknown_targets_are_bench_errors():
     (["memory"], "not memory"),
 ])
 def test_webgpu_native_refuses_what_it_cannot_time(monkeypatch, parts, message):
-    """Said before anything is loaded (an SD v1.5 load takes a minute)."""
+    """Said before any weights load (SD v1.5's take a minute; the configs, which say which
+    function times the UNet, are read first)."""
     import wsd.models
 
-    monkeypatch.setattr(wsd.models, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    for part in ("unet", "vae", "text_encoder"):
+        monkeypatch.setattr(wsd.models.Model, part, lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(bench.BenchError, match=message):
         bench.run("tiny", "webgpu-native", ["float32"], parts, log=lambda *_: None)
 

@@ -108,3 +108,40 @@ def test_bad_options(tiny_bundle, tmp_path, capsys, extra, message):
 def test_from_without_weights_only(tmp_path, capsys):
     code, err = run(capsys, "build", "--target", "webgpu", "--from", tmp_path, "--out", tmp_path)
     assert code == 2 and "--from is only for --weights-only" in err
+
+
+def test_lora_weights(tiny_bundle, tmp_path, capsys):
+    """`--lora`: the bundle's shards carry the fused weights (those the native runtime
+    uploads for the same LoRA), wsd-config.json names the LoRA, the compiled code is the
+    source bundle's."""
+    import hashlib
+
+    import numpy as np
+
+    from tests.numerics.test_lora import TE_TARGETS, UNET_TARGETS, random_pairs, write_kohya
+    from wsd.runtime.weights import collect_weights, load_tensor_cache
+
+    tiny = load_model("tiny")
+    lora = write_kohya(tmp_path / "style.safetensors",
+                       random_pairs(tiny.unet(), UNET_TARGETS, seed=5),
+                       random_pairs(tiny.text_encoder(), TE_TARGETS, seed=6))
+    out = tmp_path / "with-lora"
+    code, err = run(capsys, "build", "--target", "webgpu", "--weights-only", "--from",
+                    tiny_bundle, "--model", "tiny", "--lora", f"{lora}:0.75", "--out", out)
+    assert code == 0, err
+    config = json.loads((out / "wsd-config.json").read_text())
+    assert config["loras"] == [{"file": "style.safetensors", "scale": 0.75,
+                                "sha256": hashlib.sha256(lora.read_bytes()).hexdigest()}]
+    assert json.loads((tiny_bundle / "wsd-config.json").read_text())["loras"] == []
+    assert (out / "model.wasm").read_bytes() == (tiny_bundle / "model.wasm").read_bytes()
+
+    got, base = load_tensor_cache(out / "params"), load_tensor_cache(tiny_bundle / "params")
+    want = collect_weights(tiny.with_loras([(lora, 0.75)]),
+                           {"dtype": config["dtype"], "functions": config["weight_meta"]})
+    assert sorted(got) == sorted(want.tensors)
+    changed = set()
+    for name, array in want.tensors.items():
+        assert np.array_equal(got[name], array), name
+        if not np.array_equal(got[name], base[name]):
+            changed.add(name.split("/")[0])
+    assert changed == {"unet", "text_encoder"}

@@ -21,19 +21,19 @@ from wsd.compiler.trace import denoiser
 from wsd.targets import WEBGPU_NATIVE
 
 
-def _pipeline_from(model, library, modules):
-    """wsd.runtime.pipeline.Pipeline with its weights taken from wrapped modules already loaded
-    (wsd.runtime.weights.collect_weights(modules=...)) instead of loading the model again."""
-    from wsd.runtime.pipeline import Pipeline, upload_weights
-
-    def part_function(model, part: str) -> str:
+def part_function(model, part: str) -> str:
     """The compiled function that times `part` (clip, unet, vae) of this model: the UNet's
     is the one a step calls at the default guidance (batch 2 with guidance, unless the
     guidance is an embedding)."""
     return denoiser(model) if part == "unet" else PART_FUNCTIONS[part]
 
 
-class PipelineFrom(Pipeline):
+def _pipeline_from(model, library, modules):
+    """wsd.runtime.pipeline.Pipeline with its weights taken from wrapped modules already loaded
+    (wsd.runtime.weights.collect_weights(modules=...)) instead of loading the model again."""
+    from wsd.runtime.pipeline import Pipeline, upload_weights
+
+    class PipelineFrom(Pipeline):
         def _upload_weights(self):
             return upload_weights(self.executor, self.model, self.meta, modules)
 

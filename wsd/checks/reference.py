@@ -6,9 +6,10 @@ Used by the end-to-end tests and to (re)generate the golden images.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,40 @@ class Settings:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def peft_version_waiver():
+    """transformers 5.25's adapter methods (which diffusers' text-encoder LoRA loading calls)
+    ask for peft >= 0.22, a release not published when this was written; the LoRA layers of
+    the newest published peft (0.21.2) are the ones diffusers' UNet path uses. Lower the
+    bar to the installed peft while LoRAs load, only where it is below it."""
+    try:
+        import peft
+        from transformers.integrations import peft as hf_peft
+    except ImportError:
+        yield
+        return
+    saved = getattr(hf_peft, "MIN_PEFT_VERSION", None)
+    if saved is None or _version(peft.__version__) >= _version(saved):
+        yield
+        return
+    hf_peft.MIN_PEFT_VERSION = peft.__version__
+    try:
+        yield
+    finally:
+        hf_peft.MIN_PEFT_VERSION = saved
+
+
+def _version(text: str):
+    from packaging.version import Version
+
+    return Version(text)
+
+
 class Reference:
-    """diffusers' pipeline for one model, built once (safety checker off)."""
+    """diffusers' pipeline for one model, built once (safety checker off). The model's LoRAs
+    (Model.loras) are applied by diffusers itself, over the model's base weights:
+    `load_lora_weights` + `fuse_lora(lora_scale=...)` + `unload_lora_weights` per file, in
+    order (needs peft)."""
 
     def __init__(self, model: Model, device: str = "cpu"):
         # A fair float32 reference on GPUs: no TF32 in matrix products and convolutions.
@@ -47,6 +80,7 @@ class Reference:
         from wsd.samplers import diffusers_scheduler
 
         self.model = model
+        base = replace(model, loras=())  # diffusers fuses the LoRAs itself, below
         if model.path is not None:
             folder = model.path / "tokenizer"
         else:  # the same vocabulary files, written out for transformers
@@ -56,11 +90,18 @@ class Reference:
         cls = (LatentConsistencyModelPipeline if model.guidance_embedded
                else StableDiffusionPipeline)
         self.pipe = cls(
-            vae=model.vae(), text_encoder=model.text_encoder(), tokenizer=tokenizer,
-            unet=model.unet(),
+            vae=base.vae(), text_encoder=base.text_encoder(), tokenizer=tokenizer,
+            unet=base.unet(),
             scheduler=diffusers_scheduler(model.settings()[0], model.configs["scheduler"]),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        ).to(device)
+        )
+        with peft_version_waiver():
+            for i, (path, scale) in enumerate(model.loras):
+                name = f"wsd_lora_{i}"
+                self.pipe.load_lora_weights(str(path), adapter_name=name)
+                self.pipe.fuse_lora(lora_scale=scale, adapter_names=[name])
+                self.pipe.unload_lora_weights()  # keeps the fused weights, drops the adapter
+        self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self._scheduler = diffusers_scheduler
 

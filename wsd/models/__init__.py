@@ -59,6 +59,9 @@ class Model:
     path: Path | None = None  # diffusers folder, or None for random weights
     seed: int = 0  # seed of the random weights when path is None
     family: Family = SD
+    # LoRAs fused into the UNet and text encoder as they load, in order: (file, scale).
+    # Weights only: config_hash() and architecture() (and so compiled libraries) ignore them.
+    loras: tuple = ()
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -134,6 +137,37 @@ class Model:
             parts[part] = json.loads(json.dumps(values, default=str))  # tuples -> lists
         return parts
 
+    # ---- LoRAs (wsd.models.lora) ----------------------------------------------------------
+    def with_loras(self, loras) -> "Model":
+        """This model with LoRAs (`PATH[:SCALE]` strings or (path, scale) pairs) fused after
+        its own, each file read and checked against the architecture now (LoraError)."""
+        from dataclasses import replace
+
+        from wsd.models import lora
+
+        added = lora.normalize(loras)
+        if not added:
+            return self
+        shapes = {part: lora.weight_shapes(self._meta_module(part)) for part in lora.PARTS}
+        lora.check(added, shapes)
+        return replace(self, loras=self.loras + added)
+
+    def _meta_module(self, part: str) -> torch.nn.Module:
+        """The part's module on the meta device: names and shapes, no weights."""
+        with torch.device("meta"):
+            if part == "text_encoder":
+                from transformers import CLIPTextConfig, CLIPTextModel
+
+                return CLIPTextModel(CLIPTextConfig(**self.configs["text_encoder"]))
+            from diffusers import UNet2DConditionModel
+
+            return UNet2DConditionModel.from_config(self.configs["unet"])
+
+    def _fuse_loras(self, module: torch.nn.Module, part: str) -> torch.nn.Module:
+        from wsd.models import lora
+
+        return lora.fuse(module, part, self.loras) if self.loras else module
+
     # ---- PyTorch modules (fp32, eval mode) ------------------------------------------------
     def text_encoder(self) -> torch.nn.Module:
         from transformers import CLIPTextConfig, CLIPTextModel
@@ -147,7 +181,7 @@ class Model:
             module = CLIPTextModel.from_pretrained(
                 folder, attn_implementation="eager", local_files_only=True,
                 variant=_variant(folder, "model"))
-        return module.float().eval()
+        return self._fuse_loras(module.float().eval(), "text_encoder")
 
     def unet(self) -> torch.nn.Module:
         from diffusers import UNet2DConditionModel
@@ -166,7 +200,7 @@ class Model:
             module = cls.from_pretrained(
                 self.path, subfolder=part, local_files_only=True,
                 variant=_variant(self.path / part, "diffusion_pytorch_model"))
-        return module.float().eval()
+        return self._fuse_loras(module.float().eval(), part)
 
     def tokenizer(self):
         from wsd.runtime.tokenizer import CLIPTokenizer

@@ -126,13 +126,16 @@ def _write_tokenizer(model: Model, out: Path):
 
 def _model_entries(model: Model, tokenizer) -> dict:
     """The config entries that come from the checkpoint rather than the compiled code."""
+    from wsd.models.lora import records
+
     return {"settings": settings.record(model),  # defaults, bounds, samplers (wsd.settings)
             "tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
                        "pad": tokenizer.pad_token_id},
             "scheduler_config": model.configs["scheduler"],
             "family": model.family.name,
             # the UNet takes the scale as an input and runs once per step (LCM-distilled)
-            "guidance_embedded": model.guidance_embedded}
+            "guidance_embedded": model.guidance_embedded,
+            "loras": records(model.loras)}  # what was fused into params/: file, sha256, scale
 
 
 def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
