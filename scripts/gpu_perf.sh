@@ -6,9 +6,9 @@
 #
 #   gpu_perf.sh stage1             as gpu_check.sh: copy the first half of the TVM wheel aside
 #   gpu_perf.sh install            as gpu_check.sh install, plus pytest-benchmark (.whl/perf/)
-#   gpu_perf.sh build DTYPE        wsd build --model sd15 --target cuda (fills the cache: a
+#   gpu_perf.sh build DTYPE        wsd build --model $MODEL --target cuda (fills the cache: a
 #                                  SD v1.5 CUDA build takes 270-335 s, so it gets its own call)
-#   gpu_perf.sh bench DTYPE [PARTS [OPTIONS]]   wsd bench --model sd15 --target cuda (default:
+#   gpu_perf.sh bench DTYPE [PARTS [OPTIONS]]   wsd bench --model $MODEL --target cuda (default:
 #                                  all parts); OPTIONS go to wsd bench (--profile 15)
 #   gpu_perf.sh layers DTYPE [conv|linear|attention|norm]   tests/perf: single layers at
 #                                  every SD v1.5 shape (--perf-full), optionally one group
@@ -17,7 +17,7 @@
 #   gpu_perf.sh models [ARGS]      tests/perf/test_models.py (default: --perf-model sd15
 #                                  --perf-dtype float16: per-model figures + the 3 GB goal)
 #   gpu_perf.sh records            tests/perf/test_records.py (tuned-schedule records)
-#   gpu_perf.sh webgpu DTYPE [PARTS [OPTIONS]]   wsd bench --model sd15 --target webgpu-native: the
+#   gpu_perf.sh webgpu DTYPE [PARTS [OPTIONS]]   wsd bench --model $MODEL --target webgpu-native: the
 #                                  browser build's WGSL on this GPU through wgpu-py (Vulkan),
 #                                  GPU time per call, next to PyTorch on CUDA (default parts
 #                                  clip,unet,vae; OPTIONS e.g. --profile 30); needs .gl/ and .wgpuwhl/ carried
@@ -28,6 +28,9 @@
 #                                  folder (carried); results and references to $OUT, then
 #                                  `python -m wsd.tuning.tune admit` here
 #   gpu_perf.sh all                every step above after install, one after another
+#
+# MODEL=sd-turbo (or sd21, lcm) builds and benches that preset instead of sd15 (build, bench,
+# webgpu), e.g. `MODEL=sd-turbo bash scripts/gpu_perf.sh bench float16 unet,vae,image`.
 #
 # With one call limited to 10 minutes, run the steps as separate calls (the machine keeps /tmp
 # while it stays warm, so compiled libraries are reused through WSD_CACHE=/tmp/wsd-cache):
@@ -47,6 +50,7 @@ mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:/tmp/site-bench:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export WSD_CACHE=${WSD_CACHE:-/tmp/wsd-cache}
 PY=${PYTHON:-python3}
+MODEL=${MODEL:-sd15}  # the preset to build and bench (sd15, sd21, sd-turbo, lcm)
 declare -a SUMMARY=()
 source scripts/webgpu_env.sh
 
@@ -87,16 +91,16 @@ install() {
 
 build() {
     local dtype=${1:-float16}
-    step "build sd15 $dtype" "build-sd15-$dtype.log" \
-        $PY -m wsd build --model sd15 --target cuda --dtype "$dtype"
+    step "build $MODEL $dtype" "build-$MODEL-$dtype.log" \
+        $PY -m wsd build --model $MODEL --target cuda --dtype "$dtype"
 }
 
 bench() {  # bench DTYPE [PARTS [wsd bench options, e.g. --profile 15]]
     local dtype=${1:-float16} parts=${2:-clip,unet,vae,image,memory}
-    local name="bench-sd15-$dtype${2:+-${2//,/-}}"
+    local name="bench-$MODEL-$dtype${2:+-${2//,/-}}"
     shift $(($# < 2 ? $# : 2))
-    step "bench sd15 $dtype $parts" "$name.log" \
-        $PY -m wsd bench --model sd15 --target cuda --dtype "$dtype" --parts "$parts" \
+    step "bench $MODEL $dtype $parts" "$name.log" \
+        $PY -m wsd bench --model $MODEL --target cuda --dtype "$dtype" --parts "$parts" \
         --json "$OUT/$name.json" --markdown "$OUT/$name.md" "$@"
 }
 
@@ -134,17 +138,17 @@ models() {
 
 webgpu() {  # webgpu DTYPE [PARTS [wsd bench options, e.g. --profile 30]]
     local dtype=${1:-float16} parts=${2:-clip,unet,vae} target=${WEBGPU_TARGET:-webgpu-native}
-    local name="${target/-native/}-sd15-$dtype${2:+-${2//,/-}}"
+    local name="${target/-native/}-$MODEL-$dtype${2:+-${2//,/-}}"
     shift 2 2>/dev/null || shift $#
     # Not under `step`: its exports (VK_DRIVER_FILES) must reach the bench below.
     if ! webgpu_env >>"$OUT/$name.log" 2>&1; then
         echo "=== webgpu: installing the Vulkan loaders or wgpu failed ($OUT/$name.log)" \
             | tee -a "$OUT/$name.log"
-        SUMMARY+=("webgpu sd15 $dtype $parts: install failed")
+        SUMMARY+=("webgpu $MODEL $dtype $parts: install failed")
         return 0
     fi
-    step "$target sd15 $dtype $parts" "$name.log" \
-        $PY -m wsd bench --model sd15 --target "$target" --dtype "$dtype" --parts "$parts" \
+    step "$target $MODEL $dtype $parts" "$name.log" \
+        $PY -m wsd bench --model $MODEL --target "$target" --dtype "$dtype" --parts "$parts" \
         --torch-compile off --json "$OUT/$name.json" --markdown "$OUT/$name.md" "$@"
 }
 
