@@ -25,6 +25,9 @@ output, whose bands are concatenated:
                            bands; mean and variance from them, applied per band (as
                            wsd.kernels.group_norm computes an unsplit group norm)
 
+Bands are combined (the statistics' sums, the output's concatenation) at most FAN_IN at a
+time, so that no fused kernel binds more than WebGPU's default 8 storage buffers.
+
 UNet: diffusers' BasicTransformerBlock can run its feed-forward in token chunks
 (`set_chunk_feed_forward`; the feed-forward acts on each token alone, so this is exact); the
 blocks whose feed-forward holds a tensor over the limit get the fewest chunks that fit.
@@ -141,6 +144,34 @@ def plan_decoder(decoder, latent_rows: int, latent_cols: int, dtype,
     return plan
 
 
+# WebGPU's default maxStorageBuffersPerShaderStage is 8: a kernel reads at most 7 tensors
+# besides the one it writes. Element-wise and injective work (adds, concatenation) over all
+# bands would fuse into one kernel reading every band, so bands are combined at most
+# FAN_IN at a time, with a kernel boundary between the rounds.
+FAN_IN = 7
+
+
+def _boundary(x: torch.Tensor) -> torch.Tensor:
+    """x, through a kernel of its own: a sum over an axis of extent 1 is a reduction, and TVM
+    fuses neither injective producers nor consumers into a reduction kernel's output side."""
+    return x.unsqueeze(0).sum(0)
+
+
+def _total(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the parts, FAN_IN at a time (stack: a kernel of its own; sum: a reduction)."""
+    while len(parts) > 1:
+        parts = [torch.stack(parts[i:i + FAN_IN]).sum(0) for i in range(0, len(parts), FAN_IN)]
+    return parts[0]
+
+
+def _gather(bands: list[torch.Tensor]) -> torch.Tensor:
+    """The bands concatenated along rows, FAN_IN at a time."""
+    while len(bands) > FAN_IN:
+        bands = [_boundary(torch.cat(bands[i:i + FAN_IN], dim=2))
+                 for i in range(0, len(bands), FAN_IN)]
+    return torch.cat(bands, dim=2)
+
+
 def _conv(conv: torch.nn.Conv2d, bands: list[torch.Tensor]) -> list[torch.Tensor]:
     """conv over the bands' concatenation, band by band (stride 1): each band with `pad`
     rows of its neighbours, zero rows at the image's edges."""
@@ -164,8 +195,8 @@ def _group_norm(norm: torch.nn.GroupNorm, bands: list[torch.Tensor]) -> list[tor
     n, c = bands[0].shape[:2]
     groups = norm.num_groups
     count = c // groups * sum(b.shape[2] * b.shape[3] for b in bands)
-    sums = sum(b.float().sum(dim=(2, 3)) for b in bands)
-    squares = sum(b.float().square().sum(dim=(2, 3)) for b in bands)
+    sums = _total([b.float().sum(dim=(2, 3)) for b in bands])
+    squares = _total([b.float().square().sum(dim=(2, 3)) for b in bands])
     mean = sums.reshape(n, groups, -1).sum(-1) / count
     var = squares.reshape(n, groups, -1).sum(-1) / count - mean * mean
     rstd = torch.rsqrt(var + norm.eps)
@@ -232,7 +263,7 @@ class BandedDecoder(torch.nn.Module):
                 bands = [F.interpolate(b, scale_factor=2.0, mode="nearest") for b in bands]
                 bands = _conv(up.conv, bands)
         bands = [self.conv_act(b) for b in _group_norm(self.conv_norm_out, bands)]
-        return torch.cat(_conv(self.conv_out, bands), dim=2)
+        return _gather(_conv(self.conv_out, bands))
 
 
 # ---- the UNet ---------------------------------------------------------------------------------
