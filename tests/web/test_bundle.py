@@ -119,6 +119,10 @@ def test_config(bundle):
     assert 0 < req["max_invocations_per_workgroup"] <= 256
     assert 0 < req["max_workgroup_storage_bytes"] <= 16384
     assert req["webgpu_defaults_ok"] is True
+    # wsd.compiler.split's choice: nothing of the tiny model needs splitting
+    splitting = config["splitting"]
+    assert splitting["method"] == "exact" and "untiled" in splitting["why"]
+    assert splitting["decode"]["first_block"] is None and splitting["unet"] == {}
 
 
 def test_cli_errors(capsys, tmp_path):

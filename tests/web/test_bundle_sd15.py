@@ -2,7 +2,7 @@
 --target webgpu --dtype float16` fits WebGPU's default limits (128 MiB per storage binding,
 256 MiB per buffer, 16 KiB workgroup storage, 256 invocations, 8 storage buffers per kernel),
 so it runs on any adapter with shader-f16; the float32 build states the larger limits it
-needs. Each build takes ~2 min on 2 cores (trace ~50 s, compile ~40 s, link ~8 s, weights
+needs (its token embedding is 144.75 MiB). Larger sizes: tests/unit/test_split.py. Each build takes ~2 min on 2 cores (trace ~50 s, compile ~40 s, link ~8 s, weights
 ~15 s: 1.9 GiB fp16, 3.8 GiB fp32, removed afterwards).
 """
 
@@ -89,15 +89,25 @@ def test_fp16_fits_webgpu_defaults(fp16):
     # the token embedding, 49408 x 768 fp16, is the largest weight
     assert req["max_weight_bytes"] == 49408 * 768 * 2
     assert "defaults suffice" in log
+    # at 512x512 nothing exceeds 128 MiB: no splitting (wsd.compiler.split)
+    assert config["splitting"]["decode"]["first_block"] is None
+    assert config["splitting"]["unet"] == {}
+    assert "splitting        none needed" in log
 
 
 def test_fp32_states_its_limits(fp32):
     config, metadata, log = fp32
     req = _common(config, metadata, log)
     assert req["shader_f16"] is False
-    # 256 channels at 512x512 in the VAE decoder: 256 MiB in float32
-    assert req["max_storage_bytes"] == 256 * 512 * 512 * 4
-    assert req["max_storage_binding_bytes"] > 128 * MiB
+    # the token embedding, 49408 x 768 fp32 (144.75 MiB), needs a binding over 128 MiB; the
+    # decoder's 256 channels at 512x512 (256 MiB in float32) are split down to its size
+    # (wsd.compiler.split)
+    assert req["max_weight_bytes"] == 49408 * 768 * 4
+    assert req["max_storage_bytes"] <= req["max_weight_bytes"]
+    assert config["splitting"]["split_limit_bytes"] == req["max_weight_bytes"]
+    assert config["splitting"]["decode"]["first_block"] is not None
+    assert "needs a binding over 128 MiB anyway" in log
+    assert req["max_storage_binding_bytes"] == req["max_weight_bytes"] > 128 * MiB
     assert req["webgpu_defaults_ok"] is False
     over = limits.check(req)
     assert over and over[0].startswith("max_storage_binding_bytes = ")

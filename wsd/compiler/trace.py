@@ -93,7 +93,11 @@ class EmbeddedGuidanceUNet(torch.nn.Module):
 
 
 class VaeDecoder(torch.nn.Module):
-    """Latents -> RGB image (1, H, W, 3) in [0, 1], as diffusers' image processor leaves it."""
+    """Latents -> RGB image (1, H, W, 3) in [0, 1], as diffusers' image processor leaves it.
+
+    WebGPU builds at sizes whose decoder tensors exceed a storage binding replace `decoder`
+    with wsd.compiler.split.BandedDecoder (same weights, same names): the same image, its
+    high-resolution stages in row bands."""
 
     def __init__(self, vae):
         super().__init__()
@@ -118,6 +122,7 @@ class Traced:
     weight_names: dict[str, list[str]]  # function -> state-dict names, in parameter order
     num_inputs: dict[str, int]  # function -> number of runtime (non-weight) inputs
     modules: dict[str, torch.nn.Module]  # function -> the wrapped module (its weights)
+    split: dict | None = None  # wsd.compiler.split's record, where a binding limit was given
 
 
 def to_relax(module: torch.nn.Module, example_inputs: tuple,
@@ -199,11 +204,21 @@ def wrap_modules(model: Model, names=None,
 
 
 def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
-                names=None) -> Traced:
-    """Trace the model's functions (default: all) into one IRModule."""
+                names=None, max_binding_bytes: int | None = None) -> Traced:
+    """Trace the model's functions (default: all) into one IRModule. With `max_binding_bytes`
+    (WebGPU builds: the storage-binding limit) the tensors that would exceed it are split
+    exactly (wsd.compiler.split: the decoder in row bands, the UNet's feed-forward in token
+    chunks); Traced.split records what was split and why."""
+    from wsd.compiler import split
+
     check_size(model, height, width)
     check_dtype(dtype)
     modules = wrap_modules(model, names, dtype)
+    record = None
+    if max_binding_bytes is not None:
+        f = model.vae_scale_factor
+        record = split.plan(modules, height // f, width // f, dtype, max_binding_bytes)
+        split.apply(modules, record)
     inputs = example_inputs(model, height, width)
     mod = tvm.IRModule()
     weight_names, num_inputs = {}, {}
@@ -215,7 +230,7 @@ def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
         # from call to call (CUDA graphs may capture kernels that read them)
         mod[name] = func.with_attr("global_symbol", name).with_attr("num_input",
                                                                     num_inputs[name])
-    return Traced(mod, weight_names, num_inputs, modules)
+    return Traced(mod, weight_names, num_inputs, modules, record)
 
 
 def check_dtype(dtype: str) -> None:

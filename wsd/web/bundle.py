@@ -16,6 +16,11 @@ compiling (`wsd build --target webgpu --weights-only --from DIR`): wsd-config.js
 the model's `architecture` (wsd.models.Model.architecture) and, per function, which weights
 it takes in which dtype and stored layout (`weight_meta`, as a library's meta.json).
 
+`splitting` in wsd-config.json: how tensors that would exceed WebGPU's default storage binding
+(128 MiB) were split, and why (wsd.compiler.split.plan's record: "method" "exact", "why", the
+decoder's row bands under "decode", the UNet's feed-forward token chunks under "unet");
+`wsd build` prints it.
+
 `requirements` in wsd-config.json: what the adapter must offer (wsd.web.limits reads it from the
 lowered module, its kernels and the generated WGSL). The web app reads `shader_f16`,
 `max_buffer_bytes` and `max_storage_binding_bytes`:
@@ -58,7 +63,7 @@ import tvm
 from tvm import relax
 
 from wsd import settings
-from wsd.compiler import buffers, layout
+from wsd.compiler import buffers, layout, split
 from wsd.compiler import pipeline as wsd_build
 from wsd.compiler.trace import check_dtype, resolve_size, trace_model
 from wsd.models import Model
@@ -139,8 +144,12 @@ def _model_entries(model: Model, tokenizer) -> dict:
 
 
 def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
-                 width: int | None = None, log=print) -> dict:
-    """Write the web bundle for `model` into out_dir; returns the wsd-config.json dict."""
+                 width: int | None = None, log=print,
+                 max_binding_bytes: int = limits.WEBGPU_DEFAULTS["max_storage_binding_bytes"]
+                 ) -> dict:
+    """Write the web bundle for `model` into out_dir; returns the wsd-config.json dict.
+    Tensors over `max_binding_bytes` (WebGPU's default storage-binding limit) are split
+    exactly (wsd.compiler.split); "splitting" in wsd-config.json records how and why."""
     check_dtype(dtype)
     height, width = resolve_size(model, height, width)
     out = Path(out_dir)
@@ -153,7 +162,9 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
 
     t0 = time.time()
     log(f"tracing {model.name} ({dtype}, {height}x{width}) ...")
-    traced = trace_model(model, height, width, dtype)
+    traced = trace_model(model, height, width, dtype, max_binding_bytes=max_binding_bytes)
+    for line in split.describe(traced.split):
+        log(line)
     mod = wsd_build.add_scheduler_functions(traced.mod)
     inputs = {name: _param_info(mod[name], traced.num_inputs.get(name, len(mod[name].params)))
               for name in (gv.name_hint for gv in mod.get_global_vars())
@@ -207,6 +218,7 @@ def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | No
         "target": str(target), "tvm_version": tvm.__version__,
         "files": {"wasm": wasm.name, "params": "params/", "tokenizer": "tokenizer.json"},
         "functions": functions,
+        "splitting": traced.split,
         "requirements": {
             "shader_f16": dtype == "float16",
             **limits.requirements(compiled.storages, compiled.intermediates, kernels,
