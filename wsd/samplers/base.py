@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 from tvm import relax, tirx
 
+from wsd.settings import check_strength  # noqa: F401 (the samplers' strength check)
+
 ANY = object()  # an option whose every value is supported
 
 
@@ -255,13 +257,6 @@ class Scheduler:
     @classmethod
     def relax_functions(cls) -> dict[str, relax.Function]:
         return {k.name: k.relax_function() for k in cls.kernels}
-
-
-def check_strength(strength) -> None:
-    """Image-to-image strength: a number in (0, 1]."""
-    if (isinstance(strength, bool) or not isinstance(strength, Number)
-            or not 0 < strength <= 1):
-        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
 
 
 def resolve_config(name: str, options: dict, config: dict) -> dict:
