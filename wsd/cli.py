@@ -78,6 +78,7 @@ def cmd_generate(args) -> int:
         raise ValueError(f"sampler {args.scheduler!r} does not apply to {model.name} "
                          f"({model.family.description}); choose one of: "
                          f"{', '.join(model.family.samplers)}")
+    image = _image_input(args, model)  # its errors come before any build
     model, library = _build_library(args, log, model)
     pipe = Pipeline(model, library)
     start = time.time()
@@ -86,12 +87,19 @@ def cmd_generate(args) -> int:
             bar.total = total  # PNDM's warm-up evaluates one timestep twice: steps + 1
             bar.update(done - bar.n)
 
-        image = pipe.generate(args.prompt, args.negative_prompt, args.scheduler, args.steps,
-                              args.guidance_scale, seed, progress=progress)
+        out_image = pipe.generate(args.prompt, args.negative_prompt, args.scheduler,
+                                  args.steps, args.guidance_scale, seed, progress=progress,
+                                  image=image, strength=args.strength)
     parameters = {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
                   "model": args.model, "scheduler": args.scheduler, "steps": args.steps,
                   "guidance_scale": args.guidance_scale, "seed": seed, "dtype": args.dtype,
                   "target": args.target}
+    if image is not None:
+        from wsd.runtime.image import file_record
+
+        parameters["image"] = file_record(args.image)
+        parameters["strength"] = args.strength
+    image = out_image
     if model.loras:
         from wsd.models.lora import records
 
@@ -104,6 +112,24 @@ def cmd_generate(args) -> int:
     log(f"wrote {out} ({image.shape[1]}x{image.shape[0]}, seed {seed}) "
         f"in {time.time() - start:.1f} s")
     return 0
+
+
+def _image_input(args, model):
+    """--image/--strength, checked: the picture (PIL, RGB) or None. The image's size, rounded
+    down to multiples of 8 as diffusers does, must be the size the library is built for."""
+    if args.image is None:
+        if args.strength is not None:
+            raise ValueError("--strength is for image-to-image: give --image too")
+        return None
+    from wsd.compiler.trace import resolve_size
+    from wsd.runtime.image import prepare_image, read_image
+
+    args.strength = settings.STRENGTH if args.strength is None else args.strength
+    settings.check_strength(args.strength)
+    height, width = resolve_size(model, args.height, args.width)
+    image = read_image(args.image)
+    prepare_image(image, height, width, model.vae_scale_factor)  # the size check
+    return image
 
 
 def cmd_build(args) -> int:
@@ -219,6 +245,14 @@ def parser() -> argparse.ArgumentParser:
                           f"0, LCM 8.5)")
     gen.add_argument("--seed", type=int, help="default: a random seed, printed")
     gen.add_argument("--out", default="wsd.png")
+    gen.add_argument("--image", metavar="PATH",
+                     help="image-to-image: start from this picture (PNG, JPEG, ...). Its size, "
+                          "rounded down to multiples of 8, must be the image size (--width, "
+                          "--height; default the model's), which the output keeps")
+    gen.add_argument("--strength", type=float,
+                     help=f"with --image: how much to change it, in (0, 1] (default "
+                          f"{settings.STRENGTH:g}, as diffusers): the last int(steps * strength) "
+                          "steps run")
     _model_options(gen, "generate")
     _lora_option(gen)
     gen.set_defaults(func=cmd_generate)

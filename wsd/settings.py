@@ -32,6 +32,7 @@ SCHEDULER = "pndm"
 STEPS = 25
 GUIDANCE_SCALE = 7.5
 SEED = 0
+STRENGTH = 0.8  # image-to-image: diffusers' StableDiffusionImg2ImgPipeline default
 
 MIN_STEPS, MAX_STEPS = 1, 1000
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 100.0
@@ -49,6 +50,13 @@ def check(steps, guidance_scale, seed) -> None:
                          f"{MAX_GUIDANCE:g}, got {guidance_scale!r}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"seed must be an integer from 0 to 2**64-1, got {seed!r}")
+
+
+def check_strength(strength) -> None:
+    """Image-to-image strength: a number in (0, 1] (0 would keep no denoising step)."""
+    if (isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.number))
+            or not 0 < strength <= 1):
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
 
 
 def record(model=None) -> dict:

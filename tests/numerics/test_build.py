@@ -25,7 +25,8 @@ def test_second_build_is_served_from_cache(monkeypatch):
     second = build(model, "llvm", "float32", log=messages.append)
     assert second.path == first.path
     assert any("using cached library" in m for m in messages)
-    assert set(second.meta["functions"]) == {"encode_text", "unet_guided", "unet", "decode"}
+    assert set(second.meta["functions"]) == {"encode_text", "encode_image", "unet_guided", "unet",
+                                             "decode"}
     # llvm reads linear weights as (K, N): the build stores them so (wsd.compiler.layout.WeightLayouts)
     assert [1, 0] in second.meta["functions"]["unet"]["weight_layouts"]
 

@@ -22,7 +22,7 @@ from wsd.compiler.trace import trace_model
 
 DTYPES = ("float32", "float16")
 PART_PREFIX = {"encode_text": ("text_encoder", "text_encoder."), "unet_guided": ("unet", "unet."),
-               "unet": ("unet", "unet."), "decode": ("vae", "")}
+               "unet": ("unet", "unet."), "encode_image": ("vae", ""), "decode": ("vae", "")}
 
 
 @pytest.fixture(scope="module")

@@ -58,20 +58,49 @@ def relative_error(ours, reference: torch.Tensor) -> float:
 
 
 def compare_loop(run, name: str, config: dict, steps: int, shape=SHAPE, seed: int = 0,
-                 noise_seeds=(7, 7)) -> float:
+                 noise_seeds=(7, 7), strength: float | None = None,
+                 lcm_pipeline: bool = False) -> float:
     """Denoise side by side; assert every step's model input and latents; return the worst
     relative error. Model outputs are random (fixed seed, new each step), uploaded to the
-    device as the UNet's would be; our latents stay on the device between steps."""
+    device as the UNet's would be; our latents stay on the device between steps.
+
+    With a strength: image-to-image, as StableDiffusionImg2ImgPipeline drives the scheduler
+    (get_timesteps: the last int(steps * strength) timesteps, set_begin_index, then add_noise
+    of random "image latents" at the first of them), or with `lcm_pipeline` as
+    LatentConsistencyModelImg2ImgPipeline does (set_timesteps(..., strength=strength))."""
     ours, ref = make_scheduler(name, config), diffusers_scheduler(name, config)
-    ours.set_timesteps(steps)
-    ref.set_timesteps(steps)
-    assert len(ours.timesteps) == len(ref.timesteps)
     rs = np.random.RandomState(seed)
-    ref_latents = torch.from_numpy(rs.randn(*shape).astype(np.float32)) * ref.init_noise_sigma
-    latents = run.upload(ref_latents.numpy())
+    if strength is None:
+        ours.set_timesteps(steps)
+        ref.set_timesteps(steps)
+        timesteps = ref.timesteps
+        ref_latents = torch.from_numpy(rs.randn(*shape).astype(np.float32)) * ref.init_noise_sigma
+        latents = run.upload(ref_latents.numpy())
+    else:
+        if lcm_pipeline:
+            ours.set_timesteps(steps, strength=strength)
+            ref.set_timesteps(steps, strength=strength)
+            timesteps = ref.timesteps
+        else:
+            ours.set_timesteps(steps)
+            ref.set_timesteps(steps)
+            t_start = max(steps - min(int(steps * strength), steps), 0)
+            timesteps = ref.timesteps[t_start * ref.order:]
+            if hasattr(ref, "set_begin_index"):
+                ref.set_begin_index(t_start * ref.order)
+            ours.truncate(strength)
+        image = rs.randn(*shape).astype(np.float32)
+        noise = rs.randn(*shape).astype(np.float32)
+        ref_latents = ref.add_noise(torch.from_numpy(image), torch.from_numpy(noise),
+                                    timesteps[:1])
+        latents = ours.add_noise(run, image, noise)
+        err = relative_error(latents, ref_latents)
+        assert err <= TOL, f"{name} {steps} steps: add_noise off by {err:.2e}"
+    assert len(ours.timesteps) == len(timesteps)
+    np.testing.assert_array_equal(ours.timesteps, timesteps.numpy().astype(np.float32))
     rng, generator = TorchRng(noise_seeds[0]), torch.Generator("cpu").manual_seed(noise_seeds[1])
     worst = 0.0
-    for i, t in enumerate(ref.timesteps):
+    for i, t in enumerate(timesteps):
         ref_input = ref.scale_model_input(ref_latents, t)
         err = relative_error(ours.scale_model_input(run, latents, i), ref_input)
         assert err <= TOL, f"{name} {steps} steps: model input of step {i} off by {err:.2e}"
@@ -79,7 +108,7 @@ def compare_loop(run, name: str, config: dict, steps: int, shape=SHAPE, seed: in
         kwargs = {"generator": generator} if name in STOCHASTIC else {}
         out = ref.step(torch.from_numpy(model_output), t, ref_latents, **kwargs)
         ref_latents = out.prev_sample
-        if name == "lcm" and i == len(ref.timesteps) - 1:
+        if name == "lcm" and i == len(timesteps) - 1:
             # what LatentConsistencyModelPipeline decodes (`denoised`) is what
             # StableDiffusionPipeline decodes (prev_sample) after the last step
             assert torch.equal(out.denoised, out.prev_sample)
@@ -189,9 +218,95 @@ def test_stochastic_samplers_follow_the_generator(run, name):
         compare_loop(run, name, SD15, 5, noise_seeds=(7, 8))
 
 
-# ---- LCM ---------------------------------------------------------------------------------
+# ---- image-to-image ------------------------------------------------------------------------
 
 LCM_CONFIGS = {"dreamshaper": LCM_SCHEDULER, "lora-sd15": SD15, "sd21-v": SD21_SCHEDULER}
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("steps", (1, 2, 3, 4, 7, 10, 25))
+@pytest.mark.parametrize("strength", (0.1, 0.3, 0.5, 0.6, 0.75, 0.8, 0.99, 1.0))
+def test_img2img_matches_diffusers(run, name, steps, strength):
+    """get_timesteps' truncation, set_begin_index, add_noise at the first kept timestep,
+    then the kept steps (PNDM's warm-up and DPM-Solver's first order restart there)."""
+    if int(steps * strength) == 0:
+        with pytest.raises(ValueError, match=f"strength {strength:g} with {steps} steps "
+                                             "leaves no denoising step"):
+            scheduler = make_scheduler(name, SD15)
+            scheduler.set_timesteps(steps)
+            scheduler.truncate(strength)
+        return
+    compare_loop(run, name, SD15, steps, strength=strength)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_img2img_spacings_and_v_prediction(run, name, spacing):
+    for config in ({**SD15, "timestep_spacing": spacing},
+                   {**SD15, "timestep_spacing": spacing, "prediction_type": "v_prediction"}):
+        compare_loop(run, name, config, 10, strength=0.6)
+
+
+@pytest.mark.parametrize("config", list(LCM_CONFIGS.values()), ids=list(LCM_CONFIGS))
+@pytest.mark.parametrize("steps", (1, 2, 4, 8))
+@pytest.mark.parametrize("strength", (0.2, 0.5, 0.8, 1.0))
+def test_lcm_img2img_pipeline_matches_diffusers(run, config, steps, strength):
+    """LatentConsistencyModelImg2ImgPipeline: strength shortens LCM's original schedule."""
+    if int(50 * strength) < steps:
+        ref = diffusers_scheduler("lcm", config)
+        with pytest.raises(ValueError):
+            ref.set_timesteps(steps, strength=strength)
+        with pytest.raises(ValueError, match="raise the strength or lower the number of steps"):
+            make_scheduler("lcm", config).set_timesteps(steps, strength=strength)
+        return
+    compare_loop(run, "lcm", config, steps, strength=strength, lcm_pipeline=True)
+
+
+@pytest.mark.parametrize("strength", (0, -0.5, 1.5, float("nan"), "0.5", None, True))
+def test_bad_strengths(strength):
+    for name in NAMES:
+        scheduler = make_scheduler(name, SD15)
+        scheduler.set_timesteps(10)
+        with pytest.raises(ValueError, match="strength must be a number in \\(0, 1\\]"):
+            scheduler.truncate(strength)
+    with pytest.raises(ValueError, match="strength must be a number in \\(0, 1\\]"):
+        make_scheduler("lcm", SD15).set_timesteps(4, strength=strength)
+
+
+def test_truncate_order(run):
+    scheduler = make_scheduler("ddim", SD15)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        scheduler.truncate(0.5)
+    scheduler.set_timesteps(10)
+    scheduler.truncate(0.5)
+    assert scheduler.begin_index == 5 and len(scheduler.timesteps) == 5
+    with pytest.raises(ValueError, match="once"):
+        scheduler.truncate(0.5)
+    x = np.zeros(SHAPE, np.float32)
+    scheduler.step(run, x, 0, x)
+    with pytest.raises(ValueError, match="before the first step"):
+        scheduler.add_noise(run, x, x)
+    scheduler.set_timesteps(10)  # starts over
+    assert scheduler.begin_index == 0 and len(scheduler.timesteps) == 10
+
+
+def test_latent_sample(run):
+    """scaling_factor * (mean + std * noise), as diffusers' DiagonalGaussianDistribution."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from wsd.samplers.base import latent_sample
+
+    rs = np.random.RandomState(0)
+    mean = rs.randn(*SHAPE).astype(np.float32)
+    logvar = (rs.randn(*SHAPE) * 3).astype(np.float32)
+    dist = DiagonalGaussianDistribution(torch.cat([torch.from_numpy(mean),
+                                                   torch.from_numpy(logvar)], dim=1))
+    expected = 0.18215 * dist.sample(torch.Generator("cpu").manual_seed(5))
+    noise = TorchRng(5).randn(SHAPE)
+    ours = latent_sample(run, mean, dist.std.numpy(), noise, [0.18215])
+    assert relative_error(ours, expected) <= 1e-6
+
+
+# ---- LCM ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("config", list(LCM_CONFIGS.values()), ids=list(LCM_CONFIGS))
@@ -427,7 +542,9 @@ def test_relax_functions(run):
         for k in cls.kernels:
             assert k.name.startswith(prefixes[name]) and k.name in functions
             assert run.has(k.name)
-    assert len(functions) == sum(len(c.kernels) for c in SCHEDULERS.values())
+    for shared in ("add_noise", "latent_sample"):
+        assert shared in functions and run.has(shared)
+    assert len(functions) == sum(len(c.kernels) for c in SCHEDULERS.values()) + 2
     for name, func in functions.items():
         assert func.attrs["global_symbol"] == name
         latent = func.params[0].ty

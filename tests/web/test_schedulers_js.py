@@ -22,6 +22,7 @@ pytest.importorskip("diffusers")
 
 from tests.cases import REAL_SCHEDULER_CONFIGS, SCHEDULER_VARIANTS, SD15  # noqa: E402
 from wsd.samplers import SCHEDULERS, diffusers_scheduler, make_scheduler  # noqa: E402
+from wsd.samplers.base import COMMON_KERNELS  # noqa: E402
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
@@ -57,13 +58,28 @@ LCM_ORIGINAL = [("orig8", SD15, 8), ("orig20", SD15, 20), ("orig100", SD15, 100)
                 ("orig-real", REAL_SCHEDULER_CONFIGS["lcm"], 4)]
 
 
+# image-to-image: (strength, how): "truncate" (StableDiffusionImg2ImgPipeline.get_timesteps)
+# or "lcm" (LatentConsistencyModelImg2ImgPipeline: set_timesteps(..., strength))
+IMG2IMG_CONFIGS = [("sd15", SD15), ("trailing", {**SD15, "timestep_spacing": "trailing"}),
+                   ("v", {**SD15, "prediction_type": "v_prediction"})]
+IMG2IMG_STEPS = (1, 2, 3, 10, 25)
+IMG2IMG_STRENGTHS = (0.05, 0.3, 0.6, 0.99, 1.0)
+LCM_IMG2IMG = [("lcm-real", REAL_SCHEDULER_CONFIGS["lcm"]), ("lcm-sd15", SD15)]
+
+
 def _cases():
     cases = [(n, label, cfg) for n in NAMES for label, cfg in CONFIGS]
     cases += [(n, f"variant{i}", cfg) for i, (n, cfg) in enumerate(VARIANTS)]
     cases += REAL
-    out = [(n, label, cfg, steps, None) for n, label, cfg in cases for steps in STEPS]
-    out += [("lcm", label, cfg, steps, original) for label, cfg, original in LCM_ORIGINAL
+    out = [(n, label, cfg, steps, None, None) for n, label, cfg in cases for steps in STEPS]
+    out += [("lcm", label, cfg, steps, original, None) for label, cfg, original in LCM_ORIGINAL
             for steps in STEPS]
+    out += [(n, f"i2i-{label}-{strength:g}", cfg, steps, None, [strength, "truncate"])
+            for n in NAMES for label, cfg in IMG2IMG_CONFIGS for steps in IMG2IMG_STEPS
+            for strength in IMG2IMG_STRENGTHS]
+    out += [("lcm", f"i2i-{label}-{strength:g}", cfg, steps, None, [strength, "lcm"])
+            for label, cfg in LCM_IMG2IMG for steps in (1, 2, 4, 8)
+            for strength in (0.05, 0.2, 0.5, 1.0)]
     return out
 
 
@@ -81,15 +97,21 @@ def _bits(a) -> list[int]:
     return np.asarray(a, np.float32).reshape(-1).view(np.int32).tolist()
 
 
-def python_events(name: str, config: dict, steps: int, original=None) -> dict:
+def python_events(name: str, config: dict, steps: int, original=None, img2img=None) -> dict:
     try:
         s = make_scheduler(name, config)
         before = s.init_noise_sigma
-        s.set_timesteps(steps, *([] if original is None else [original]))
+        if img2img is not None and img2img[1] == "lcm":
+            s.set_timesteps(steps, original, strength=img2img[0])
+        else:
+            s.set_timesteps(steps, *([] if original is None else [original]))
+        if img2img is not None and img2img[1] == "truncate":
+            s.truncate(img2img[0])
     except ValueError as e:
         return {"error": str(e)}
     events, counter = [], [0]
     kernels = {k.name: k for cls in SCHEDULERS.values() for k in cls.kernels}
+    kernels.update({k.name: k for k in COMMON_KERNELS})
 
     def run(kname, *args):
         k = kernels[kname]
@@ -115,6 +137,8 @@ def python_events(name: str, config: dict, steps: int, original=None) -> dict:
             return np.full(shape, Rng.draws, np.float32)
 
     latents = Token("latents")
+    if img2img is not None:
+        latents = s.add_noise(run, Token("image"), Token("noise"))
     for i in range(len(s.timesteps)):
         x = s.scale_model_input(run, latents, i)
         events.append(["unet", x.name, _bits(s.timesteps[i])])
@@ -134,12 +158,15 @@ const bits = (a) => Array.from(new Int32Array(Float32Array.from(a).buffer));
 class Token { constructor(name, shape) { this.name = name; this.shape = shape; } }
 const SHAPE = %(shape)s;
 
-function events(name, config, steps, original) {
+function events(name, config, steps, original, img2img) {
   let s, before;
   try {
     s = makeScheduler(name, config);
     before = s.initNoiseSigma;
-    if (original === null) s.setTimesteps(steps); else s.setTimesteps(steps, original);
+    if (img2img !== null && img2img[1] === "lcm") s.setTimesteps(steps, original, img2img[0]);
+    else if (original === null) s.setTimesteps(steps);
+    else s.setTimesteps(steps, original);
+    if (img2img !== null && img2img[1] === "truncate") s.truncate(img2img[0]);
   } catch (e) {
     return { error: e.message };
   }
@@ -161,6 +188,7 @@ function events(name, config, steps, original) {
   };
   const rng = { randn(shape) { draws += 1; ev.push(["randn", shape]); return { noise: draws, shape }; } };
   let latents = new Token("latents", SHAPE);
+  if (img2img !== null) latents = s.addNoise(run, new Token("image", SHAPE), new Token("noise", SHAPE));
   for (let i = 0; i < s.timesteps.length; i++) {
     const x = s.scaleModelInput(run, latents, i);
     ev.push(["unet", x.name, bits([s.timesteps[i]])]);
@@ -177,13 +205,24 @@ function error(f) {
 
 const input = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const t0 = performance.now();
-const results = input.cases.map(([name, config, steps, original]) =>
-  events(name, config, steps, original));
+const results = input.cases.map(([name, config, steps, original, img2img]) =>
+  events(name, config, steps, original, img2img));
 const errors = input.errors.map((c) => {
   if (c.kind === "make") return error(() => makeScheduler(c.name, c.config));
   if (c.kind === "steps") return error(() => makeScheduler(c.name, c.config).setTimesteps(c.steps));
   if (c.kind === "steps_original") {
     return error(() => makeScheduler(c.name, c.config).setTimesteps(c.steps, c.original));
+  }
+  if (c.kind === "lcm_strength") {
+    return error(() => makeScheduler(c.name, c.config).setTimesteps(c.steps, null, c.strength));
+  }
+  if (c.kind === "truncate") {
+    return error(() => {
+      const s = makeScheduler(c.name, c.config);
+      if (c.set) s.setTimesteps(c.steps);
+      s.truncate(c.strength);
+      if (c.twice) s.truncate(c.strength);
+    });
   }
   const s = makeScheduler(c.name, c.config);
   const t = (n) => new Token(n, SHAPE);
@@ -254,6 +293,17 @@ def _error_cases():
                "original": original}
               for steps, original in ((5, 4), (5, 0), (5, 1001), (5, 2.5), (5, True), (4, 4),
                                       (1001, 1000), (0, 10))]
+    for n in NAMES:
+        cases += [{"kind": "truncate", "name": n, "config": SD15, "steps": 10, "set": True,
+                   "strength": strength}
+                  for strength in (0, -0.5, 1.5, "0.5", None, True, 0.05)]  # (JSON has no NaN)
+        cases += [{"kind": "truncate", "name": n, "config": SD15, "steps": 10, "set": False,
+                   "strength": 0.5},
+                  {"kind": "truncate", "name": n, "config": SD15, "steps": 10, "set": True,
+                   "strength": 0.5, "twice": True}]
+    cases += [{"kind": "lcm_strength", "name": "lcm", "config": SD15, "steps": steps,
+               "strength": strength}
+              for steps, strength in ((4, 0), (4, 1.5), (4, "1"), (4, 0.05), (8, 0.1), (4, 0.1))]
     return cases
 
 
@@ -275,6 +325,15 @@ def python_error(c) -> str | None:
             make_scheduler(c["name"], c["config"]).set_timesteps(c["steps"])
         elif c["kind"] == "steps_original":
             make_scheduler(c["name"], c["config"]).set_timesteps(c["steps"], c["original"])
+        elif c["kind"] == "lcm_strength":
+            make_scheduler(c["name"], c["config"]).set_timesteps(c["steps"], None, c["strength"])
+        elif c["kind"] == "truncate":
+            s = make_scheduler(c["name"], c["config"])
+            if c["set"]:
+                s.set_timesteps(c["steps"])
+            s.truncate(c["strength"])
+            if c.get("twice"):
+                s.truncate(c["strength"])
         else:
             s = make_scheduler(c["name"], c["config"])
             if c["kind"] == "step_before_set":
@@ -299,7 +358,8 @@ def js(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schedulers_js")
     driver = tmp / "driver.mjs"
     driver.write_text(DRIVER % {"module_url": json.dumps(INDEX_JS.as_uri()), "shape": json.dumps(SHAPE)})
-    payload = {"cases": [[n, cfg, steps, original] for n, _, cfg, steps, original in CASES],
+    payload = {"cases": [[n, cfg, steps, original, img2img]
+                         for n, _, cfg, steps, original, img2img in CASES],
                "errors": _error_cases()}
     (tmp / "input.json").write_text(json.dumps(payload))
     proc = subprocess.run([NODE, str(driver), str(tmp / "input.json")],
@@ -309,14 +369,29 @@ def js(tmp_path_factory):
 
 
 def _ids(case):
-    n, label, _, steps, _ = case
+    n, label, _, steps, _, _ = case
     return f"{n}-{label}-{steps}"
+
+
+def diffusers_timesteps(name, config, steps, original, img2img) -> list[int]:
+    """float32 bits of the timesteps diffusers' pipeline runs (img2img: as the pipelines
+    truncate or shorten them)."""
+    ref = diffusers_scheduler(name, config)
+    kwargs = {} if original is None else {"original_inference_steps": original}
+    if img2img is not None and img2img[1] == "lcm":
+        kwargs["strength"] = img2img[0]
+    ref.set_timesteps(steps, **kwargs)
+    timesteps = ref.timesteps
+    if img2img is not None and img2img[1] == "truncate":
+        timesteps = timesteps[steps - min(int(steps * img2img[0]), steps):]
+    return timesteps.numpy().astype(np.float32).view(np.int32).tolist()
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[_ids(c) for c in CASES])
 def test_js_scheduler_matches_python(js, index):
-    name, _, config, steps, original = CASES[index]
-    ours, theirs = js["results"][index], python_events(name, config, steps, original)
+    name, _, config, steps, original, img2img = CASES[index]
+    ours = js["results"][index]
+    theirs = python_events(name, config, steps, original, img2img)
     if "error" in theirs:
         assert ours == theirs
         return
@@ -328,17 +403,14 @@ def test_js_scheduler_matches_python(js, index):
     for k, (a, b) in enumerate(zip(ours["events"], theirs["events"])):
         assert a == b, f"event {k}: JS {a} != Python {b}"
     # and directly against diffusers
-    ref = diffusers_scheduler(name, config)
-    ref.set_timesteps(steps, **({} if original is None else
-                                {"original_inference_steps": original}))
-    ref_bits = ref.timesteps.numpy().astype(np.float32).view(np.int32).tolist()
-    assert ours["timesteps"] == ref_bits
+    assert ours["timesteps"] == diffusers_timesteps(name, config, steps, original, img2img)
 
 
 def test_all_kernels_exercised(js):
     """The cases above call every kernel of every sampler."""
     called = {e[1] for r in js["results"] if "events" in r for e in r["events"] if e[0] == "call"}
     every = {k.name for cls in SCHEDULERS.values() for k in cls.kernels}
+    every.add("add_noise")  # latent_sample: the engine's (tests/web/test_browser_run.py)
     assert called == every
 
 

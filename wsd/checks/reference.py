@@ -1,5 +1,7 @@
 """The reference: diffusers' StableDiffusionPipeline over the same weights and settings
-(LatentConsistencyModelPipeline for a UNet with a guidance embedding).
+(LatentConsistencyModelPipeline for a UNet with a guidance embedding); for image-to-image,
+StableDiffusionImg2ImgPipeline (LatentConsistencyModelImg2ImgPipeline) built from the same
+components.
 
 Used by the end-to-end tests and to (re)generate the golden images.
 """
@@ -112,8 +114,11 @@ class Reference:
         config = Path(folder) / "scheduler" / "scheduler_config.json"
         config.write_text(json.dumps(self.model.configs["scheduler"], indent=2))
 
-    def image(self, settings: Settings, height: int, width: int) -> np.ndarray:
-        """uint8 (height, width, 3). Noise comes from a CPU generator, as wsd's does."""
+    def image(self, settings: Settings, height: int | None = None, width: int | None = None,
+              image=None, strength: float | None = None) -> np.ndarray:
+        """uint8 (height, width, 3). Noise comes from a CPU generator, as wsd's does.
+        With `image` (a PIL image or a file path): image-to-image at `strength` (diffusers'
+        default 0.8), whose output size follows the image (height and width unused)."""
         scheduler, steps, guidance = self.model.settings(settings.scheduler, settings.steps,
                                                          settings.guidance_scale)
         self.pipe.scheduler = self._scheduler(scheduler, self.model.configs["scheduler"])
@@ -121,10 +126,39 @@ class Reference:
         # the LCM pipeline takes no negative prompt (its UNet runs on the prompt alone)
         negative = ({} if self.model.guidance_embedded
                     else {"negative_prompt": settings.negative_prompt or None})
+        if image is None:
+            pipe, size = self.pipe, {"height": height, "width": width}
+        else:
+            pipe, size = self.img2img(), {"image": _pil(image)}
+            if strength is not None:
+                size["strength"] = strength
         with torch.no_grad():
-            out = self.pipe(
+            out = pipe(
                 settings.prompt, **negative, num_inference_steps=steps,
-                guidance_scale=guidance, generator=generator, height=height, width=width,
-                output_type="np",
+                guidance_scale=guidance, generator=generator, output_type="np", **size,
             ).images[0]
         return to_uint8(out)
+
+    def img2img(self):
+        """diffusers' image-to-image pipeline over this pipeline's components (the same
+        modules, the scheduler last set)."""
+        from diffusers import (LatentConsistencyModelImg2ImgPipeline,
+                               StableDiffusionImg2ImgPipeline)
+
+        cls = (LatentConsistencyModelImg2ImgPipeline if self.model.guidance_embedded
+               else StableDiffusionImg2ImgPipeline)
+        pipe = cls(**self.pipe.components, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def _pil(image):
+    """A PIL image, as given or read from a file (diffusers' load_image would also apply EXIF
+    orientation; our test images have none)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    with Image.open(image) as opened:
+        opened.load()
+        return opened.copy()

@@ -34,8 +34,8 @@ from tvm import relax
 from wsd.compiler.buffers import kernel_workspace, nbytes, storage_sizes
 from wsd.compiler.weight_names import tensor_name
 
-# The functions a text-to-image run calls (the samplers' kernels work on latents only).
-MODEL_FUNCTIONS = ("encode_text", "unet_guided", "unet", "decode")
+# The functions a run calls (the samplers' kernels work on latents only).
+MODEL_FUNCTIONS = ("encode_text", "encode_image", "unet_guided", "unet", "decode")
 
 MIB = 1 << 20
 

@@ -114,6 +114,29 @@ class VaeDecoder(torch.nn.Module):
         return (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
 
 
+class VaeEncoder(torch.nn.Module):
+    """RGB image (1, H, W, 3) in [0, 1] (the layout `decode` returns) -> the latent
+    distribution's (mean, std), each (1, C, H/8, W/8) float32. As diffusers: the image
+    processor's 2x - 1, the encoder, quant_conv, then DiagonalGaussianDistribution's
+    std = exp(0.5 * clamp(logvar, -30, 20)). The host draws the sample and scales it."""
+
+    def __init__(self, vae):
+        super().__init__()
+        # Only the encoding half: the decoder's weights must not become inputs.
+        self.encoder = vae.encoder
+        self.quant_conv = vae.quant_conv
+
+    def forward(self, image):
+        dtype = self.encoder.conv_in.weight.dtype
+        pixels = (2.0 * image - 1.0).permute(0, 3, 1, 2).to(dtype)
+        moments = self.encoder(pixels)
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        mean, logvar = torch.chunk(moments.float(), 2, dim=1)
+        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+        return mean, std
+
+
 @dataclass
 class Traced:
     """A Relax module, and for each function the weights it takes after its inputs."""
@@ -157,8 +180,10 @@ def example_inputs(model: Model, height: int, width: int) -> dict[str, tuple]:
     emb = torch.randn(1, model.max_tokens, model.text_hidden_size)
     ids = torch.zeros(1, model.max_tokens, dtype=torch.int32)
     scale = torch.tensor([settings.GUIDANCE_SCALE])
+    image = torch.rand(1, height, width, 3)
     return {
         "encode_text": (ids,),
+        "encode_image": (image,),
         "unet_guided": (latents, t, emb, emb.clone(), scale),
         "unet": (latents, t, emb, scale) if model.guidance_embedded else (latents, t, emb),
         "decode": (latents,),
@@ -167,10 +192,11 @@ def example_inputs(model: Model, height: int, width: int) -> dict[str, tuple]:
 
 def functions(model: Model) -> tuple[str, ...]:
     """The model's compiled functions. A UNet with a guidance embedding is never run on a
-    batch of two (diffusers guides it through the embedding alone): no unet_guided."""
+    batch of two (diffusers guides it through the embedding alone): no unet_guided.
+    encode_image (the VAE encoder) serves image-to-image."""
     if model.guidance_embedded:
-        return ("encode_text", "unet", "decode")
-    return ("encode_text", "unet_guided", "unet", "decode")
+        return ("encode_text", "encode_image", "unet", "decode")
+    return ("encode_text", "encode_image", "unet_guided", "unet", "decode")
 
 
 def denoiser(model: Model) -> str:
@@ -191,7 +217,8 @@ def wrap_modules(model: Model, names=None,
         "encode_text": lambda: TextEncoder(model.text_encoder()),
         "unet_guided": lambda: GuidedUNet(unet()),
         "unet": lambda: plain(unet()),
-        "decode": lambda: VaeDecoder(model.vae()),
+        "encode_image": lambda: VaeEncoder(vae()),
+        "decode": lambda: VaeDecoder(vae()),
     }
     cache = {}
 
@@ -199,6 +226,11 @@ def wrap_modules(model: Model, names=None,
         if "unet" not in cache:
             cache["unet"] = model.unet()
         return cache["unet"]
+
+    def vae():  # loaded once for the encoder and the decoder
+        if "vae" not in cache:
+            cache["vae"] = model.vae()
+        return cache["vae"]
 
     return {name: makers[name]().to(DTYPES[dtype]) for name in names}
 

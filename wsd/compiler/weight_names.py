@@ -6,11 +6,13 @@ guided and the plain UNet share theirs. No TVM or torch needed.
 from __future__ import annotations
 
 # Compiled function -> (model part owning its weights, prefix of the part's module in the
-# wrapper modules of wsd.compiler.trace). VaeDecoder holds the AutoencoderKL's submodules directly.
+# wrapper modules of wsd.compiler.trace). VaeEncoder and VaeDecoder hold the AutoencoderKL's
+# submodules directly.
 FUNCTION_PARTS = {
     "encode_text": ("text_encoder", "text_encoder."),
     "unet_guided": ("unet", "unet."),
     "unet": ("unet", "unet."),
+    "encode_image": ("vae", ""),  # VaeEncoder: encoder., quant_conv.
     "decode": ("vae", ""),
 }
 

@@ -8,6 +8,17 @@ weights, scheduler, steps, guidance, prompts and seed give the same image:
     for each timestep: scale_model_input -> unet_guided / unet -> scheduler step
     decode -> RGB in [0, 1] -> uint8 with diffusers' rounding
 
+Image-to-image (`image=`, `strength=`), as diffusers' StableDiffusionImg2ImgPipeline:
+
+    pixels (wsd.runtime.image: VaeImageProcessor's rounding and Lanczos resize) -> encode_image
+    -> (mean, std); latents = scaling_factor * (mean + std * randn)   (first generator draw)
+    the sampler keeps the last int(steps * strength) steps (truncate), then
+    latents = add_noise(latents, randn, first kept timestep)          (second draw)
+    the loop above over the kept steps -> decode
+
+A guidance-embedded UNet follows LatentConsistencyModelImg2ImgPipeline instead: strength
+shortens LCM's original schedule (LCM.set_timesteps(..., strength=)), nothing is cut.
+
 A UNet with a guidance embedding (LCM-distilled) is called once per step with the prompt
 and the scale, never with a negative prompt: diffusers' LatentConsistencyModelPipeline (and
 StableDiffusionPipeline, for such a UNet) do the same. Settings left as None take the
@@ -27,10 +38,12 @@ import numpy as np
 from wsd import settings
 from wsd.models import Model
 from wsd.runtime.executor import Executor
+from wsd.runtime.image import prepare_image
 from wsd.runtime.library import Library
 from wsd.runtime.rng import TorchGenerator
 from wsd.runtime.weights import collect_weights
 from wsd.samplers import make_scheduler
+from wsd.samplers.base import latent_sample
 
 class Pipeline:
     def __init__(self, model: Model, library: Library):
@@ -58,14 +71,33 @@ class Pipeline:
     def generate(self, prompt: str, negative_prompt: str = settings.NEGATIVE_PROMPT,
                  scheduler: str | None = None, steps: int | None = None,
                  guidance_scale: float | None = None, seed: int = settings.SEED,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Returns the image as uint8 (height, width, 3)."""
+                 progress: Callable[[int, int], None] | None = None,
+                 image=None, strength: float | None = None) -> np.ndarray:
+        """Returns the image as uint8 (height, width, 3). `image` (a file path or a PIL
+        image) makes it image-to-image, at `strength` (default 0.8, as diffusers)."""
         scheduler, steps, guidance_scale = self.model.settings(scheduler, steps,
                                                                guidance_scale)
         settings.check(steps, guidance_scale, seed)
-        sampler = make_scheduler(scheduler, self.model.configs["scheduler"])
-        sampler.set_timesteps(steps)
         embedded = self.model.guidance_embedded
+        pixels = None
+        if image is None:
+            if strength is not None:
+                raise ValueError("strength is for image-to-image: give an image too")
+        else:
+            strength = settings.STRENGTH if strength is None else strength
+            settings.check_strength(strength)
+            pixels = prepare_image(image, self.meta["height"], self.meta["width"],
+                                   self.model.vae_scale_factor)
+        sampler = make_scheduler(scheduler, self.model.configs["scheduler"])
+        if pixels is not None and embedded:  # LatentConsistencyModelImg2ImgPipeline
+            if scheduler != "lcm":
+                raise ValueError(f"image-to-image with {self.model.name} (guidance embedded in "
+                                 f"the UNet) needs the lcm sampler, got {scheduler!r}")
+            sampler.set_timesteps(steps, strength=strength)
+        else:
+            sampler.set_timesteps(steps)
+            if pixels is not None:  # StableDiffusionImg2ImgPipeline.get_timesteps
+                sampler.truncate(strength)
         guided = guidance_scale > 1.0 and not embedded  # as diffusers: none at or below 1
         cond = self.encode(prompt)
         uncond = self.encode(negative_prompt or "") if guided else None
@@ -74,10 +106,14 @@ class Pipeline:
         rng = TorchGenerator(seed)
         c, f = self.model.latent_channels, self.model.vae_scale_factor
         shape = (1, c, self.meta["height"] // f, self.meta["width"] // f)
-        latents = rng.randn(shape) * np.float32(sampler.init_noise_sigma)
-        latents = self.executor.upload(latents.astype(np.float32))
-
         run = self.executor
+        if pixels is None:
+            latents = rng.randn(shape) * np.float32(sampler.init_noise_sigma)
+            latents = self.executor.upload(latents.astype(np.float32))
+        else:
+            latents = self.image_latents(pixels, rng)
+            latents = sampler.add_noise(run, latents, rng.randn(shape))
+
         for i, t in enumerate(sampler.timesteps):
             sample = sampler.scale_model_input(run, latents, i)
             timestep = np.array([t], dtype=np.float32)
@@ -92,6 +128,18 @@ class Pipeline:
                 progress(i + 1, len(sampler.timesteps))
         image = self.call("decode", latents).numpy()[0]
         return to_uint8(image)
+
+
+    def image_latents(self, pixels: np.ndarray, rng):
+        """The image's latents, as diffusers' retrieve_latents(vae.encode(image), generator)
+        times the VAE's scaling factor: one randn draw of the latent shape."""
+        mean, std = self.call("encode_image", pixels)
+        noise = rng.randn(tuple(int(d) for d in mean.shape)).astype(np.float32)
+        return latent_sample(self.executor, mean, std, noise, [self.scaling_factor])
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.model.configs["vae"].get("scaling_factor", 0.18215))
 
 
 def upload_weights(executor, model: Model, meta: dict, modules=None) -> dict[str, list]:

@@ -4,6 +4,7 @@
                                       "euler", "euler-a", "ddim", "lcm"
     make_scheduler(name, config)      our scheduler for a diffusers scheduler config dict
     relax_functions()                 every sampler's Relax functions, to compile with the model
+                                      (with the shared add_noise and latent_sample)
     diffusers_scheduler(name, config) diffusers' matching scheduler (the reference)
 
 Each sampler reproduces diffusers' `XScheduler.from_config(config)` step by step; see
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from tvm import relax
 
-from wsd.samplers.base import Scheduler
+from wsd.samplers.base import COMMON_KERNELS, Scheduler
 from wsd.samplers.ddim import DDIM
 from wsd.samplers.dpm_solver import DPMSolverPP
 from wsd.samplers.euler import Euler
@@ -44,8 +45,9 @@ def make_scheduler(name: str, config: dict) -> Scheduler:
 
 
 def relax_functions() -> dict[str, relax.Function]:
-    """All samplers' compiled functions by name (each name is prefixed by its sampler)."""
-    functions = {}
+    """All samplers' compiled functions by name (each name is prefixed by its sampler),
+    and those they share (add_noise, latent_sample: image-to-image)."""
+    functions = {k.name: k.relax_function() for k in COMMON_KERNELS}
     for cls in SCHEDULERS.values():
         for name, func in cls.relax_functions().items():
             if name in functions:

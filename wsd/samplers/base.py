@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 from tvm import relax, tirx
 
+from wsd.settings import check_strength  # noqa: F401 (the samplers' strength check)
+
 ANY = object()  # an option whose every value is supported
 
 
@@ -99,6 +101,12 @@ class Scheduler:
             eps = <UNet(x, t)>
             latents = s.step(run, eps, i, latents, rng)
 
+    Image-to-image, as diffusers' StableDiffusionImg2ImgPipeline drives it: after
+    set_timesteps, `s.truncate(strength)` keeps the last int(n * strength) steps (its
+    get_timesteps and set_begin_index), `latents = s.add_noise(run, image_latents, noise)`
+    noises the image latents to the first kept timestep (`scheduler.add_noise`), and the loop
+    above runs over the kept steps, numbered from 0.
+
     `run(name, *args)` calls a compiled function (see wsd.runtime.executor.Executor); tensors may be
     numpy arrays or device tensors and a device tensor comes back. `rng.randn(shape)` gives
     float32 standard normal numbers (only stochastic samplers use it). Steps must be taken in
@@ -117,6 +125,7 @@ class Scheduler:
         self.num_inference_steps: int | None = None
         self._timesteps: np.ndarray | None = None
         self._next_step = 0
+        self.begin_index = 0  # index in the full schedule of step 0 (img2img: truncate())
 
     # -- schedule ------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int) -> None:
@@ -129,6 +138,7 @@ class Scheduler:
             raise ValueError(f"num_inference_steps must be between 1 and num_train_timesteps "
                              f"({limit}), got {n}")
         self.num_inference_steps, self._timesteps, self._next_step = None, None, 0
+        self.begin_index = 0
         self._set_timesteps(int(n))
         self.num_inference_steps = int(n)
 
@@ -146,6 +156,49 @@ class Scheduler:
     def init_noise_sigma(self) -> float:
         """Scale of the initial noise (latents = randn * init_noise_sigma, in float32)."""
         return 1.0
+
+    # -- image-to-image --------------------------------------------------------------------
+    def truncate(self, strength: float) -> None:
+        """Keep the steps image-to-image runs at this strength, as diffusers'
+        StableDiffusionImg2ImgPipeline.get_timesteps: init = min(int(n * strength), n),
+        t_start = n - init, timesteps[t_start * order:] (order 1 for all of ours) and
+        set_begin_index(t_start). Strength must be in (0, 1]; one that keeps no step is
+        refused (diffusers would fail on an empty schedule). Steps are then numbered from 0."""
+        n = self.num_inference_steps
+        if n is None:
+            raise ValueError(f"{self.name}: call set_timesteps() first")
+        if self.begin_index or self._next_step:
+            raise ValueError(f"{self.name}: truncate() comes once, right after set_timesteps()")
+        check_strength(strength)
+        init = min(int(n * strength), n)
+        begin = max(n - init, 0)
+        if init == 0 or begin >= len(self._timesteps):
+            raise ValueError(f"strength {strength:g} with {n} steps leaves no denoising step "
+                             f"(int({n} * {strength:g}) = 0): raise the strength or the "
+                             f"number of steps")
+        self._truncate(begin)
+        self._timesteps = self._timesteps[begin:].copy()
+        self.begin_index = begin
+
+    def _truncate(self, begin: int) -> None:
+        """Drop the per-step state of the first `begin` steps (the sampler's arrays)."""
+        raise NotImplementedError
+
+    def add_noise(self, run, original, noise):
+        """diffusers' `scheduler.add_noise(original, noise, timesteps[:1])` at the first step
+        to run (after truncate()): a * original + b * noise on the device."""
+        if self._timesteps is None:
+            raise ValueError(f"{self.name}: call set_timesteps() first")
+        if self._next_step:
+            raise ValueError(f"{self.name}: add_noise() comes before the first step")
+        return add_noise(run, original, noise, self.noise_coeffs())
+
+    def noise_coeffs(self) -> np.ndarray:
+        """(a, b) of add_noise. DDPM's forward process (PNDM, DDIM, LCM): sqrt(alpha_prod_t),
+        sqrt(1 - alpha_prod_t) at the first timestep, each float32 op rounded as torch's."""
+        alpha_prod = np.float32(self._alpha_prod(int(self.timesteps[0])))
+        return f32([np.sqrt(np.float64(alpha_prod)),
+                    np.sqrt(np.float64(f32(1.0 - np.float64(alpha_prod))))])
 
     # -- per step ------------------------------------------------------------------------
     def scale_model_input(self, run, sample, i: int):
@@ -320,3 +373,25 @@ def kernel(name: str, *tensors: str, coeffs: int = 0):
     def wrap(body: Callable) -> Kernel:
         return Kernel(name, tensors, coeffs, body)
     return wrap
+
+
+# Kernels every sampler uses (not prefixed: one copy in the library).
+
+@kernel("add_noise", "original", "noise", coeffs=2)
+def add_noise(original, noise, coeffs):
+    """diffusers' scheduler.add_noise: sqrt(alpha_prod) * x + sqrt(1 - alpha_prod) * noise
+    (DDPM-style), alpha_t * x + sigma_t * noise (DPM-Solver), or x + noise * sigma (Euler;
+    a = 1: the same float32 result)."""
+    a, b = coeffs
+    return a * original + b * noise
+
+
+@kernel("latent_sample", "mean", "std", "noise", coeffs=1)
+def latent_sample(mean, std, noise, coeffs):
+    """The image's latents: scaling_factor * (mean + std * randn), as diffusers'
+    DiagonalGaussianDistribution.sample and the img2img pipeline's prepare_latents."""
+    (scaling_factor,) = coeffs
+    return scaling_factor * (mean + std * noise)
+
+
+COMMON_KERNELS = (add_noise, latent_sample)

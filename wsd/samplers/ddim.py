@@ -79,6 +79,9 @@ class DDIM(Scheduler):
                            (1 - alpha_prod_t_prev) ** 0.5])  # std_dev_t = eta * ... = 0
         self._coeffs = np.array(coeffs, np.float64).astype(np.float32)
 
+    def _truncate(self, begin: int) -> None:
+        self._coeffs = self._coeffs[begin:]
+
     def step(self, run, model_output, i: int, sample, rng=None):
         self._begin_step(i)
         fn = ddim_step_v if self.config["prediction_type"] == "v_prediction" else ddim_step

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsd.samplers.base import ANY, COMMON_OPTIONS, Scheduler, kernel, sigma_table
+from wsd.samplers.base import ANY, COMMON_OPTIONS, Scheduler, f32, kernel, sigma_table
 
 
 @kernel("dpmpp_convert", "sample", "model_output", coeffs=2)
@@ -151,6 +151,23 @@ class DPMSolverPP(Scheduler):
             else:
                 d1_coeff = 0.5 * (alpha_t * (np.exp(-h) - 1.0))
             return [sigma_ratio, alpha_expm1, d1_coeff, 1.0 / r0]
+
+    def _truncate(self, begin: int) -> None:
+        # set_begin_index: the step index starts at `begin` with no history (lower_order_nums
+        # 0), so the first kept step is first order; lower_order_final still looks at the
+        # full schedule's last step.
+        self._orders[begin] = 1
+        self._update_coeffs[begin] = self._update(1, begin)
+        self._orders = self._orders[begin:]
+        self._convert_coeffs = self._convert_coeffs[begin:]
+        self._update_coeffs = self._update_coeffs[begin:]
+
+    def noise_coeffs(self) -> np.ndarray:
+        """diffusers' add_noise: alpha_t * x + sigma_t * noise at sigmas[begin_index], with
+        _sigma_to_alpha_sigma_t's float32 ops: 1 / (sigma ** 2 + 1) ** 0.5, sigma * alpha_t."""
+        sigma = np.float64(self.sigmas[self.begin_index])
+        alpha_t = f32(1.0 / np.float64(f32(np.sqrt(np.float64(f32(f32(sigma * sigma) + 1.0))))))
+        return f32([alpha_t, sigma * np.float64(alpha_t)])
 
     def step(self, run, model_output, i: int, sample, rng=None):
         self._begin_step(i)

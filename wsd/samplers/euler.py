@@ -115,6 +115,13 @@ class Euler(Scheduler):
         sigmas = sigma_table(self.alphas_cumprod) if self._timesteps is None else self.sigmas
         return init_noise_sigma(sigmas, self.config["timestep_spacing"])
 
+    def _truncate(self, begin: int) -> None:
+        self._scale, self._coeffs = self._scale[begin:], self._coeffs[begin:]
+
+    def noise_coeffs(self) -> np.ndarray:
+        """diffusers' add_noise: x + noise * sigmas[begin_index]."""
+        return f32([1.0, self.sigmas[self.begin_index]])
+
     def scale_model_input(self, run, sample, i: int):
         self._check_index(i)
         return euler_scale_model_input(run, sample, self._scale[i])

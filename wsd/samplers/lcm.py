@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from wsd.samplers.base import ANY, COMMON_OPTIONS, Scheduler, f32, kernel
+from wsd.samplers.base import ANY, COMMON_OPTIONS, Scheduler, check_strength, f32, kernel
 
 SIGMA_DATA = 0.5  # diffusers' fixed sigma_data of the boundary condition
 
@@ -56,11 +56,19 @@ def lcm_renoise(denoised, noise, coeffs):
     return sqrt_alpha_prod_t_prev * denoised + sqrt_beta_prod_t_prev * noise
 
 
-def lcm_timesteps(num_train: int, original_steps: int, n: int) -> np.ndarray:
-    """int64 timesteps of LCMScheduler.set_timesteps (strength 1; img2img's strength would
-    shorten the original schedule to int(original_steps * strength) entries)."""
+def lcm_timesteps(num_train: int, original_steps: int, n: int,
+                  strength: float = 1.0) -> np.ndarray:
+    """int64 timesteps of LCMScheduler.set_timesteps: the original schedule, shortened to its
+    int(original_steps * strength) least noisy entries (LatentConsistencyModelImg2ImgPipeline's
+    strength), then n of them evenly spaced."""
     k = num_train // original_steps
-    origin = (np.arange(1, original_steps + 1) * k - 1)[::-1]
+    kept = int(original_steps * strength)
+    if kept // n < 1:  # diffusers: skipping_step < 1
+        raise ValueError(f"lcm: strength {strength:g} keeps int({original_steps} * "
+                         f"{strength:g}) = {kept} of the original_inference_steps schedule, "
+                         f"fewer than num_inference_steps={n}: raise the strength or lower "
+                         f"the number of steps")
+    origin = (np.arange(1, kept + 1) * k - 1)[::-1]
     indices = np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)
     return origin[indices].astype(np.int64)
 
@@ -111,6 +119,7 @@ class LCM(Scheduler):
         self.final_alpha_cumprod = (1.0 if self.config["set_alpha_to_one"]
                                     else float(self.alphas_cumprod[0]))
         self.original_inference_steps = self.config["original_inference_steps"]
+        self._strength = 1.0
 
     def _check_original_steps(self, original_steps) -> None:
         limit = self.config["num_train_timesteps"]
@@ -120,13 +129,18 @@ class LCM(Scheduler):
                              f"to num_train_timesteps ({limit}), got {original_steps!r}")
 
     def set_timesteps(self, num_inference_steps: int,
-                      original_inference_steps: int | None = None) -> None:
+                      original_inference_steps: int | None = None,
+                      strength: float = 1.0) -> None:
         """As the base class; `original_inference_steps` overrides the config's for this run
-        (diffusers' set_timesteps argument, which LatentConsistencyModelPipeline passes)."""
+        (diffusers' set_timesteps argument, which LatentConsistencyModelPipeline passes), and
+        `strength` < 1 shortens the original schedule as LatentConsistencyModelImg2ImgPipeline
+        has it do (StableDiffusionImg2ImgPipeline instead truncates: `truncate`)."""
         original = (self.config["original_inference_steps"] if original_inference_steps is None
                     else original_inference_steps)
         self._check_original_steps(original)
+        check_strength(strength)
         self.original_inference_steps = int(original)
+        self._strength = strength
         super().set_timesteps(num_inference_steps)
 
     def _set_timesteps(self, n: int) -> None:
@@ -135,7 +149,8 @@ class LCM(Scheduler):
             raise ValueError(f"lcm: num_inference_steps={n} is more than original_inference_steps"
                              f" ({original}); LCM takes its timesteps from that schedule, so "
                              f"choose at most {original} steps")
-        timesteps = lcm_timesteps(cfg["num_train_timesteps"], original, n)
+        timesteps = lcm_timesteps(cfg["num_train_timesteps"], original, n,
+                                  self._strength)
         self._timesteps = timesteps.astype(np.float32)
 
         # Per step: sqrt(beta_t), sqrt(alpha_t), c_out, c_skip, sqrt(alpha_prev),
@@ -157,6 +172,10 @@ class LCM(Scheduler):
                 f32(math.sqrt(alpha_prod_t_prev)), f32(math.sqrt(f32(1.0 - alpha_prod_t_prev))),
             ])
         self._coeffs = np.array(coeffs, np.float64).astype(np.float32)
+
+    def _truncate(self, begin: int) -> None:
+        # set_begin_index: the previous timestep of each kept step is still the next one
+        self._coeffs = self._coeffs[begin:]
 
     def step(self, run, model_output, i: int, sample, rng=None):
         self._check_index(i)

@@ -86,9 +86,15 @@ class PNDM(Scheduler):
         self._check_timesteps(timesteps, n, distinct="none")  # step 1 repeats by design
         self._timesteps = timesteps.astype(np.float32)
 
-        # diffusers' step_plms: the previous timestep is t - num_train // n, except at step 1
-        # (counter 1), which goes from t + num_train // n to t.
-        ratio = num_train // n
+        self._coeffs = self._plms_coeffs(timesteps, n)
+        self.ets = []
+        self.cur_sample = None
+
+    def _plms_coeffs(self, timesteps: np.ndarray, n: int) -> np.ndarray:
+        """Each step's coefficients. diffusers' step_plms: the previous timestep is
+        t - num_train // n, except at the second step run (its counter 1), which goes from
+        t + num_train // n to t. With img2img the counter starts at the first kept step."""
+        ratio = self.config["num_train_timesteps"] // n
         coeffs = []
         for i, t in enumerate(timesteps):
             t, prev_t = (int(t) + ratio, int(t)) if i == 1 else (int(t), int(t) - ratio)
@@ -102,9 +108,12 @@ class PNDM(Scheduler):
                 alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5
             coeffs.append([sample_coeff, alpha_prod_t_prev - alpha_prod_t,
                            model_output_denom_coeff, alpha_prod_t ** 0.5, beta_prod_t ** 0.5])
-        self._coeffs = np.array(coeffs, np.float64).astype(np.float32)
-        self.ets = []
-        self.cur_sample = None
+        return np.array(coeffs, np.float64).astype(np.float32)
+
+    def _truncate(self, begin: int) -> None:
+        # PNDMScheduler has no begin index: its counter (warm-up, then PLMS) restarts at
+        # the first kept timestep, which may be either copy of the repeated one.
+        self._coeffs = self._plms_coeffs(self._timesteps[begin:], self.num_inference_steps)
 
     def step(self, run, model_output, i: int, sample, rng=None):
         self._begin_step(i)

@@ -241,6 +241,20 @@ export function kernel(name, tensors, numCoeffs = 0) {
   return call;
 }
 
+// Kernels every sampler uses (not prefixed: one copy in the library); see base.py.
+// add_noise: a * original + b * noise (diffusers' scheduler.add_noise);
+// latent_sample: scaling_factor * (mean + std * noise) (the image's latents).
+export const addNoise = kernel("add_noise", ["original", "noise"], 2);
+export const latentSample = kernel("latent_sample", ["mean", "std", "noise"], 1);
+export const COMMON_KERNELS = Object.freeze([addNoise, latentSample]);
+
+/** Image-to-image strength: a number in (0, 1] (wsd/settings.py check_strength). */
+export function checkStrength(strength) {
+  if (typeof strength !== "number" || !(strength > 0 && strength <= 1)) {
+    throw new Error(`strength must be a number in (0, 1], got ${pyRepr(strength)}`);
+  }
+}
+
 // ---- the common interface ----------------------------------------------------------------
 
 /**
@@ -253,6 +267,10 @@ export function kernel(name, tensors, numCoeffs = 0) {
  *     const eps = unet(x, s.timesteps[i]);
  *     latents = s.step(run, eps, i, latents, rng);
  *   }
+ *
+ * Image-to-image (StableDiffusionImg2ImgPipeline): after setTimesteps, s.truncate(strength)
+ * keeps the last int(n * strength) steps, then latents = s.addNoise(run, imageLatents, noise)
+ * and the loop runs over the kept steps, numbered from 0.
  */
 export class Scheduler {
   static schedulerName = "";
@@ -267,6 +285,7 @@ export class Scheduler {
     this.numInferenceSteps = null;
     this._timesteps = null;
     this._nextStep = 0;
+    this.beginIndex = 0; // index in the full schedule of step 0 (img2img: truncate())
   }
 
   /** Plan `n` denoising steps (and forget any previous run). */
@@ -282,6 +301,7 @@ export class Scheduler {
     this.numInferenceSteps = null;
     this._timesteps = null;
     this._nextStep = 0;
+    this.beginIndex = 0;
     this._setTimesteps(n);
     this.numInferenceSteps = n;
   }
@@ -299,6 +319,43 @@ export class Scheduler {
   /** Scale of the initial noise (latents = randn * initNoiseSigma, in float32). */
   get initNoiseSigma() {
     return 1.0;
+  }
+
+  /** Keep the steps img2img runs at this strength (see base.py truncate). */
+  truncate(strength) {
+    const n = this.numInferenceSteps;
+    if (n === null) throw new Error(`${this.name}: call set_timesteps() first`);
+    if (this.beginIndex || this._nextStep) {
+      throw new Error(`${this.name}: truncate() comes once, right after set_timesteps()`);
+    }
+    checkStrength(strength);
+    const init = Math.min(Math.trunc(n * strength), n);
+    const begin = Math.max(n - init, 0);
+    if (init === 0 || begin >= this._timesteps.length) {
+      throw new Error(`strength ${formatG(strength)} with ${n} steps leaves no denoising step ` +
+                      `(int(${n} * ${formatG(strength)}) = 0): raise the strength or the ` +
+                      "number of steps");
+    }
+    this._truncate(begin);
+    this._timesteps = this._timesteps.slice(begin);
+    this.beginIndex = begin;
+  }
+
+  _truncate(_begin) {
+    throw new Error("not implemented");
+  }
+
+  /** diffusers' scheduler.add_noise at the first step to run: a * original + b * noise. */
+  addNoise(run, original, noise) {
+    if (this._timesteps === null) throw new Error(`${this.name}: call set_timesteps() first`);
+    if (this._nextStep) throw new Error(`${this.name}: add_noise() comes before the first step`);
+    return addNoise(run, original, noise, this.noiseCoeffs());
+  }
+
+  /** [a, b] of addNoise; DDPM (PNDM, DDIM, LCM): sqrt(alpha_prod_t), sqrt(1 - alpha_prod_t). */
+  noiseCoeffs() {
+    const alphaProd = this._alphaProd(this.timesteps[0]);
+    return Float32Array.of(Math.sqrt(alphaProd), Math.sqrt(fr(1 - alphaProd)));
   }
 
   scaleModelInput(run, sample, i) {

@@ -56,6 +56,10 @@ export class DDIM extends Scheduler {
     });
   }
 
+  _truncate(begin) {
+    this._coeffs = this._coeffs.slice(begin);
+  }
+
   step(run, modelOutput, i, sample, _rng) {
     this._beginStep(i);
     const fn = this.config.prediction_type === "v_prediction" ? ddimStepV : ddimStep;

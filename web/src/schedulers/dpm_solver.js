@@ -1,7 +1,7 @@
 // DPM-Solver++ (diffusers' DPMSolverMultistepScheduler, algorithm_type "dpmsolver++"),
 // multistep, order 1 or 2: host half of wsd/samplers/dpm_solver.py.
 
-import { ANY, COMMON_OPTIONS, Scheduler, kernel, npArange, npInterpArange, npLinspace, npRound,
+import { ANY, COMMON_OPTIONS, Scheduler, fr, kernel, npArange, npInterpArange, npLinspace, npRound,
          sigmaTable } from "./base.js";
 
 export const dpmppConvert = kernel("dpmpp_convert", ["sample", "model_output"], 2);
@@ -108,6 +108,22 @@ export class DPMSolverPP extends Scheduler {
     const d1Coeff = this.heun ? -(alphaT * ((Math.exp(-h) - 1.0) / h + 1.0))
                               : 0.5 * (alphaT * (Math.exp(-h) - 1.0));
     return [sigmaRatio, alphaExpm1, d1Coeff, 1.0 / r0];
+  }
+
+  _truncate(begin) {
+    // the first kept step has no history: first order (lower_order_nums 0)
+    this._orders[begin] = 1;
+    this._updateCoeffs[begin] = Float32Array.from(this._update(1, begin));
+    this._orders = this._orders.slice(begin);
+    this._convertCoeffs = this._convertCoeffs.slice(begin);
+    this._updateCoeffs = this._updateCoeffs.slice(begin);
+  }
+
+  /** diffusers' add_noise: alpha_t * x + sigma_t * noise at sigmas[beginIndex] (float32 ops). */
+  noiseCoeffs() {
+    const sigma = this.sigmas[this.beginIndex];
+    const alphaT = fr(1 / fr(Math.sqrt(fr(fr(sigma * sigma) + 1))));
+    return Float32Array.of(alphaT, sigma * alphaT);
   }
 
   step(run, modelOutput, i, sample, _rng) {

@@ -86,6 +86,16 @@ export class Euler extends Scheduler {
     return initNoiseSigmaOf(sigmas, this.config.timestep_spacing);
   }
 
+  _truncate(begin) {
+    this._scale = this._scale.slice(begin);
+    this._coeffs = this._coeffs.slice(begin);
+  }
+
+  /** diffusers' add_noise: x + noise * sigmas[beginIndex]. */
+  noiseCoeffs() {
+    return Float32Array.of(1.0, this.sigmas[this.beginIndex]);
+  }
+
   scaleModelInput(run, sample, i) {
     this._checkIndex(i);
     return eulerScaleModelInput(run, sample, this._scale[i]);

@@ -8,6 +8,7 @@
 //
 // Plain ES modules, no dependencies (browsers and node >= 20).
 
+import { COMMON_KERNELS } from "./base.js";
 import { DDIM } from "./ddim.js";
 import { DPMSolverPP } from "./dpm_solver.js";
 import { Euler } from "./euler.js";
@@ -15,7 +16,7 @@ import { EulerAncestral } from "./euler_ancestral.js";
 import { LCM } from "./lcm.js";
 import { PNDM } from "./pndm.js";
 
-export { Scheduler } from "./base.js";
+export { Scheduler, addNoise, checkStrength, latentSample } from "./base.js";
 export { DDIM, DPMSolverPP, Euler, EulerAncestral, LCM, PNDM };
 
 export const SCHEDULERS = Object.freeze({
@@ -40,7 +41,9 @@ export function makeScheduler(name, config) {
   return new (checkName(name))(config);
 }
 
-/** Every kernel name the samplers call (each is prefixed by its sampler). */
+/** Every kernel name the samplers call (each is prefixed by its sampler), and the shared
+ * add_noise and latent_sample (image-to-image). */
 export function kernelNames() {
-  return Object.values(SCHEDULERS).flatMap((cls) => cls.kernels.map((k) => k.kernelName));
+  return [...COMMON_KERNELS.map((k) => k.kernelName),
+          ...Object.values(SCHEDULERS).flatMap((cls) => cls.kernels.map((k) => k.kernelName))];
 }

@@ -3,7 +3,8 @@
 // rng.randn(modelOutput.shape) and noises them to the next timestep. The last step returns
 // the denoised latents themselves.
 
-import { ANY, COMMON_OPTIONS, Scheduler, fr, kernel, pyRepr } from "./base.js";
+import { ANY, COMMON_OPTIONS, Scheduler, checkStrength, formatG, fr, kernel,
+         pyRepr } from "./base.js";
 
 export const lcmDenoise = kernel("lcm_denoise", ["sample", "model_output"], 4);
 export const lcmDenoiseV = kernel("lcm_denoise_v", ["sample", "model_output"], 4);
@@ -12,12 +13,20 @@ export const lcmRenoise = kernel("lcm_renoise", ["denoised", "noise"], 2);
 
 const SIGMA_DATA = 0.5;
 
-/** Timesteps of LCMScheduler.set_timesteps (strength 1): n evenly spaced entries of the
- * descending schedule k - 1, 2k - 1, ... (k = numTrain // originalSteps). */
-export function lcmTimesteps(numTrain, originalSteps, n) {
+/** Timesteps of LCMScheduler.set_timesteps: n evenly spaced entries of the descending
+ * schedule k - 1, 2k - 1, ... (k = numTrain // originalSteps), shortened to its
+ * int(originalSteps * strength) least noisy entries (LCM img2img's strength). */
+export function lcmTimesteps(numTrain, originalSteps, n, strength = 1.0) {
   const k = Math.floor(numTrain / originalSteps);
+  const kept = Math.trunc(originalSteps * strength);
+  if (Math.floor(kept / n) < 1) {
+    throw new Error(`lcm: strength ${formatG(strength)} keeps int(${originalSteps} * ` +
+                    `${formatG(strength)}) = ${kept} of the original_inference_steps schedule, ` +
+                    `fewer than num_inference_steps=${n}: raise the strength or lower the ` +
+                    "number of steps");
+  }
   const origin = [];
-  for (let i = originalSteps; i >= 1; i--) origin.push(i * k - 1);
+  for (let i = kept; i >= 1; i--) origin.push(i * k - 1);
   const step = origin.length / n; // np.linspace(0, len, n, endpoint=False), then floor
   return Array.from({ length: n }, (_, i) => origin[Math.floor(i * step + 0)]);
 }
@@ -61,6 +70,7 @@ export class LCM extends Scheduler {
     }
     this.finalAlphaCumprod = this.config.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
     this.originalInferenceSteps = this.config.original_inference_steps;
+    this._strength = 1.0;
   }
 
   _checkOriginalSteps(original) {
@@ -71,13 +81,20 @@ export class LCM extends Scheduler {
     }
   }
 
-  /** As the base class; `originalInferenceSteps` overrides the config's for this run. */
-  setTimesteps(n, originalInferenceSteps = null) {
+  /** As the base class; `originalInferenceSteps` overrides the config's for this run, and
+   * `strength` < 1 shortens the original schedule (LatentConsistencyModelImg2ImgPipeline). */
+  setTimesteps(n, originalInferenceSteps = null, strength = 1.0) {
     const original = originalInferenceSteps === null || originalInferenceSteps === undefined
       ? this.config.original_inference_steps : originalInferenceSteps;
     this._checkOriginalSteps(original);
+    checkStrength(strength);
     this.originalInferenceSteps = original;
+    this._strength = strength;
     super.setTimesteps(n);
+  }
+
+  _truncate(begin) {
+    this._coeffs = this._coeffs.slice(begin);
   }
 
   _setTimesteps(n) {
@@ -87,7 +104,7 @@ export class LCM extends Scheduler {
                       `(${original}); LCM takes its timesteps from that schedule, so choose at ` +
                       `most ${original} steps`);
     }
-    const timesteps = lcmTimesteps(cfg.num_train_timesteps, original, n);
+    const timesteps = lcmTimesteps(cfg.num_train_timesteps, original, n, this._strength);
     this._timesteps = Float32Array.from(timesteps);
     // Per step: sqrt(beta_t), sqrt(alpha_t), c_out, c_skip, sqrt(alpha_prev), sqrt(beta_prev).
     this._coeffs = timesteps.map((t, i) => {

@@ -49,8 +49,16 @@ export class PNDM extends Scheduler {
     this._checkTimesteps(timesteps, n, "none"); // step 1 repeats by design
     this._timesteps = Float32Array.from(timesteps);
 
-    const ratio = Math.floor(numTrain / n);
-    this._coeffs = timesteps.map((ts, i) => {
+    this._coeffs = this._plmsCoeffs(timesteps, n);
+    this.ets = [];
+    this.curSample = null;
+  }
+
+  /** Each step's coefficients (see pndm.py _plms_coeffs); the warm-up's second step is
+   * the second one run. */
+  _plmsCoeffs(timesteps, n) {
+    const ratio = Math.floor(this.config.num_train_timesteps / n);
+    return timesteps.map((ts, i) => {
       const [t, prevT] = i === 1 ? [ts + ratio, ts] : [ts, ts - ratio];
       const alphaProdT = this._alphaProd(t);
       const alphaProdTPrev = prevT >= 0 ? this._alphaProd(prevT) : this.finalAlphaCumprod;
@@ -62,8 +70,11 @@ export class PNDM extends Scheduler {
       return Float32Array.of(sampleCoeff, alphaProdTPrev - alphaProdT, denom,
                              Math.sqrt(alphaProdT), Math.sqrt(betaProdT));
     });
-    this.ets = [];
-    this.curSample = null;
+  }
+
+  _truncate(begin) {
+    this._coeffs = this._plmsCoeffs(Array.from(this._timesteps.slice(begin)),
+                                    this.numInferenceSteps);
   }
 
   step(run, modelOutput, i, sample, _rng) {
