@@ -1,7 +1,8 @@
 """Stage 2, optimize: graph-level Relax passes.
 
 Attention first becomes our own kernel (wsd.kernels.attention: flash-style, it never writes the
-score matrix; its layout depends on whether the target is a GPU, its math does not). Then
+score matrix; its layout depends on whether the target is a GPU, its math does not). Zero pads
+before convolutions become the convolutions' padding (the VAE encoder's downsamplers). Then
 each target's data layouts (wsd.compiler.layout: channels-last convolutions and NT linear layers on
 CUDA; a build that stores its weights stores them permuted instead of transposing them on
 every call), and group norm becomes partial sums, group totals and an element-wise apply
@@ -26,6 +27,7 @@ def passes(target: tvm.target.Target,
     return [
         flash_attention(target),
         relax.transform.DeadCodeElimination(),
+        layout.FoldPadIntoConv(),
         *layout.passes(target),
         *([weight_layouts.hoist()] if weight_layouts is not None else []),
         SplitGroupNorm(),
