@@ -163,3 +163,45 @@ def test_weights_stored_permuted_match_pytorch(cuda_layouts_on_llvm):
         want = traced.modules["decode"](latents).numpy()
     got = executor("decode", latents.numpy(), *weights["decode"]).numpy()
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
+
+
+@pytest.mark.parametrize("pad", [(0, 1, 0, 1), (2, 0, 1, 3)])
+def test_pad_folds_into_the_convolution(pad):
+    """A zero pad before a convolution becomes its (asymmetric) padding: no pad op is left,
+    and the numbers are PyTorch's. The VAE encoder's downsamplers pad so; left as an op, it
+    fuses into the previous convolution's epilogue and dlight cannot schedule that for
+    WebGPU (checked below on the tiny encoder)."""
+    import numpy as np
+    import torch
+
+    from wsd.compiler.trace import to_relax
+
+    class PadConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.conv(torch.nn.functional.pad(x, pad))
+
+    module = PadConv().eval()
+    x = torch.randn(1, 3, 9, 11)
+    func, _ = to_relax(module, (x,))
+    mod = layout.FoldPadIntoConv()(tvm.IRModule({"main": func}))
+    assert "nn.pad" not in mod.script() and "R.nn.conv2d" in mod.script()
+    exe = tvm.compile(mod, "llvm")
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x.numpy()),
+                     *[tvm.runtime.tensor(p.detach().numpy()) for p in module.parameters()])
+    out = out if hasattr(out, "numpy") else out[0]  # the importer may return a 1-tuple
+    np.testing.assert_allclose(out.numpy(), module(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_encoder_compiles_for_webgpu():
+    from wsd.compiler.pipeline import compile_module
+    from wsd.targets import webgpu_target
+
+    model = load_model("tiny")
+    traced = trace_model(model, *resolve_size(model, None, None), "float16",
+                         names=("encode_image",))
+    compile_module(traced.mod, webgpu_target(), codegen=False)  # raised in dlight before

@@ -88,6 +88,46 @@ class SimplifyPermutes:
         return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="wsd.FoldPadIntoConv")
+class FoldPadIntoConv:
+    """conv2d(pad(x, zeros), w) -> conv2d(x, w) with the pad in its padding (which may be
+    asymmetric: top, left, bottom, right). The VAE encoder's downsamplers pad one row and one
+    column after their input; as a separate op, FuseOps fuses that pad into the epilogue of
+    the convolution before it, a consumer dlight's matmul rule cannot inline (the WebGPU
+    build then fails), while as padding it is read in place by the convolution after it."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        x, weight = wildcard(), wildcard()
+        pad = is_op("relax.nn.pad")(x)
+        conv = is_op("relax.nn.conv2d")(pad, weight)
+
+        def fold(call, matches):
+            pad_call = matches[pad]
+            attrs = call.attrs
+            widths = [int(w) for w in pad_call.attrs.pad_width]
+            spatial = ((2, 3) if attrs.data_layout == "NCHW"
+                       else (1, 2) if attrs.data_layout == "NHWC" else None)
+            if (spatial is None or pad_call.attrs.pad_mode != "constant"
+                    or float(pad_call.attrs.pad_value) != 0.0
+                    or any(widths[2 * a:2 * a + 2] != [0, 0]
+                           for a in range(len(widths) // 2) if a not in spatial)):
+                return call
+            h, w = spatial
+            top, left, bottom, right = (int(p) for p in attrs.padding)
+            padding = [top + widths[2 * h], left + widths[2 * w],
+                       bottom + widths[2 * h + 1], right + widths[2 * w + 1]]
+            return relax.op.nn.conv2d(
+                matches[x], matches[weight], strides=attrs.strides, padding=padding,
+                dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                out_dtype=attrs.out_dtype)
+
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gvar] = rewrite_call(conv, fold, func)
+        return mod
+
+
 def permute_axes(call: relax.Call) -> list[int]:
     """A permute_dims call's axes (None in the op means reversed)."""
     axes = call.attrs.axes
