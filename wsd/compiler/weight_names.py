@@ -6,12 +6,14 @@ guided and the plain UNet share theirs. No TVM or torch needed.
 from __future__ import annotations
 
 # Compiled function -> (model part owning its weights, prefix of the part's module in the
-# wrapper modules of wsd.compiler.trace). VaeDecoder holds the AutoencoderKL's submodules directly.
+# wrapper modules of wsd.compiler.trace). VaeDecoder holds the VAE's submodules directly; the
+# preview VAE's weights are `preview_vae/...`, so they never clash with the VAE's.
 FUNCTION_PARTS = {
     "encode_text": ("text_encoder", "text_encoder."),
     "unet_guided": ("unet", "unet."),
     "unet": ("unet", "unet."),
     "decode": ("vae", ""),
+    "decode_preview": ("preview_vae", ""),
 }
 
 

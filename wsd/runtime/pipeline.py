@@ -58,8 +58,10 @@ class Pipeline:
     def generate(self, prompt: str, negative_prompt: str = settings.NEGATIVE_PROMPT,
                  scheduler: str | None = None, steps: int | None = None,
                  guidance_scale: float | None = None, seed: int = settings.SEED,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Returns the image as uint8 (height, width, 3)."""
+                 progress: Callable[[int, int], None] | None = None,
+                 on_latents: Callable[[int, object], None] | None = None) -> np.ndarray:
+        """Returns the image as uint8 (height, width, 3). `on_latents(step, latents)` is
+        called after each step with the latents on the device (e.g. for `preview`)."""
         scheduler, steps, guidance_scale = self.model.settings(scheduler, steps,
                                                                guidance_scale)
         settings.check(steps, guidance_scale, seed)
@@ -90,8 +92,17 @@ class Pipeline:
             latents = sampler.step(run, noise, i, latents, rng)
             if progress:
                 progress(i + 1, len(sampler.timesteps))
+            if on_latents:
+                on_latents(i + 1, latents)
         image = self.call("decode", latents).numpy()[0]
         return to_uint8(image)
+
+    def preview(self, latents) -> np.ndarray:
+        """The latents as uint8 (height, width, 3) through the preview VAE (`decode_preview`,
+        a model with --preview-vae), as the web app's previews."""
+        if "decode_preview" not in self.weights:
+            raise ValueError(f"model {self.model.name} has no preview VAE (--preview-vae)")
+        return to_uint8(self.call("decode_preview", latents).numpy()[0])
 
 
 def upload_weights(executor, model: Model, meta: dict, modules=None) -> dict[str, list]:
