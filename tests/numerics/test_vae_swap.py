@@ -143,3 +143,25 @@ def test_bad_vae(tmp_path, capsys, kind):
 def test_unknown_vae_name():
     with pytest.raises(ModelError, match="neither a built-in VAE"):
         load_model("tiny").with_vae("no-such-vae")
+
+
+def test_tiny_decoder_is_planned_not_split():
+    """split.plan records a tiny decoder's largest tensor (TAESD: 64 channels at full size)
+    under its function's key and leaves it whole, over the limit or not; the AutoencoderKL
+    beside it is still planned (and split) as before."""
+    from wsd.compiler import split
+    from wsd.compiler.trace import wrap_modules
+
+    model = load_model("sd15").with_preview_vae("taesd")
+    modules = wrap_modules(model, ("decode", "decode_preview"))
+    limit = 128 << 20
+    small = split.plan(modules, 64, 64, "float32", limit)  # 512x512
+    assert small["decode_preview"]["largest_bytes"] == 64 * 512 * 512 * 4
+    assert small["decode_preview"]["unsupported"] is None
+    large = split.plan(modules, 128, 128, "float32", limit)  # 1024x1024
+    preview = large["decode_preview"]
+    assert preview["largest_bytes"] == 64 * 1024 * 1024 * 4 > limit
+    assert preview["first_block"] is None and "not split" in preview["unsupported"]
+    assert large["decode"]["first_block"] is not None  # the KL decoder in row bands
+    assert any("decode_preview" in line and "not split" in line
+               for line in split.describe(large))
