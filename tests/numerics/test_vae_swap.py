@@ -165,3 +165,20 @@ def test_tiny_decoder_is_planned_not_split():
     assert large["decode"]["first_block"] is not None  # the KL decoder in row bands
     assert any("decode_preview" in line and "not split" in line
                for line in split.describe(large))
+
+
+def test_generate_cli_records_the_vae(tmp_path):
+    """`wsd generate --vae tiny-taesd` writes the swapped VAE's image and says which VAE."""
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "taesd.png"
+    assert main(["generate", "--prompt", SETTINGS.prompt, "--vae", "tiny-taesd",
+                 "--scheduler", "euler", "--steps", "8", "--guidance-scale", "7.5",
+                 "--seed", "4", "--out", str(out)]) == 0
+    png = Image.open(out)
+    parameters = json.loads(png.text["parameters"])
+    assert parameters["vae"] == {"name": "tiny-taesd", "class": "AutoencoderTiny",
+                                 "random_weights": True}
+    ours = _ours(load_model("tiny").with_vae("tiny-taesd"))
+    assert np.array_equal(np.asarray(png.convert("RGB")), ours)
