@@ -26,6 +26,12 @@ def _model_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 "
                         "(default: the model's native size)")
     parser.add_argument("--height", type=int, help="image height, a multiple of 8")
+    if command in ("generate", "build"):
+        parser.add_argument("--vae", metavar="PATH|PRESET",
+                            help="decode with this VAE instead of the model's own, as "
+                                 "diffusers' vae= does: a diffusers folder of an AutoencoderKL "
+                                 "or AutoencoderTiny (TAESD, e.g. madebyollin/taesd), or "
+                                 "'taesd' / 'tiny-taesd' (random weights)")
 
 
 def _lora_option(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +46,17 @@ def _with_loras(model, args):
     return model.with_loras(getattr(args, "lora", None) or [])
 
 
+def _load(args):
+    """--model with --vae, --preview-vae and --lora, each checked before anything is built."""
+    from wsd.models import load_model
+
+    model = load_model(args.model).with_vae(getattr(args, "vae", None))
+    model = model.with_preview_vae(getattr(args, "preview_vae", None))
+    return _with_loras(model, args)
+
+
 def _build_library(args, log, model=None):
     from wsd.runtime.library import build
-    from wsd.models import load_model
 
     if args.target == targets.WEBGPU:
         raise targets.TargetError(
@@ -50,7 +64,7 @@ def _build_library(args, log, model=None):
             f"bundle); `wsd {args.command}` runs natively: use --target llvm or cuda. "
             f"Generating in the browser is the web app's job")
 
-    model = model or _with_loras(load_model(args.model), args)
+    model = model or _load(args)
     library = build(model, args.target, args.dtype, args.height, args.width, log=log,
                     force=getattr(args, "force", False))
     return model, library
@@ -61,11 +75,10 @@ def cmd_generate(args) -> int:
     from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
-    from wsd.models import load_model
     from wsd.runtime.pipeline import Pipeline
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    model = _with_loras(load_model(args.model), args)
+    model = _load(args)
     given = (args.scheduler, args.steps, args.guidance_scale)
     args.scheduler, args.steps, args.guidance_scale = model.settings(*given)
     if None in given:  # say what the family chose, and how to override it
@@ -104,6 +117,8 @@ def cmd_generate(args) -> int:
         from wsd.models.lora import records
 
         parameters["loras"] = records(model.loras)
+    if model.vae_source is not None:
+        parameters["vae"] = model.vae_source.record(model.configs["vae"])
     info = PngInfo()
     info.add_text("parameters", json.dumps(parameters))
     out = Path(args.out)
@@ -137,6 +152,8 @@ def cmd_build(args) -> int:
         raise ValueError("--verify checks what a build compiles; --weights-only compiles nothing")
     if not args.weights_only:
         args.dtype = args.dtype or settings.DEFAULT_DTYPE
+    if args.preview_vae and args.target != targets.WEBGPU:
+        raise ValueError("--preview-vae is for --target webgpu (the web app's previews)")
     if args.verify:
         _verify_build(args)
     if args.target == targets.WEBGPU:
@@ -151,20 +168,18 @@ def cmd_build(args) -> int:
 def _verify_build(args) -> None:
     """--verify: every block checked on the build's target before anything is written."""
     from wsd.checks.verify import format_report, verify_build
-    from wsd.models import load_model
 
-    rows = verify_build(_with_loras(load_model(args.model), args), args.target, args.dtype,
+    rows = verify_build(_load(args), args.target, args.dtype,
                         args.height, args.width, log=print)
     print(format_report(rows))
 
 
 def _build_bundle(args) -> int:
-    from wsd.models import load_model
     from wsd.web.bundle import build_bundle, write_weights
 
     if not args.out:
         raise ValueError("--target webgpu needs --out DIR (the bundle directory to write)")
-    model = _with_loras(load_model(args.model), args)  # LoRA errors before anything is written
+    model = _load(args)  # VAE and LoRA errors before anything is written
     if args.weights_only:
         if not args.source:
             raise ValueError("--weights-only needs --from DIR: the bundle whose compiled "
@@ -260,6 +275,10 @@ def parser() -> argparse.ArgumentParser:
     bld = sub.add_parser("build", help="compile the model library (cached)")
     _model_options(bld, "build")
     _lora_option(bld)
+    bld.add_argument("--preview-vae", metavar="PATH|PRESET",
+                     help="with --target webgpu: also compile this VAE (e.g. TAESD: "
+                          "'tiny-taesd', 'taesd' or a madebyollin/taesd folder) as "
+                          "decode_preview, which the web app's previews use")
     bld.add_argument("--force", action="store_true", help="rebuild even if cached")
     bld.add_argument("--verify", action="store_true",
                      help="first compare every block with PyTorch on the build's target "

@@ -11,7 +11,8 @@
 // "weights" (bytes, from the network or the cache), "shaders" (pipeline compilation),
 // "tokenizer", and "warning" (e.g. the weights could not be cached); each stage's time is in
 // `engine.loadStats`. Generation reports "encode", "denoise" (step i of n, time left),
-// "preview" (optional intermediate images) and "decode"; its times are in `engine.last`.
+// "preview" (optional intermediate images: through the bundle's `decode_preview`, a tiny
+// autoencoder, where it has one) and "decode"; its times are in `engine.last`.
 //
 // The denoising loop does not wait for the GPU after each step: it encodes step i+1 while
 // the GPU computes step i (at most STEPS_IN_FLIGHT steps queued), and reports a step when
@@ -271,8 +272,8 @@ export class Engine {
     };
   }
 
-  async _toPixels(latents) {
-    const image = this._call("decode", latents);
+  async _toPixels(latents, decoder = "decode") {
+    const image = this._call(decoder, latents);
     const host = this.tvm.empty(image.shape, "float32", this.tvm.cpu()).copyFrom(image);
     await this._untilLost(this.dev.sync());
     const [, h, w] = image.shape;
@@ -330,7 +331,12 @@ export class Engine {
       const tLoop = performance.now();
       const finished = []; // per step: resolves when the GPU has finished it
       let lastDone = tLoop;
-      const every = s.previewEvery || 5;
+      // Previews decode through the bundle's preview VAE (wsd build --preview-vae: a tiny
+      // autoencoder, `decode_preview`), every step by default; without one, through the full
+      // `decode`, every 5th. previewMs: host ms from submitting a preview to its pixels.
+      const previewFn = this.functions.decode_preview ? "decode_preview" : "decode";
+      const every = s.previewEvery || (previewFn === "decode_preview" ? 1 : 5);
+      timings.previewMs = [];
       for (let i = 0; i < timesteps.length; i++) {
         if (i >= STEPS_IN_FLIGHT) await finished[i - STEPS_IN_FLIGHT];
         const tHost = performance.now();
@@ -354,9 +360,11 @@ export class Engine {
         timings.stepHostMs.push(performance.now() - tHost);
         if (s.preview && done < timesteps.length && done % every === 0) {
           await finished[i];
-          const p = await this._toPixels(latents);
+          const tPreview = performance.now();
+          const p = await this._toPixels(latents, previewFn);
+          timings.previewMs.push(performance.now() - tPreview);
           onProgress({ stage: "preview", step: done, steps: timesteps.length,
-                       image: await pngDataURL(p.rgba, p.height, p.width) });
+                       decoder: previewFn, image: await pngDataURL(p.rgba, p.height, p.width) });
         }
       }
       await Promise.all(finished);

@@ -35,7 +35,8 @@ from wsd.compiler.buffers import kernel_workspace, nbytes, storage_sizes
 from wsd.compiler.weight_names import tensor_name
 
 # The functions a run calls (the samplers' kernels work on latents only).
-MODEL_FUNCTIONS = ("encode_text", "encode_image", "unet_guided", "unet", "decode")
+MODEL_FUNCTIONS = ("encode_text", "encode_image", "unet_guided", "unet", "decode",
+                   "decode_preview")
 
 MIB = 1 << 20
 

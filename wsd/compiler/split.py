@@ -28,6 +28,10 @@ output, whose bands are concatenated:
 Bands are combined (the statistics' sums, the output's concatenation) at most FAN_IN at a
 time, so that no fused kernel binds more than WebGPU's default 8 storage buffers.
 
+A tiny autoencoder's decoder (AutoencoderTiny, TAESD: `--vae`, and `decode_preview` of
+`--preview-vae`) is not split: `plan` records its largest tensor and, where that is over the
+limit, why it stays whole (wsd.web.limits then reports the binding it needs).
+
 UNet: diffusers' BasicTransformerBlock can run its feed-forward in token chunks
 (`set_chunk_feed_forward`; the feed-forward acts on each token alone, so this is exact); the
 blocks whose feed-forward holds a tensor over the limit get the fewest chunks that fit.
@@ -105,12 +109,33 @@ def _up_stages(decoder, rows: int, cols: int):
     return stages
 
 
+def _tiny_largest(decoder, rows: int, cols: int, size: int) -> int:
+    """The largest activation of diffusers' DecoderTiny (a sequence of convolutions,
+    activations, AutoencoderTinyBlocks and upsamples) on (rows, cols) latents."""
+    largest, channels = 0, decoder.layers[0].in_channels
+    for layer in decoder.layers:
+        if isinstance(layer, torch.nn.Upsample):
+            rows, cols = int(rows * layer.scale_factor), int(cols * layer.scale_factor)
+        convs = [m for m in layer.modules() if isinstance(m, torch.nn.Conv2d)]
+        if convs:
+            channels = max(channels, *(c.out_channels for c in convs))
+        largest = max(largest, channels * rows * cols * size)
+        if convs:
+            channels = convs[-1].out_channels
+    return largest
+
+
 def plan_decoder(decoder, latent_rows: int, latent_cols: int, dtype,
                  limit: int) -> DecoderPlan:
     """The fewest row bands that keep every tensor of the decoder's high-resolution stages
     at most `limit` bytes (a band count dividing the rows where one is near, so that bands
-    share kernels)."""
+    share kernels). A tiny autoencoder's decoder is never split."""
     size = _itemsize(dtype)
+    if not hasattr(decoder, "up_blocks"):  # AutoencoderTiny's DecoderTiny
+        plan = DecoderPlan(largest_bytes=_tiny_largest(decoder, latent_rows, latent_cols, size))
+        if plan.largest_bytes > limit:
+            plan.unsupported = "a tiny autoencoder's decoder (AutoencoderTiny) is not split"
+        return plan
     stages = _up_stages(decoder, latent_rows, latent_cols)
     largest = [max(c * r * f * cols * f * size for c, f in tensors)
                for r, cols, tensors in stages]
@@ -304,6 +329,11 @@ def plan_unet(unet, latent_rows: int, latent_cols: int, batch: int, dtype,
 
 # ---- the choice -------------------------------------------------------------------------------
 
+# The decoding functions: the VAE's, and the preview VAE's (`decode_preview`, recorded under
+# its own key only where the model has one).
+DECODERS = ("decode", "decode_preview")
+
+
 def plan(modules: dict[str, torch.nn.Module], latent_rows: int, latent_cols: int, dtype: str,
          limit: int) -> dict:
     """The split for the traced modules (wsd.compiler.trace.wrap_modules' dict) under a
@@ -318,8 +348,9 @@ def plan(modules: dict[str, torch.nn.Module], latent_rows: int, latent_cols: int
     record = {"method": METHOD, "why": WHY, "limit_bytes": limit,
               "max_weight_bytes": max_weight, "split_limit_bytes": effective,
               "decode": None, "unet": {}}
-    if "decode" in modules:
-        record["decode"] = asdict(plan_decoder(modules["decode"].decoder, latent_rows,
+    for name in DECODERS:
+        if name in modules:
+            record[name] = asdict(plan_decoder(modules[name].decoder, latent_rows,
                                                latent_cols, dtype, effective))
     unets = [m for name, m in modules.items() if name in ("unet_guided", "unet")]
     if unets:
@@ -331,10 +362,11 @@ def plan(modules: dict[str, torch.nn.Module], latent_rows: int, latent_cols: int
 
 def apply(modules: dict[str, torch.nn.Module], record: dict) -> None:
     """Make the traced modules compute as `record` (from `plan`) says."""
-    decode = record.get("decode")
-    if decode and decode["first_block"] is not None:
-        wrapper = modules["decode"]
-        wrapper.decoder = BandedDecoder(wrapper.decoder, DecoderPlan(**decode))
+    for name in DECODERS:
+        decode = record.get(name)
+        if decode and decode["first_block"] is not None:
+            wrapper = modules[name]
+            wrapper.decoder = BandedDecoder(wrapper.decoder, DecoderPlan(**decode))
     if record.get("unet"):
         unet = next(m.unet for name, m in modules.items() if name in ("unet_guided", "unet"))
         blocks = {name: tb for name, tb, _ in _transformer_levels(unet)}
@@ -350,23 +382,24 @@ def describe(record: dict) -> list[str]:
     if record["split_limit_bytes"] > record["limit_bytes"]:
         lines.append(f"a weight of {mib(record['max_weight_bytes'])} needs a binding over "
                      f"{mib(record['limit_bytes'])} anyway: tensors split down to that size")
-    decode = record.get("decode")
-    if decode:
+    decoders = [(name, record[name]) for name in DECODERS if record.get(name)]
+    for name, decode in decoders:
         if decode["first_block"] is not None:
             lines.append(
-                f"decode: largest tensor {mib(decode['largest_bytes'])} > {mib(limit)}: up "
+                f"{name}: largest tensor {mib(decode['largest_bytes'])} > {mib(limit)}: up "
                 f"blocks {decode['first_block']}.. and the output in {decode['bands']} row "
                 f"bands (largest band tensor {mib(decode['band_bytes'])})")
         elif decode["unsupported"]:
-            lines.append(f"decode: largest tensor {mib(decode['largest_bytes'])} > "
+            lines.append(f"{name}: largest tensor {mib(decode['largest_bytes'])} > "
                          f"{mib(limit)}, not split: {decode['unsupported']}")
         else:
-            lines.append(f"decode: largest tensor {mib(decode['largest_bytes'])} fits, unsplit")
+            lines.append(f"{name}: largest tensor {mib(decode['largest_bytes'])} fits, "
+                         f"unsplit")
     for name, info in record.get("unet", {}).items():
         lines.append(f"unet: {name}'s feed-forward ({mib(info['bytes'])}) in {info['chunks']} "
                      f"token chunks")
-    split = (decode and decode["first_block"] is not None) or record.get("unet")
-    unsplit = decode and decode["unsupported"]
+    split = (any(d["first_block"] is not None for _, d in decoders) or record.get("unet"))
+    unsplit = any(d["unsupported"] for _, d in decoders)
     if split:
         head = f"splitting        {record['method']} ({record['why']})"
     elif unsplit:

@@ -95,19 +95,26 @@ class EmbeddedGuidanceUNet(torch.nn.Module):
 class VaeDecoder(torch.nn.Module):
     """Latents -> RGB image (1, H, W, 3) in [0, 1], as diffusers' image processor leaves it.
 
-    WebGPU builds at sizes whose decoder tensors exceed a storage binding replace `decoder`
-    with wsd.compiler.split.BandedDecoder (same weights, same names): the same image, its
-    high-resolution stages in row bands."""
+    The VAE is an AutoencoderKL (post_quant_conv, then the decoder) or an AutoencoderTiny
+    (TAESD: its decoder alone, which soft-clamps the latents with tanh and ends in [-1, 1]);
+    StableDiffusionPipeline decodes either as `vae.decode(latents / scaling_factor)` (TAESD's
+    scaling_factor is 1.0) and denormalizes [-1, 1] to [0, 1]. State-dict names are the
+    VAE's own (`decoder.layers.0.weight` for TAESD).
+
+    WebGPU builds at sizes whose decoder tensors exceed a storage binding replace an
+    AutoencoderKL's `decoder` with wsd.compiler.split.BandedDecoder (same weights, same
+    names): the same image, its high-resolution stages in row bands."""
 
     def __init__(self, vae):
         super().__init__()
         # Only the decoding half: the encoder's weights must not become inputs.
-        self.post_quant_conv = vae.post_quant_conv
+        self.post_quant_conv = getattr(vae, "post_quant_conv", None)
         self.decoder = vae.decoder
         self.scaling_factor = float(vae.config.scaling_factor)
 
     def forward(self, latents):
-        latents = (latents / self.scaling_factor).to(self.decoder.conv_in.weight.dtype)
+        dtype = next(self.decoder.parameters()).dtype
+        latents = (latents / self.scaling_factor).to(dtype)
         if self.post_quant_conv is not None:
             latents = self.post_quant_conv(latents)
         image = self.decoder(latents)
@@ -187,16 +194,21 @@ def example_inputs(model: Model, height: int, width: int) -> dict[str, tuple]:
         "unet_guided": (latents, t, emb, emb.clone(), scale),
         "unet": (latents, t, emb, scale) if model.guidance_embedded else (latents, t, emb),
         "decode": (latents,),
+        "decode_preview": (latents,),
     }
 
 
 def functions(model: Model) -> tuple[str, ...]:
     """The model's compiled functions. A UNet with a guidance embedding is never run on a
     batch of two (diffusers guides it through the embedding alone): no unet_guided.
-    encode_image (the VAE encoder) serves image-to-image."""
+    encode_image (the VAE encoder) serves image-to-image, where the VAE is an AutoencoderKL
+    (diffusers' img2img samples its latent distribution; a tiny autoencoder has none). A model
+    with a preview VAE (--preview-vae) has `decode_preview` too."""
+    encode = ("encode_image",) if model.vae_class == "AutoencoderKL" else ()
+    preview = ("decode_preview",) if "preview_vae" in model.configs else ()
     if model.guidance_embedded:
-        return ("encode_text", "encode_image", "unet", "decode")
-    return ("encode_text", "encode_image", "unet_guided", "unet", "decode")
+        return ("encode_text", *encode, "unet", "decode", *preview)
+    return ("encode_text", *encode, "unet_guided", "unet", "decode", *preview)
 
 
 def denoiser(model: Model) -> str:
@@ -219,6 +231,7 @@ def wrap_modules(model: Model, names=None,
         "unet": lambda: plain(unet()),
         "encode_image": lambda: VaeEncoder(vae()),
         "decode": lambda: VaeDecoder(vae()),
+        "decode_preview": lambda: VaeDecoder(model.preview_vae()),
     }
     cache = {}
 

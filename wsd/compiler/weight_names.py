@@ -6,14 +6,15 @@ guided and the plain UNet share theirs. No TVM or torch needed.
 from __future__ import annotations
 
 # Compiled function -> (model part owning its weights, prefix of the part's module in the
-# wrapper modules of wsd.compiler.trace). VaeEncoder and VaeDecoder hold the AutoencoderKL's
-# submodules directly.
+# wrapper modules of wsd.compiler.trace). VaeEncoder and VaeDecoder hold the VAE's submodules
+# directly; the preview VAE's weights are `preview_vae/...`, so they never clash with the VAE's.
 FUNCTION_PARTS = {
     "encode_text": ("text_encoder", "text_encoder."),
     "unet_guided": ("unet", "unet."),
     "unet": ("unet", "unet."),
     "encode_image": ("vae", ""),  # VaeEncoder: encoder., quant_conv.
     "decode": ("vae", ""),
+    "decode_preview": ("preview_vae", ""),
 }
 
 

@@ -1,6 +1,11 @@
 """Which Stable Diffusion model to compile: a built-in preset (wsd.models.presets: `tiny`,
 `sd15`, `sd21`, `sd-turbo`, `lcm`, ...) or a local diffusers folder.
 
+A VAE can be swapped in (`Model.with_vae`: `--vae`, as diffusers' `vae=` pipeline argument)
+and a second one added for previews (`Model.with_preview_vae`: `--preview-vae`, the web
+bundle's `decode_preview`): a VAE preset (wsd.models.presets.VAE_PRESETS: `taesd`,
+`tiny-taesd`) or a diffusers folder of an AutoencoderKL or AutoencoderTiny (TAESD).
+
 `load_model(spec)` returns a `Model`: the configs of its parts (UNet, VAE, CLIP text encoder,
 scheduler), its family (wsd.models.families: the defaults that fit it) and loaders for the
 PyTorch modules and the tokenizer. Everything downstream (trace, build, runtime, verify)
@@ -18,8 +23,8 @@ from pathlib import Path
 import torch
 
 from wsd.models.families import SD, Family, detect
-from wsd.models.presets import PRESETS
-from wsd.models.random_weights import randomize_
+from wsd.models.presets import PRESETS, VAE_PRESETS
+from wsd.models.random_weights import randomize_, randomize_vae_
 
 # Config keys that record who wrote a file, not what the model is.
 _PROVENANCE_KEYS = {"_diffusers_version", "_name_or_path", "transformers_version", "architectures"}
@@ -52,6 +57,84 @@ class ModelError(ValueError):
     """A model spec or folder that cannot be used; the message says what is wrong."""
 
 
+# The VAE classes a model can decode with (config.json's `_class_name`; a preset's VAE
+# without one is an AutoencoderKL).
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+
+
+def vae_class_name(config: dict) -> str:
+    return config.get("_class_name") or "AutoencoderKL"
+
+
+def vae_class(config: dict):
+    """diffusers' class of a VAE config."""
+    import diffusers
+
+    name = vae_class_name(config)
+    if name not in VAE_CLASSES:
+        raise ModelError(f"VAE class {name!r} is not supported (supported: "
+                         f"{', '.join(VAE_CLASSES)})")
+    return getattr(diffusers, name)
+
+
+def vae_scale_factor(config: dict) -> int:
+    """Pixels per latent along each side, as diffusers' pipelines compute it (AutoencoderTiny
+    registers its decoder widths as block_out_channels)."""
+    widths = config.get("block_out_channels") or config.get("decoder_block_out_channels")
+    return 2 ** (len(widths) - 1)
+
+
+@dataclass(frozen=True)
+class VaeSource:
+    """Where a swapped-in or preview VAE comes from: a VAE preset (path None: random weights
+    drawn with `seed`) or a folder holding its config.json and weights."""
+
+    name: str  # the preset's name, or the folder's
+    path: Path | None = None
+    seed: int = 0
+
+    def record(self, config: dict) -> dict:
+        """What wsd-config.json and PNG parameters say of it."""
+        return {"name": self.name, "class": vae_class_name(config),
+                "random_weights": self.path is None}
+
+
+def load_vae(spec: str | Path, seed: int = 0) -> tuple[VaeSource, dict]:
+    """(source, config) of `--vae`/`--preview-vae`: a VAE preset, a diffusers VAE folder
+    (config.json + diffusion_pytorch_model weights) or a model folder with a `vae/` one."""
+    spec_str = str(spec)
+    if spec_str in VAE_PRESETS:
+        return VaeSource(spec_str, None, seed), dict(VAE_PRESETS[spec_str])
+    path = Path(spec_str).expanduser()
+    if not spec_str or not path.exists():
+        raise ModelError(f"VAE '{spec_str}' is neither a built-in VAE "
+                         f"({', '.join(VAE_PRESETS)}) nor an existing folder")
+    if not path.is_dir():
+        raise ModelError(f"VAE path {path} is not a folder (a diffusers VAE folder holds "
+                         f"config.json and diffusion_pytorch_model.safetensors)")
+    if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+        path = path / "vae"  # a whole pipeline's folder: its VAE
+    if not (path / "config.json").is_file():
+        raise ModelError(f"no config.json in VAE folder {path}: a diffusers VAE folder holds "
+                         f"config.json and diffusion_pytorch_model.safetensors")
+    config = _read_json(path / "config.json")
+    name = config.get("_class_name")
+    if name not in VAE_CLASSES:
+        raise ModelError(f"{path / 'config.json'}: VAE class {name!r} is not supported "
+                         f"(supported: {', '.join(VAE_CLASSES)})")
+    names = [file for file, _ in _weight_files("diffusion_pytorch_model")]
+    if not any((path / file).is_file() for file in names):
+        raise ModelError(f"no weights in VAE folder {path}: expected one of {', '.join(names)}")
+    return VaeSource(path.resolve().name, path.resolve()), config
+
+
+def _init_kwargs(cls, config: dict) -> dict:
+    """The config's entries that cls's constructor takes (no `_class_name`, no keys that
+    diffusers registers after construction)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in config.items() if k in params and k != "self"}
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -62,11 +145,16 @@ class Model:
     # LoRAs fused into the UNet and text encoder as they load, in order: (file, scale).
     # Weights only: config_hash() and architecture() (and so compiled libraries) ignore them.
     loras: tuple = ()
+    # The VAE in place of the model's own (`--vae`; its config is configs["vae"]) and the
+    # preview VAE (`--preview-vae`; configs["preview_vae"], compiled as `decode_preview`):
+    # VaeSource, or None. Their configs, not these, key compiled libraries.
+    vae_source: VaeSource | None = None
+    preview_vae_source: VaeSource | None = None
 
     # ---- shapes -------------------------------------------------------------------------
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.configs["vae"]["block_out_channels"]) - 1)
+        return vae_scale_factor(self.configs["vae"])
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -85,6 +173,11 @@ class Model:
     @property
     def max_tokens(self) -> int:
         return self.configs["text_encoder"]["max_position_embeddings"]
+
+    @property
+    def vae_class(self) -> str:
+        """The VAE's diffusers class: "AutoencoderKL", or "AutoencoderTiny" (TAESD)."""
+        return vae_class_name(self.configs["vae"])
 
     @property
     def guidance_embedded(self) -> bool:
@@ -117,17 +210,21 @@ class Model:
         defaults filled in as the class fills them, less what only training reads (dropout,
         initializers). Two models with equal architectures run on the same compiled library,
         whichever keys their config files happen to spell out."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
         from transformers import CLIPTextConfig, PretrainedConfig
 
         generic = set(inspect.signature(PretrainedConfig.__init__).parameters)
 
-        classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL,
+        classes = {"unet": UNet2DConditionModel, "vae": vae_class(self.configs["vae"]),
                    "text_encoder": CLIPTextConfig}
+        if "preview_vae" in self.configs:
+            classes["preview_vae"] = vae_class(self.configs["preview_vae"])
         parts = {}
         for part, cls in classes.items():
             config = self.configs[part]
             values = {}
+            if cls.__name__ != "AutoencoderKL" and part in ("vae", "preview_vae"):
+                values["_class_name"] = cls.__name__
             for name, param in inspect.signature(cls.__init__).parameters.items():
                 if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or name in generic:
                     continue  # generic also holds "self"
@@ -136,6 +233,43 @@ class Model:
                 values[name] = config.get(name, param.default)
             parts[part] = json.loads(json.dumps(values, default=str))  # tuples -> lists
         return parts
+
+    # ---- VAEs (--vae, --preview-vae) --------------------------------------------------------
+    def with_vae(self, spec: str | Path | None) -> "Model":
+        """This model decoding with another VAE (a VAE preset or folder: load_vae), as
+        diffusers' `vae=` pipeline argument; None: unchanged."""
+        from dataclasses import replace
+
+        if spec is None:
+            return self
+        source, config = load_vae(spec, self.seed)
+        self._check_vae(config, source, "--vae")
+        return replace(self, configs={**self.configs, "vae": config}, vae_source=source)
+
+    def with_preview_vae(self, spec: str | Path | None) -> "Model":
+        """This model with a second decoder for previews (`decode_preview`): it must take
+        the same latents and give the same image size as the model's VAE."""
+        from dataclasses import replace
+
+        if spec is None:
+            return self
+        source, config = load_vae(spec, self.seed)
+        self._check_vae(config, source, "--preview-vae")
+        if vae_scale_factor(config) != self.vae_scale_factor:
+            raise ModelError(f"--preview-vae {source.name} upsamples latents "
+                             f"{vae_scale_factor(config)}x, the model's VAE "
+                             f"{self.vae_scale_factor}x: the previews would not be the "
+                             f"image's size")
+        return replace(self, configs={**self.configs, "preview_vae": config},
+                       preview_vae_source=source)
+
+    def _check_vae(self, config: dict, source: VaeSource, option: str) -> None:
+        vae_class(config)
+        channels = config.get("latent_channels", 4)
+        if channels != self.latent_channels:
+            raise ModelError(f"{option} {source.name} has {channels} latent channels, the "
+                             f"model's UNet {self.latent_channels} (its in_channels): they "
+                             f"must be equal")
 
     # ---- LoRAs (wsd.models.lora) ----------------------------------------------------------
     def with_loras(self, loras) -> "Model":
@@ -189,13 +323,24 @@ class Model:
         return self._diffusers_part(UNet2DConditionModel, "unet")
 
     def vae(self) -> torch.nn.Module:
-        from diffusers import AutoencoderKL
+        """The VAE (AutoencoderKL or AutoencoderTiny): the model's own, or --vae's."""
+        cls = vae_class(self.configs["vae"])
+        if self.vae_source is not None:
+            return _load_vae(cls, self.configs["vae"], self.vae_source)
+        return self._diffusers_part(cls, "vae")
 
-        return self._diffusers_part(AutoencoderKL, "vae")
+    def preview_vae(self) -> torch.nn.Module:
+        """The preview VAE (--preview-vae)."""
+        if self.preview_vae_source is None:
+            raise ModelError(f"model {self.name} has no preview VAE")
+        config = self.configs["preview_vae"]
+        return _load_vae(vae_class(config), config, self.preview_vae_source)
 
     def _diffusers_part(self, cls, part: str) -> torch.nn.Module:
         if self.path is None:
-            module = randomize_(cls(**self.configs[part]), self.seed)
+            config = _init_kwargs(cls, self.configs[part])
+            randomize = randomize_vae_ if part == "vae" else randomize_
+            module = randomize(cls(**config), self.seed)
         else:
             module = cls.from_pretrained(
                 self.path, subfolder=part, local_files_only=True,
@@ -208,6 +353,15 @@ class Model:
         if self.path is None:
             return CLIPTokenizer.default(**self.configs.get("tokenizer", {}))
         return CLIPTokenizer.from_pretrained_dir(self.path / "tokenizer")
+
+
+def _load_vae(cls, config: dict, source: VaeSource) -> torch.nn.Module:
+    if source.path is None:
+        module = randomize_vae_(cls(**_init_kwargs(cls, config)), source.seed)
+    else:
+        module = cls.from_pretrained(source.path, local_files_only=True,
+                                     variant=_variant(source.path, "diffusion_pytorch_model"))
+    return module.float().eval()
 
 
 def load_model(spec: str | Path, seed: int = 0) -> Model:

@@ -16,6 +16,12 @@ depths so that a whole image takes seconds: `tiny` (SD v1.5), `tiny-sd2` (SD 2.x
 encoder, attention and v-prediction), `tiny-turbo` (tiny-sd2's architecture, SD-Turbo's
 scheduler), `tiny-lcm` (tiny with a guidance embedding, LCMScheduler).
 
+VAE presets (`VAE_PRESETS`, for `--vae` and `--preview-vae`; random weights too):
+
+    taesd       the tiny autoencoder TAESD (madebyollin/taesd) as diffusers' AutoencoderTiny
+                builds it by default: 64-wide blocks, no attention, no group norm
+    tiny-taesd  the same with 16-wide blocks and one block per level, for the CPU tests
+
 A preset may carry a "tokenizer" entry: the settings its family's tokenizer folder has
 (SD 2.x pads with "!", not "<|endoftext|>").
 """
@@ -231,6 +237,37 @@ TINY_LCM = {
     "unet": {**TINY["unet"], "time_cond_proj_dim": 16},
     "scheduler": LCM_SCHEDULER,
 }
+
+# diffusers' AutoencoderTiny defaults (madebyollin/taesd's config.json spells out the same).
+TAESD = {
+    "_class_name": "AutoencoderTiny",
+    "in_channels": 3,
+    "out_channels": 3,
+    "encoder_block_out_channels": [64, 64, 64, 64],
+    "decoder_block_out_channels": [64, 64, 64, 64],
+    "act_fn": "relu",
+    "upsample_fn": "nearest",
+    "latent_channels": 4,
+    "upsampling_scaling_factor": 2,
+    "num_encoder_blocks": [1, 3, 3, 3],
+    "num_decoder_blocks": [3, 3, 3, 1],
+    "latent_magnitude": 3,
+    "latent_shift": 0.5,
+    "force_upcast": False,
+    "scaling_factor": 1.0,
+    "shift_factor": 0.0,
+}
+
+# TAESD with 16-wide blocks, one per level: still 8x upsampling, 4 latent channels.
+TINY_TAESD = {
+    **TAESD,
+    "encoder_block_out_channels": [16, 16, 16, 16],
+    "decoder_block_out_channels": [16, 16, 16, 16],
+    "num_encoder_blocks": [1, 1, 1, 1],
+    "num_decoder_blocks": [1, 1, 1, 1],
+}
+
+VAE_PRESETS = {"taesd": TAESD, "tiny-taesd": TINY_TAESD}
 
 PRESETS = {"tiny": TINY, "sd15": SD15, "sd21": SD21, "sd-turbo": SD_TURBO, "lcm": LCM,
            "tiny-sd2": TINY_SD2, "tiny-turbo": TINY_TURBO, "tiny-lcm": TINY_LCM}

@@ -8,7 +8,9 @@ are not part of any stability promise).
 Scales keep activations near unit size through the network: weights ~ N(0, 1/fan_in),
 norm scales ~ 1 + N(0, 0.1), biases ~ N(0, 0.05). The VAE's output convolution is damped so
 its pixels mostly stay inside [-1, 1] instead of saturating (clipped pixels would make the
-image-similarity tests blind to differences there).
+image-similarity tests blind to differences there). A tiny autoencoder's (AutoencoderTiny)
+decoder ends in a plain convolution whose output is the image in [0, 1]: it is damped
+likewise and centred on 0.5 (`randomize_vae_`).
 """
 
 import zlib
@@ -42,4 +44,20 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
             else:  # norm scales
                 values = 1.0 + 0.1 * noise
             param.copy_(torch.from_numpy(values.astype(np.float32)))
+    return module
+
+
+# A tiny autoencoder's last convolution: its output is the pixel value in [0, 1].
+TINY_OUTPUT_GAIN = 0.5
+TINY_OUTPUT_CENTRE = 0.5
+
+
+def randomize_vae_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """randomize_ for a VAE (AutoencoderKL or AutoencoderTiny); returns the module."""
+    randomize_(module, seed)
+    if type(module).__name__ == "AutoencoderTiny":
+        last = [m for m in module.decoder.layers if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            last.weight.mul_(TINY_OUTPUT_GAIN)
+            last.bias.add_(TINY_OUTPUT_CENTRE)
     return module

@@ -72,9 +72,12 @@ class Pipeline:
                  scheduler: str | None = None, steps: int | None = None,
                  guidance_scale: float | None = None, seed: int = settings.SEED,
                  progress: Callable[[int, int], None] | None = None,
-                 image=None, strength: float | None = None) -> np.ndarray:
+                 image=None, strength: float | None = None,
+                 on_latents: Callable[[int, object], None] | None = None) -> np.ndarray:
         """Returns the image as uint8 (height, width, 3). `image` (a file path or a PIL
-        image) makes it image-to-image, at `strength` (default 0.8, as diffusers)."""
+        image) makes it image-to-image, at `strength` (default 0.8, as diffusers).
+        `on_latents(step, latents)` is called after each step with the latents on the device
+        (e.g. for `preview`)."""
         scheduler, steps, guidance_scale = self.model.settings(scheduler, steps,
                                                                guidance_scale)
         settings.check(steps, guidance_scale, seed)
@@ -84,6 +87,9 @@ class Pipeline:
             if strength is not None:
                 raise ValueError("strength is for image-to-image: give an image too")
         else:
+            if "encode_image" not in self.meta["functions"]:
+                raise ValueError(f"image-to-image needs the VAE's encoder; {self.model.name}'s "
+                                 f"VAE is an {self.model.vae_class} (no latent distribution)")
             strength = settings.STRENGTH if strength is None else strength
             settings.check_strength(strength)
             pixels = prepare_image(image, self.meta["height"], self.meta["width"],
@@ -126,8 +132,17 @@ class Pipeline:
             latents = sampler.step(run, noise, i, latents, rng)
             if progress:
                 progress(i + 1, len(sampler.timesteps))
+            if on_latents:
+                on_latents(i + 1, latents)
         image = self.call("decode", latents).numpy()[0]
         return to_uint8(image)
+
+    def preview(self, latents) -> np.ndarray:
+        """The latents as uint8 (height, width, 3) through the preview VAE (`decode_preview`,
+        a model with --preview-vae), as the web app's previews."""
+        if "decode_preview" not in self.weights:
+            raise ValueError(f"model {self.model.name} has no preview VAE (--preview-vae)")
+        return to_uint8(self.call("decode_preview", latents).numpy()[0])
 
 
     def image_latents(self, pixels: np.ndarray, rng):

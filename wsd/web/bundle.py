@@ -16,6 +16,11 @@ compiling (`wsd build --target webgpu --weights-only --from DIR`): wsd-config.js
 the model's `architecture` (wsd.models.Model.architecture) and, per function, which weights
 it takes in which dtype and stored layout (`weight_meta`, as a library's meta.json).
 
+`vae` in wsd-config.json: the VAE swapped in for the model's own (`--vae`: name, class,
+whether its weights are random), or null. `preview_vae`: the preview VAE (`--preview-vae`),
+compiled as `decode_preview` (its weights `preview_vae/...` in params/), or null; the app's
+previews decode through it ({"function": "decode_preview", "name", "class", "config"}).
+
 `splitting` in wsd-config.json: how tensors that would exceed WebGPU's default storage binding
 (128 MiB) were split, and why (wsd.compiler.split.plan's record: "method" "exact", "why", the
 decoder's row bands under "decode", the UNet's feed-forward token chunks under "unet");
@@ -140,7 +145,13 @@ def _model_entries(model: Model, tokenizer) -> dict:
             "family": model.family.name,
             # the UNet takes the scale as an input and runs once per step (LCM-distilled)
             "guidance_embedded": model.guidance_embedded,
-            "loras": records(model.loras)}  # what was fused into params/: file, sha256, scale
+            "loras": records(model.loras),  # what was fused into params/: file, sha256, scale
+            "vae": (None if model.vae_source is None
+                    else model.vae_source.record(model.configs["vae"])),
+            "preview_vae": (None if model.preview_vae_source is None else {
+                "function": "decode_preview",
+                **model.preview_vae_source.record(model.configs["preview_vae"]),
+                "config": model.configs["preview_vae"]})}
 
 
 def build_bundle(model: Model, out_dir, dtype: str = "float32", height: int | None = None,
@@ -285,6 +296,12 @@ def write_weights(model: Model, source_dir, out_dir, log=print) -> dict:
         raise BundleError(f"{source} was built by an older wsd, which did not record the "
                           "architecture and weight layouts that --weights-only needs; build "
                           "it once more with `wsd build --target webgpu`")
+    built_preview = "decode_preview" in config["weight_meta"]
+    if built_preview != (model.preview_vae_source is not None):
+        raise BundleError(
+            f"{source} was built with a preview VAE (decode_preview): give --preview-vae for "
+            f"its weights too" if built_preview else
+            f"{source} has no decode_preview: --preview-vae needs a bundle built with it")
     differences = architecture_differences(config["architecture"], model.architecture())
     if differences:
         shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
