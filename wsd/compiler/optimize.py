@@ -18,6 +18,29 @@ from wsd.compiler import layout
 from wsd.kernels.attention import flash_attention
 from wsd.kernels.group_norm import SplitGroupNorm
 
+K_INJECTIVE = 2  # TVM's OpPatternKind: 0 element-wise, 1 broadcast, 2 injective
+
+
+@tvm.transform.module_pass(opt_level=0, name="PadsAreInjective")
+def PadsAreInjective(mod, _ctx):  # noqa: N802 (a pass, named as TVM's are)
+    """Legalized `nn.pad`s (the VAE encoder's Downsample2D pads by (0, 1, 0, 1) before its
+    stride-2 convolution) annotated injective, as they are, not element-wise:
+    AnnotateTIROpPattern calls them element-wise, FuseOps then fuses a pad into the epilogue
+    of the convolution before it (a 64x64 result padded to 65x65), and dlight's GPU matmul
+    rule cannot schedule that epilogue (its assertion: "consumers of the cache-write stage
+    that are not properly inlined")."""
+    from tvm import tirx
+
+    updates = {}
+    for gv, func in mod.functions.items():
+        if (isinstance(func, tirx.PrimFunc) and gv.name_hint.startswith("pad")
+                and func.attrs is not None and "op_pattern" in func.attrs
+                and int(func.attrs["op_pattern"]) < K_INJECTIVE):
+            updates[gv] = func.with_attr("op_pattern", K_INJECTIVE)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
+
 
 def passes(target: tvm.target.Target,
            weight_layouts: layout.WeightLayouts | None = None) -> list[tvm.transform.Pass]:
@@ -31,6 +54,7 @@ def passes(target: tvm.target.Target,
         SplitGroupNorm(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        PadsAreInjective,
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
