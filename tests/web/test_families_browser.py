@@ -104,3 +104,31 @@ def test_lcm_in_deno(lcm_bundle, tmp_path):
     other = pipe.generate(PROMPT, guidance_scale=2.0, seed=6)
     image = browser_run.compare_to_reference(other, reference)
     assert image["ssim"] < SSIM_FP32
+
+
+def test_lcm_img2img_in_deno(lcm_bundle, tmp_path):
+    """Image-to-image with a guidance-embedded UNet: LCM's schedule shortened by the
+    strength (LatentConsistencyModelImg2ImgPipeline), as natively; another sampler is
+    refused, as natively."""
+    if not Path(browser_run.DENO).exists():
+        pytest.skip("npm `deno` not installed in web/ (npm install in web/)")
+    if not Path(browser_run.LAVAPIPE_ICD).exists():
+        pytest.skip("Mesa lavapipe not installed (apt install mesa-vulkan-drivers)")
+    from tests.numerics.test_img2img import picture
+    from tests.web.test_img2img_browser import data_url
+
+    config = json.loads((lcm_bundle / "wsd-config.json").read_text())
+    image = picture(config["width"], config["height"], seed=7)
+    jobs = [{"prompt": PROMPT, "seed": 6, "image": data_url(image), "strength": 0.5},
+            {"prompt": PROMPT, "seed": 6, "image": data_url(image), "scheduler": "ddim"}]
+    result = browser_run.run_deno_jobs(lcm_bundle, "lavapipe", jobs)
+    assert "error" not in result, result["error"]
+    got, refused = result["jobs"]
+    assert "error" not in got, got["error"]
+    expected = setup_for("tiny-lcm", "llvm").pipe.generate(PROMPT, seed=6, image=image,
+                                                           strength=0.5)
+    score = ssim(decode_png(got["png"])[..., :3], expected)
+    print(f"deno tiny-lcm img2img vs native: SSIM {score:.5f}")
+    assert score >= SSIM_FP32
+    assert "does not apply to this model" in refused["error"] or \
+        "needs the lcm sampler" in refused["error"], refused

@@ -27,8 +27,9 @@ import { Tokenizer, clipIds } from "./tokenizers.js";
 
 import { openDevice } from "./gpu.js";
 import { pngDataURL, toRGBA } from "./image.js";
+import { prepareImage } from "./image_input.js";
 import { TorchGenerator } from "./rng.js";
-import { SCHEDULERS, makeScheduler } from "./schedulers/index.js";
+import { SCHEDULERS, checkStrength, latentSample, makeScheduler } from "./schedulers/index.js";
 import { fetchOk, loadWeights } from "./weights.js";
 
 export const CONFIG_NAME = "wsd-config.json";
@@ -36,6 +37,10 @@ export const FORMAT_VERSION = 2; // 2: the config carries "settings"
 // Steps the host may encode ahead of the GPU: 2 lets step i+1's encoding overlap step i's
 // GPU time; more would only queue work (and delay noticing a lost device).
 const STEPS_IN_FLIGHT = 2;
+// Image-to-image: the default strength (wsd/settings.py STRENGTH, diffusers' default) and the
+// VAE's scaling factor where a bundle's config does not record it (SD 1.x/2.x's).
+export const STRENGTH = 0.8;
+const SCALING_FACTOR = 0.18215;
 
 // The settings' defaults and bounds: the bundle's wsd-config.json "settings", written from
 // wsd/settings.py (the record `wsd generate` uses too); filled in by Engine.load.
@@ -56,7 +61,8 @@ function useSettings({ defaults, bounds, schedulers }) {
 
 /** Settings checked as wsd/settings.py's check does; returns them normalized. */
 export function checkSettings(options) {
-  const known = new Set([...Object.keys(DEFAULTS), "onProgress", "preview", "previewEvery"]);
+  const known = new Set([...Object.keys(DEFAULTS), "onProgress", "preview", "previewEvery",
+                         "image", "strength"]);
   for (const key of Object.keys(options || {})) {
     if (!known.has(key)) {
       throw new Error(`unknown option '${key}'; known: ${[...known].join(", ")}`);
@@ -85,6 +91,17 @@ export function checkSettings(options) {
                     `of: ${SAMPLERS.join(", ")}`);
   }
   s.seed = parseSeed(s.seed);
+  // image-to-image (wsd/runtime/pipeline.py's generate(image=, strength=))
+  if (s.image === undefined || s.image === null) {
+    if (s.strength !== undefined && s.strength !== null) {
+      throw new Error("strength is for image-to-image: give an image too");
+    }
+    delete s.image;
+    delete s.strength;
+  } else {
+    if (s.strength === undefined || s.strength === null) s.strength = STRENGTH;
+    checkStrength(s.strength);
+  }
   return s;
 }
 
@@ -286,18 +303,52 @@ export class Engine {
     return this._untilLost(this.device.queue.onSubmittedWorkDone());
   }
 
+  /** The image input as encode_image takes it (image_input.js: wsd/runtime/image.py's
+   * prepare_image); {pixels, record}. */
+  _imageInput(image) {
+    if (!this.functions.encode_image) {
+      throw new Error("this bundle has no encode_image (image-to-image): rebuild it with " +
+                      "this version of wsd");
+    }
+    const c = this.config;
+    return prepareImage(image, c.width, c.height, c.vae_scale_factor || 8);
+  }
+
+  /** diffusers' retrieve_latents(vae.encode(image), generator) * scaling_factor: encode_image
+   * -> (mean, std), then latent_sample with the generator's next draw (Pipeline.image_latents). */
+  _imageLatents(run, pixels, rng) {
+    const c = this.config;
+    const input = c.functions.encode_image.inputs?.[0];
+    const out = this._call("encode_image",
+                           this._upload(pixels, [1, c.height, c.width, 3], input?.dtype));
+    // a tuple output: tvmjs gives an ffi.Array (TVMArray: size(), get(i))
+    const [mean, std] = Array.isArray(out) ? out : [out.get(0), out.get(1)];
+    const eps = rng.randn(mean.shape.map(Number));
+    return latentSample(run, mean, std, eps, [c.scaling_factor ?? SCALING_FACTOR]);
+  }
+
   async _generate(options) {
     if (this.lost) throw new Error(this.lost);
     const s = checkSettings(options);
     const onProgress = typeof s.onProgress === "function" ? s.onProgress : () => {};
     const tvm = this.tvm;
     const t0 = performance.now();
-    const sampler = makeScheduler(s.scheduler, this.config.scheduler_config);
-    sampler.setTimesteps(s.steps);
-    const timesteps = sampler.timesteps;
     // As diffusers: no guidance at or below 1; a UNet with a guidance embedding (LCM) takes
     // the scale as an input instead and runs on the prompt alone.
     const embedded = Boolean(this.config.guidance_embedded);
+    const input = s.image === undefined ? null : await this._imageInput(s.image);
+    const sampler = makeScheduler(s.scheduler, this.config.scheduler_config);
+    if (input && embedded) { // LatentConsistencyModelImg2ImgPipeline: a shorter LCM schedule
+      if (s.scheduler !== "lcm") {
+        throw new Error(`image-to-image with ${this.config.model} (guidance embedded in the ` +
+                        `UNet) needs the lcm sampler, got '${s.scheduler}'`);
+      }
+      sampler.setTimesteps(s.steps, null, s.strength);
+    } else {
+      sampler.setTimesteps(s.steps);
+      if (input) sampler.truncate(s.strength); // StableDiffusionImg2ImgPipeline.get_timesteps
+    }
+    const timesteps = sampler.timesteps;
     const guided = s.guidanceScale > 1.0 && !embedded;
     const warnings = [];
     const timings = { encodeMs: 0, stepMs: [], stepHostMs: [], decodeMs: 0, totalMs: 0 };
@@ -320,14 +371,20 @@ export class Engine {
 
       const rng = new TorchGenerator(s.seed);
       const shape = this.config.latent_shape;
-      const sigma = Math.fround(sampler.initNoiseSigma);
-      const noise = rng.randn(shape);
-      for (let i = 0; i < noise.length; i++) noise[i] = Math.fround(noise[i] * sigma);
-      let latents = this._upload(noise, shape);
+      const run = this._runner();
+      let latents;
+      if (input) { // the image's latents, noised at the first kept step
+        latents = sampler.addNoise(run, this._imageLatents(run, input.pixels, rng),
+                                   rng.randn(shape));
+      } else {
+        const sigma = Math.fround(sampler.initNoiseSigma);
+        const noise = rng.randn(shape);
+        for (let i = 0; i < noise.length; i++) noise[i] = Math.fround(noise[i] * sigma);
+        latents = this._upload(noise, shape);
+      }
       await this._submitted();
       timings.encodeMs = performance.now() - t0;
 
-      const run = this._runner();
       const tLoop = performance.now();
       const finished = []; // per step: resolves when the GPU has finished it
       let lastDone = tLoop;
@@ -375,7 +432,8 @@ export class Engine {
       const dataURL = await pngDataURL(rgba, height, width);
       timings.totalMs = performance.now() - t0;
       this.last = { ms: timings.totalMs, warnings, timings, gpuMemory: this.gpuMemory(),
-                    settings: { ...s, seed: String(s.seed), onProgress: undefined },
+                    settings: { ...s, seed: String(s.seed), onProgress: undefined,
+                                ...(input ? { image: input.record } : {}) },
                     height, width };
       onProgress({ stage: "done", ms: this.last.ms });
       return dataURL;

@@ -316,6 +316,26 @@ def run_deno(bundle, adapter: str, settings: dict, runs: int, script: Path | Non
     return raw
 
 
+def run_deno_jobs(bundle, adapter: str, jobs: list[dict], timeout_s: float = 1800) -> dict:
+    """One Deno process: load the bundle, then generate once with each settings of `jobs`
+    (e.g. image-to-image cases, images as data URLs); {"ready", "jobs": [{"png", "settings"}
+    or {"error"}]} or {"error"} when loading fails. Each job's JSON goes on Deno's command
+    line: keep the whole under 128 KiB (Linux's limit on one argument)."""
+    from wsd.web.app import bundle_script
+
+    if not Path(DENO).exists():
+        raise BrowserRunError(f"no Deno at {DENO} (npm install in web/, or set WSD_DENO)")
+    with tempfile.TemporaryDirectory(prefix="wsd-deno-") as tmp, \
+            serving(bundle) as (url, _):
+        state = Path(tmp)
+        script = state / "measure.js"
+        bundle_script(WEB / "test" / "measure.js", script)
+        result, stderr, _ = _deno_job(script, url, deno_env(adapter, state), {"jobs": jobs},
+                                      timeout_s)
+    result["console_errors"] = stderr
+    return result
+
+
 # --------------------------------------------------------------------------- the report
 
 def _median(values) -> float | None:

@@ -145,6 +145,8 @@ def _model_entries(model: Model, tokenizer) -> dict:
             "family": model.family.name,
             # the UNet takes the scale as an input and runs once per step (LCM-distilled)
             "guidance_embedded": model.guidance_embedded,
+            # image-to-image: latent_sample's coefficient (the VAE's latent scale)
+            "scaling_factor": float(model.configs["vae"].get("scaling_factor", 0.18215)),
             "loras": records(model.loras),  # what was fused into params/: file, sha256, scale
             "vae": (None if model.vae_source is None
                     else model.vae_source.record(model.configs["vae"])),
