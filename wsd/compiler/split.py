@@ -4,7 +4,8 @@ WebGPU binds a buffer whole and guarantees 128 MiB per binding (256 MiB per buff
 wsd.web.limits). Static memory planning gives every tensor a storage at least its size, so a
 kernel that reads or writes a tensor over the limit needs an adapter that grants more. At
 768x768 in float16 SD v1.5's VAE decoder holds 256 channels x 768 x 768 (288 MiB) and 512
-channels x 384 x 384 (144 MiB); at 1024x1024 the UNet's feed-forward holds
+channels x 384 x 384 (144 MiB), its encoder 128 channels x 768 x 768 (144 MiB; 256 MiB at
+1024x1024); at 1024x1024 the UNet's feed-forward holds
 2 x 16384 tokens x 2560 (GEGLU's projection, 160 MiB). Where a build gives a limit
 (`wsd build --target webgpu`: wsd.web.bundle), `plan` chooses how to split those tensors so
 that every tensor is under it, and `apply` makes the traced modules compute so. The result
@@ -28,6 +29,19 @@ output, whose bands are concatenated:
 Bands are combined (the statistics' sums, the output's concatenation) at most FAN_IN at a
 time, so that no fused kernel binds more than WebGPU's default 8 storage buffers.
 
+VAE encoder (`BandedEncoder`): the other way round. The image is cut into row bands; conv_in
+and every down block up to the last one that holds a tensor over the limit run on bands as
+above (3x3 convolutions with halos, group norm from summed statistics, residual adds), and
+each of their downsamplers (diffusers' Downsample2D: one zero row and column after the
+input, then a 3x3 stride-2 convolution) per band: bands before the last start and end at even
+rows, so band i's output rows are exactly those of its own rows, for which it reads one row
+of band i + 1; the last band gets the zero row. So that every banded downsampler sees even
+boundaries, bands are cut at multiples of 2^k image rows (k downsamplers banded); after the
+last one a band may hold an odd number of rows. The bands are then concatenated (FAN_IN at a
+time) and the rest (smaller blocks, the mid block, the output) runs as diffusers runs it.
+The downsamplers' zero column is no tensor: wsd.compiler.layout.FoldPadIntoConv makes the
+pad the convolution's padding.
+
 UNet: diffusers' BasicTransformerBlock can run its feed-forward in token chunks
 (`set_chunk_feed_forward`; the feed-forward acts on each token alone, so this is exact); the
 blocks whose feed-forward holds a tensor over the limit get the fewest chunks that fit.
@@ -42,8 +56,9 @@ import torch.nn.functional as F
 
 MiB = 1 << 20
 METHOD = "exact"  # the issue's option (a); option (b) is diffusers' tiled decoding
-WHY = ("exact splitting: the decoder's high-resolution stages run in row bands (conv halos, "
-       "group-norm statistics summed over the bands) and the UNet's feed-forward in token "
+WHY = ("exact splitting: the VAE decoder's and encoder's high-resolution stages run in row "
+       "bands (conv halos, group-norm statistics summed over the bands) and the UNet's "
+       "feed-forward in token "
        "chunks, so the image is diffusers' untiled image up to float rounding; tiled decoding "
        "would give diffusers' tiled image, which differs from it")
 
@@ -486,7 +501,8 @@ def plan(modules: dict[str, torch.nn.Module], latent_rows: int, latent_cols: int
     larger binding anyway, and tensors are split only down to the largest weight.
 
     Returns the record for wsd-config.json: {"method", "why", "limit_bytes",
-    "max_weight_bytes", "decode": DecoderPlan as a dict or None, "unet": {block: chunks}}."""
+    "max_weight_bytes", "split_limit_bytes", "decode": DecoderPlan as a dict or None,
+    "encode": EncoderPlan as a dict or None, "unet": {block: chunks}}."""
     max_weight = max((p.numel() * p.element_size() for m in modules.values()
                       for p in m.parameters()), default=0)
     effective = max(limit, max_weight)
