@@ -1,5 +1,5 @@
-"""wsd.compiler.split computes the unsplit model's numbers: the VAE decoder in row bands
-against diffusers' decoder (PyTorch, and compiled for llvm), the UNet with its feed-forward in
+"""wsd.compiler.split computes the unsplit model's numbers: the VAE decoder and encoder in row
+bands against diffusers' decoder and encoder (PyTorch, and compiled for llvm), the UNet with its feed-forward in
 token chunks against the UNet without; the tiny model, with limits lowered so that it splits."""
 
 from __future__ import annotations
@@ -98,6 +98,99 @@ def test_compiled_banded_decoder(tiny):
     got = executor("decode", latents.numpy(), *weights["decode"]).numpy()
     assert got.shape == want.shape == (1, *size, 3)
     assert np.abs(got - want).max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def vae_encoder(tiny):
+    return wrap_modules(tiny, ["encode_image"])["encode_image"]  # diffusers' encoder inside
+
+
+# a 48 x 32 image: the tiny VAE's down blocks at 48, 24, 12 and 6 rows; their largest tensors
+# (fp32) 96 KiB, 24 KiB, 12 KiB, 3 KiB
+@pytest.mark.parametrize("limit, last_block, rows", [
+    (60 * KiB, 0, [24, 24]),
+    (40 * KiB, 0, [16] * 3),
+    # 12 bands (two rounds of FAN_IN when joined) of 4 rows: 2 rows in down block 1, one
+    # (odd) after its downsampler
+    (16 * KiB, 1, [4] * 12),
+])
+def test_planned_encoder_bands_equal_diffusers(vae_encoder, limit, last_block, rows):
+    plan = split.plan_encoder(vae_encoder.encoder, 48, 32, "float32", limit)
+    assert (plan.last_block, plan.rows, plan.unsupported) == (last_block, rows, None)
+    assert plan.largest_bytes == 16 * 48 * 32 * 4 and plan.band_bytes <= limit
+    image = torch.randn(1, 3, 48, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = vae_encoder.encoder(image)
+        got = split.BandedEncoder(vae_encoder.encoder, plan)(image)
+    assert got.shape == want.shape
+    _close(got, want)
+
+
+def test_encoder_fits_or_cannot_split(vae_encoder):
+    assert split.plan_encoder(vae_encoder.encoder, 48, 32, "float32", 96 * KiB).last_block \
+        is None
+    plan = split.plan_encoder(vae_encoder.encoder, 48, 32, "float32", 4 * KiB)
+    # down block 2 (12 KiB) is over: bands of 8 image rows (three downsamplers) are too large
+    assert plan.last_block is None and "bands of 8 rows exceed" in plan.unsupported
+
+
+@pytest.mark.parametrize("last_block, rows", [
+    (0, [2, 10, 6, 30]),  # uneven bands, odd rows after the downsampler (1, 5, 3, 15)
+    (1, [4, 12, 8, 24]),  # odd rows after the second downsampler (1, 3, 2, 6)
+    (3, [8, 16, 24]),  # through the last block (no downsampler): 1, 2 and 3 rows there
+])
+def test_any_encoder_bands_equal_diffusers(vae_encoder, last_block, rows):
+    plan = split.EncoderPlan(largest_bytes=0, last_block=last_block, bands=len(rows),
+                             rows=rows)
+    image = torch.randn(1, 3, 48, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = vae_encoder.encoder(image)
+        got = split.BandedEncoder(vae_encoder.encoder, plan)(image)
+    _close(got, want)
+
+
+def test_encoder_band_before_the_last_with_odd_rows(vae_encoder):
+    plan = split.EncoderPlan(largest_bytes=0, last_block=0, bands=2, rows=[5, 43])
+    with pytest.raises(ValueError, match="odd number of rows"), torch.no_grad():
+        split.BandedEncoder(vae_encoder.encoder, plan)(torch.zeros(1, 3, 48, 32))
+
+
+def test_compiled_banded_encoder(tiny):
+    """trace_model with a binding limit traces the banded encoder; compiled for llvm it gives
+    the unsplit encoder's (mean, std), and memory planning keeps every storage under the
+    limit."""
+    from wsd.runtime.executor import Executor
+    from wsd.runtime.pipeline import upload_weights
+
+    size = (56, 32)
+    traced = trace_model(tiny, *size, "float32", names=("encode_image",),
+                         max_binding_bytes=16 * KiB)
+    record = traced.split
+    # the encoder's largest weight (a 3x3 convolution, 32 -> 32 channels: 36 KiB) is the limit
+    limit = record["split_limit_bytes"]
+    assert limit == 32 * 32 * 9 * 4
+    # 16 channels x 56 x 32 at full resolution: 4 bands of 14 rows, 7 (odd) after the
+    # downsampler
+    assert record["encode"]["last_block"] == 0 and record["encode"]["rows"] == [14] * 4
+    assert isinstance(traced.modules["encode_image"].encoder, split.BandedEncoder)
+
+    layouts = layout.WeightLayouts(traced.num_inputs)
+    compiled = build.compile_module(traced.mod, tvm.target.Target("llvm"), layouts)
+    planned = compiled.storages["encode_image"]["sizes"]
+    image_bytes = size[0] * size[1] * 3 * 4  # the input, permuted and scaled (18 KiB)
+    assert planned and max(s for s in planned if s != image_bytes) <= limit, sorted(planned)[-4:]
+
+    executor = Executor(compiled.executable, tvm.cpu())
+    meta = {"dtype": "float32", "functions": build.function_meta(traced, layouts)}
+    weights = upload_weights(executor, tiny, meta, traced.modules)
+    (image,) = example_inputs(tiny, *size)["encode_image"]
+    reference = wrap_modules(tiny, ["encode_image"])["encode_image"]  # unsplit
+    with torch.no_grad():
+        want = [t.numpy() for t in reference(image)]
+    got = [t.numpy() for t in executor("encode_image", image.numpy(), *weights["encode_image"])]
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape == (1, 4, size[0] // 8, size[1] // 8)
+        assert np.abs(g - w).max() <= 1e-5 * max(np.abs(w).max(), 1)
 
 
 def test_chunked_feed_forward_equals_unchunked(tiny):

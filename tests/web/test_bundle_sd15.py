@@ -2,7 +2,7 @@
 --target webgpu --dtype float16` fits WebGPU's default limits (128 MiB per storage binding,
 256 MiB per buffer, 16 KiB workgroup storage, 256 invocations, 8 storage buffers per kernel),
 so it runs on any adapter with shader-f16; the float32 build states the larger limits it
-needs (its token embedding is 144.75 MiB). Larger sizes: tests/unit/test_split.py. Each build takes ~2 min on 2 cores (trace ~50 s, compile ~40 s, link ~8 s, weights
+needs (its token embedding is 144.75 MiB). Larger sizes: tests/unit/test_split_plans.py. Each build takes ~2 min on 2 cores (trace ~50 s, compile ~40 s, link ~8 s, weights
 ~15 s: 1.9 GiB fp16, 3.8 GiB fp32, removed afterwards).
 """
 

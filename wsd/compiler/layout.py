@@ -94,38 +94,54 @@ class FoldPadIntoConv:
     asymmetric: top, left, bottom, right). The VAE encoder's downsamplers pad one row and one
     column after their input; as a separate op, FuseOps fuses that pad into the epilogue of
     the convolution before it, a consumer dlight's matmul rule cannot inline (the WebGPU
-    build then fails), while as padding it is read in place by the convolution after it."""
+    build then fails), while as padding it is read in place by the convolution after it.
+
+    A mutator, not dpl's rewrite_call: rewrite_call also merges equal bindings, and merged
+    float32 casts of one tensor, read by several reductions (the banded group norms'
+    sums and sums of squares, wsd.compiler.split), are then each a tensor twice their
+    input's size instead of fusing into the reductions."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        x, weight = wildcard(), wildcard()
-        pad = is_op("relax.nn.pad")(x)
-        conv = is_op("relax.nn.conv2d")(pad, weight)
-
-        def fold(call, matches):
-            pad_call = matches[pad]
-            attrs = call.attrs
-            widths = [int(w) for w in pad_call.attrs.pad_width]
-            spatial = ((2, 3) if attrs.data_layout == "NCHW"
-                       else (1, 2) if attrs.data_layout == "NHWC" else None)
-            if (spatial is None or pad_call.attrs.pad_mode != "constant"
-                    or float(pad_call.attrs.pad_value) != 0.0
-                    or any(widths[2 * a:2 * a + 2] != [0, 0]
-                           for a in range(len(widths) // 2) if a not in spatial)):
-                return call
-            h, w = spatial
-            top, left, bottom, right = (int(p) for p in attrs.padding)
-            padding = [top + widths[2 * h], left + widths[2 * w],
-                       bottom + widths[2 * h + 1], right + widths[2 * w + 1]]
-            return relax.op.nn.conv2d(
-                matches[x], matches[weight], strides=attrs.strides, padding=padding,
-                dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
-                kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
-                out_dtype=attrs.out_dtype)
-
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
-                mod[gvar] = rewrite_call(conv, fold, func)
+                folded = _PadFolder(mod).visit_expr(func)
+                mod[gvar] = relax.analysis.remove_all_unused(folded)
         return mod
+
+
+@mutator
+class _PadFolder(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.conv = tvm.ir.Op.get("relax.nn.conv2d")
+        self.pad = tvm.ir.Op.get("relax.nn.pad")
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM's visitor name)
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(self.conv)):
+            return call
+        x, weight = call.args
+        pad_call = self.lookup_binding(x) if isinstance(x, relax.Var) else x
+        if not (isinstance(pad_call, relax.Call) and pad_call.op.same_as(self.pad)):
+            return call
+        attrs = call.attrs
+        widths = [int(w) for w in pad_call.attrs.pad_width]
+        spatial = ((2, 3) if attrs.data_layout == "NCHW"
+                   else (1, 2) if attrs.data_layout == "NHWC" else None)
+        if (spatial is None or pad_call.attrs.pad_mode != "constant"
+                or float(pad_call.attrs.pad_value) != 0.0
+                or any(widths[2 * a:2 * a + 2] != [0, 0]
+                       for a in range(len(widths) // 2) if a not in spatial)):
+            return call
+        h, w = spatial
+        top, left, bottom, right = (int(p) for p in attrs.padding)
+        padding = [top + widths[2 * h], left + widths[2 * w],
+                   bottom + widths[2 * h + 1], right + widths[2 * w + 1]]
+        return relax.op.nn.conv2d(
+            pad_call.args[0], weight, strides=attrs.strides, padding=padding,
+            dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+            kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+            out_dtype=attrs.out_dtype)
 
 
 def permute_axes(call: relax.Call) -> list[int]:

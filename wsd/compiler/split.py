@@ -4,7 +4,8 @@ WebGPU binds a buffer whole and guarantees 128 MiB per binding (256 MiB per buff
 wsd.web.limits). Static memory planning gives every tensor a storage at least its size, so a
 kernel that reads or writes a tensor over the limit needs an adapter that grants more. At
 768x768 in float16 SD v1.5's VAE decoder holds 256 channels x 768 x 768 (288 MiB) and 512
-channels x 384 x 384 (144 MiB); at 1024x1024 the UNet's feed-forward holds
+channels x 384 x 384 (144 MiB), its encoder 128 channels x 768 x 768 (144 MiB; 256 MiB at
+1024x1024); at 1024x1024 the UNet's feed-forward holds
 2 x 16384 tokens x 2560 (GEGLU's projection, 160 MiB). Where a build gives a limit
 (`wsd build --target webgpu`: wsd.web.bundle), `plan` chooses how to split those tensors so
 that every tensor is under it, and `apply` makes the traced modules compute so. The result
@@ -28,6 +29,19 @@ output, whose bands are concatenated:
 Bands are combined (the statistics' sums, the output's concatenation) at most FAN_IN at a
 time, so that no fused kernel binds more than WebGPU's default 8 storage buffers.
 
+VAE encoder (`BandedEncoder`): the other way round. The image is cut into row bands; conv_in
+and every down block up to the last one that holds a tensor over the limit run on bands as
+above (3x3 convolutions with halos, group norm from summed statistics, residual adds), and
+each of their downsamplers (diffusers' Downsample2D: one zero row and column after the
+input, then a 3x3 stride-2 convolution) per band: bands before the last start and end at even
+rows, so band i's output rows are exactly those of its own rows, for which it reads one row
+of band i + 1; the last band gets the zero row. So that every banded downsampler sees even
+boundaries, bands are cut at multiples of 2^k image rows (k downsamplers banded); after the
+last one a band may hold an odd number of rows. The bands are then concatenated (FAN_IN at a
+time) and the rest (smaller blocks, the mid block, the output) runs as diffusers runs it.
+The downsamplers' zero column is no tensor: wsd.compiler.layout.FoldPadIntoConv makes the
+pad the convolution's padding.
+
 A tiny autoencoder's decoder (AutoencoderTiny, TAESD: `--vae`, and `decode_preview` of
 `--preview-vae`) is not split: `plan` records its largest tensor and, where that is over the
 limit, why it stays whole (wsd.web.limits then reports the binding it needs).
@@ -46,8 +60,9 @@ import torch.nn.functional as F
 
 MiB = 1 << 20
 METHOD = "exact"  # the issue's option (a); option (b) is diffusers' tiled decoding
-WHY = ("exact splitting: the decoder's high-resolution stages run in row bands (conv halos, "
-       "group-norm statistics summed over the bands) and the UNet's feed-forward in token "
+WHY = ("exact splitting: the VAE decoder's and encoder's high-resolution stages run in row "
+       "bands (conv halos, group-norm statistics summed over the bands) and the UNet's "
+       "feed-forward in token "
        "chunks, so the image is diffusers' untiled image up to float rounding; tiled decoding "
        "would give diffusers' tiled image, which differs from it")
 
@@ -291,6 +306,181 @@ class BandedDecoder(torch.nn.Module):
         return _gather(_conv(self.conv_out, bands))
 
 
+# ---- the VAE encoder --------------------------------------------------------------------------
+
+@dataclass
+class EncoderPlan:
+    """The encoder's split: conv_in and down blocks 0..last_block (its downsampler included)
+    in `bands` row bands of the image, cut at `rows` (None: unsplit). Every band but the last
+    starts and ends at a multiple of 2^k image rows, k the downsamplers among those blocks, so
+    that each downsampler's output rows are those of whole bands."""
+
+    largest_bytes: int  # the unsplit encoder's largest activation (estimated from the modules)
+    last_block: int | None = None
+    bands: int = 1
+    rows: list[int] = field(default_factory=list)
+    band_bytes: int = 0  # the largest band tensor (halo rows included)
+    unsupported: str | None = None  # why the encoder cannot be split, where it cannot
+
+
+def _encoder_unsupported(encoder) -> str | None:
+    """Why `encoder` is not the kind BandedEncoder reproduces (None when it is)."""
+    kinds = {type(block).__name__ for block in encoder.down_blocks}
+    if kinds != {"DownEncoderBlock2D"}:
+        return f"down blocks {sorted(kinds)} (only DownEncoderBlock2D is split)"
+    for block in encoder.down_blocks:
+        for resnet in block.resnets:
+            if (type(resnet).__name__ != "ResnetBlock2D" or resnet.upsample is not None
+                    or resnet.downsample is not None or resnet.time_emb_proj is not None
+                    or resnet.time_embedding_norm not in ("default", "group")):
+                return "resnets other than plain ResnetBlock2D"
+        for down in block.downsamplers or []:
+            conv = getattr(down, "conv", None)
+            if (type(down).__name__ != "Downsample2D" or not down.use_conv
+                    or down.norm is not None or not isinstance(conv, torch.nn.Conv2d)
+                    or down.padding != 0 or conv.padding != (0, 0) or conv.stride != (2, 2)
+                    or conv.kernel_size != (3, 3) or conv.dilation != (1, 1)):
+                return "downsamplers other than pad (0, 1, 0, 1) + 3x3 stride-2 convolution"
+    return None
+
+
+def _down_stages(encoder, rows: int, cols: int):
+    """Per down block: (input rows, input cols, [(channels, row halo)] of its tensors at its
+    input's resolution: the resnets' widest with the 3x3 halo of two rows, the downsampler's
+    input with its one row below), and the mid block and output stage last. conv_in's output
+    is block 0's input. The downsampler's column of zeros is no tensor: FoldPadIntoConv
+    (wsd.compiler.layout) makes the pad the convolution's padding."""
+    stages = []
+    for block in encoder.down_blocks:
+        c_in = block.resnets[0].conv1.in_channels
+        c_out = block.resnets[-1].conv2.out_channels
+        tensors = [(max(c_in, c_out), 2)]
+        if block.downsamplers:
+            tensors.append((c_out, 1))
+        stages.append((rows, cols, tensors))
+        if block.downsamplers:
+            rows, cols = rows // 2, cols // 2  # pad one after, 3x3, stride 2
+    mid = max(encoder.conv_norm_out.num_channels, encoder.conv_out.out_channels)
+    stages.append((rows, cols, [(mid, 2)]))
+    return stages
+
+
+def encoder_factor(encoder) -> int:
+    """The image rows per latent row: 2 per downsampler."""
+    return 2 ** sum(1 for block in encoder.down_blocks if block.downsamplers)
+
+
+def plan_encoder(encoder, rows: int, cols: int, dtype, limit: int) -> EncoderPlan:
+    """The fewest row bands that keep every tensor of the encoder's high-resolution stages
+    (conv_in's output and the down blocks through the last one holding a tensor over `limit`
+    bytes) at most `limit` bytes; `rows` x `cols` is the image's size. A band count dividing
+    the rows where one is near, so that bands share kernels."""
+    size = _itemsize(dtype)
+    stages = _down_stages(encoder, rows, cols)
+    largest = [max(c * r * w * size for c, _ in tensors) for r, w, tensors in stages]
+    plan = EncoderPlan(largest_bytes=max(largest))
+    if plan.largest_bytes <= limit:
+        return plan
+    plan.unsupported = _encoder_unsupported(encoder)
+    if plan.unsupported:
+        return plan
+    if largest[-1] > limit:
+        plan.unsupported = "the mid block (attention) holds a tensor over the limit"
+        return plan
+    last = max(i for i, b in enumerate(largest[:-1]) if b > limit)
+    downs = sum(1 for block in encoder.down_blocks[:last + 1] if block.downsamplers)
+    unit = 2 ** downs  # band boundaries at multiples of unit image rows
+    units, rest = divmod(rows, unit)
+
+    def cut(n: int) -> list[int]:
+        out = [(units // n + (1 if i < units % n else 0)) * unit for i in range(n)]
+        out[-1] += rest
+        return out
+
+    def band_bytes(band_rows: list[int]) -> int:
+        worst = 0
+        for r, (_, w, tensors) in zip(band_rows, stages[:last + 1]):
+            worst = max(worst, max(c * (r + halo) * w * size for c, halo in tensors))
+        return worst
+
+    def scaled(band: int) -> list[int]:
+        # a band's rows at each banded stage (the bottom band's may be one more than half)
+        out = []
+        for block in encoder.down_blocks[:last + 1]:
+            out.append(band)
+            if block.downsamplers:
+                band //= 2
+        return out
+
+    def worst(n: int) -> int:
+        return max(band_bytes(scaled(r)) for r in cut(n))
+
+    need = next((n for n in range(2, units + 1) if worst(n) <= limit), None)
+    if need is None:
+        plan.unsupported = f"even bands of {unit} rows exceed {limit} bytes"
+        return plan
+    bands = next((n for n in range(need, 2 * need) if units % n == 0), need)
+    plan.last_block, plan.bands, plan.rows = last, bands, cut(bands)
+    plan.band_bytes = worst(bands)
+    return plan
+
+
+def _downsample(conv: torch.nn.Conv2d, bands: list[torch.Tensor]) -> list[torch.Tensor]:
+    """diffusers' Downsample2D (pad one zero row and column after, 3x3 stride-2 convolution)
+    over the bands' concatenation, band by band: every band but the last has even rows, so its
+    output rows are those of its own input rows, and reads one row of the next band; the last
+    band gets the zero row."""
+    out = []
+    for i, band in enumerate(bands):
+        if i + 1 < len(bands):
+            if band.shape[2] % 2:
+                raise ValueError("a band before the last has an odd number of rows")
+            x = F.pad(torch.cat([band, bands[i + 1][:, :, :1]], dim=2), (0, 1, 0, 0))
+        else:
+            x = F.pad(band, (0, 1, 0, 1))
+        out.append(conv(x))
+    return out
+
+
+class BandedEncoder(torch.nn.Module):
+    """diffusers' AutoencoderKL encoder (`encoder`, whose modules it shares under the same
+    names, so the state dict is the encoder's) with conv_in and down blocks
+    0..plan.last_block computed in row bands of the image, then the bands joined and the rest
+    as diffusers computes it (see the module's docstring)."""
+
+    def __init__(self, encoder, plan: EncoderPlan):
+        super().__init__()
+        assert plan.last_block is not None and not plan.unsupported
+        self.conv_in = encoder.conv_in
+        self.down_blocks = encoder.down_blocks
+        self.mid_block = encoder.mid_block
+        self.conv_norm_out = encoder.conv_norm_out
+        self.conv_act = encoder.conv_act
+        self.conv_out = encoder.conv_out
+        self.plan = plan
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        if sample.shape[2] != sum(self.plan.rows):
+            raise ValueError(f"planned for {sum(self.plan.rows)} rows, got {sample.shape[2]}")
+        bands, start = [], 0
+        for rows in self.plan.rows:
+            bands.append(sample[:, :, start:start + rows])
+            start += rows
+        bands = _conv(self.conv_in, bands)
+        last = self.plan.last_block
+        for block in self.down_blocks[:last + 1]:
+            for resnet in block.resnets:
+                bands = _resnet(resnet, bands)
+            for down in block.downsamplers or []:
+                bands = _downsample(down.conv, bands)
+        sample = _gather(bands)
+        for block in self.down_blocks[last + 1:]:
+            sample = block(sample)
+        sample = self.mid_block(sample)
+        sample = self.conv_act(self.conv_norm_out(sample))
+        return self.conv_out(sample)
+
+
 # ---- the UNet ---------------------------------------------------------------------------------
 
 def _transformer_levels(unet):
@@ -341,13 +531,19 @@ def plan(modules: dict[str, torch.nn.Module], latent_rows: int, latent_cols: int
     larger binding anyway, and tensors are split only down to the largest weight.
 
     Returns the record for wsd-config.json: {"method", "why", "limit_bytes",
-    "max_weight_bytes", "decode": DecoderPlan as a dict or None, "unet": {block: chunks}}."""
+    "max_weight_bytes", "split_limit_bytes", "decode": DecoderPlan as a dict or None,
+    "encode": EncoderPlan as a dict or None, "unet": {block: chunks}}."""
     max_weight = max((p.numel() * p.element_size() for m in modules.values()
                       for p in m.parameters()), default=0)
     effective = max(limit, max_weight)
     record = {"method": METHOD, "why": WHY, "limit_bytes": limit,
               "max_weight_bytes": max_weight, "split_limit_bytes": effective,
-              "decode": None, "unet": {}}
+              "decode": None, "encode": None, "unet": {}}
+    if "encode_image" in modules:
+        encoder = modules["encode_image"].encoder
+        f = encoder_factor(encoder)
+        record["encode"] = asdict(plan_encoder(encoder, latent_rows * f, latent_cols * f,
+                                               dtype, effective))
     for name in DECODERS:
         if name in modules:
             record[name] = asdict(plan_decoder(modules[name].decoder, latent_rows,
@@ -362,6 +558,10 @@ def plan(modules: dict[str, torch.nn.Module], latent_rows: int, latent_cols: int
 
 def apply(modules: dict[str, torch.nn.Module], record: dict) -> None:
     """Make the traced modules compute as `record` (from `plan`) says."""
+    encode = record.get("encode")
+    if encode and encode["last_block"] is not None:
+        wrapper = modules["encode_image"]
+        wrapper.encoder = BandedEncoder(wrapper.encoder, EncoderPlan(**encode))
     for name in DECODERS:
         decode = record.get(name)
         if decode and decode["first_block"] is not None:
@@ -395,15 +595,31 @@ def describe(record: dict) -> list[str]:
         else:
             lines.append(f"{name}: largest tensor {mib(decode['largest_bytes'])} fits, "
                          f"unsplit")
+    encode = record.get("encode")
+    if encode:
+        if encode["last_block"] is not None:
+            lines.append(
+                f"encode: largest tensor {mib(encode['largest_bytes'])} > {mib(limit)}: the "
+                f"input and down blocks ..{encode['last_block']} in {encode['bands']} row "
+                f"bands (largest band tensor {mib(encode['band_bytes'])})")
+        elif encode["unsupported"]:
+            lines.append(f"encode: largest tensor {mib(encode['largest_bytes'])} > "
+                         f"{mib(limit)}, not split: {encode['unsupported']}")
+        else:
+            lines.append(f"encode: largest tensor {mib(encode['largest_bytes'])} fits, unsplit")
     for name, info in record.get("unet", {}).items():
         lines.append(f"unet: {name}'s feed-forward ({mib(info['bytes'])}) in {info['chunks']} "
                      f"token chunks")
-    split = (any(d["first_block"] is not None for _, d in decoders) or record.get("unet"))
-    unsplit = any(d["unsupported"] for _, d in decoders)
+    split = (any(d["first_block"] is not None for _, d in decoders)
+             or (encode and encode["last_block"] is not None) or record.get("unet"))
+    unsplit = [name for name, part in [*decoders, ("encoder", encode)]
+               if part and part["unsupported"]]
     if split:
         head = f"splitting        {record['method']} ({record['why']})"
+        if unsplit:
+            head += f"; not possible for the {' and '.join(unsplit)}"
     elif unsplit:
-        head = "splitting        not possible for this decoder"
+        head = f"splitting        not possible for the {' and '.join(unsplit)}"
     else:
         head = f"splitting        none needed (every tensor fits {mib(limit)})"
     return [head] + ["                   " + line for line in lines]

@@ -125,7 +125,11 @@ class VaeEncoder(torch.nn.Module):
     """RGB image (1, H, W, 3) in [0, 1] (the layout `decode` returns) -> the latent
     distribution's (mean, std), each (1, C, H/8, W/8) float32. As diffusers: the image
     processor's 2x - 1, the encoder, quant_conv, then DiagonalGaussianDistribution's
-    std = exp(0.5 * clamp(logvar, -30, 20)). The host draws the sample and scales it."""
+    std = exp(0.5 * clamp(logvar, -30, 20)). The host draws the sample and scales it.
+
+    WebGPU builds at sizes whose encoder tensors exceed a storage binding replace `encoder`
+    with wsd.compiler.split.BandedEncoder (same weights, same names): the same latents, its
+    high-resolution stages in row bands."""
 
     def __init__(self, vae):
         super().__init__()
@@ -252,8 +256,8 @@ def trace_model(model: Model, height: int, width: int, dtype: str = "float32",
                 names=None, max_binding_bytes: int | None = None) -> Traced:
     """Trace the model's functions (default: all) into one IRModule. With `max_binding_bytes`
     (WebGPU builds: the storage-binding limit) the tensors that would exceed it are split
-    exactly (wsd.compiler.split: the decoder in row bands, the UNet's feed-forward in token
-    chunks); Traced.split records what was split and why."""
+    exactly (wsd.compiler.split: the VAE decoder and encoder in row bands, the UNet's
+    feed-forward in token chunks); Traced.split records what was split and why."""
     from wsd.compiler import split
 
     check_size(model, height, width)

@@ -23,7 +23,8 @@ previews decode through it ({"function": "decode_preview", "name", "class", "con
 
 `splitting` in wsd-config.json: how tensors that would exceed WebGPU's default storage binding
 (128 MiB) were split, and why (wsd.compiler.split.plan's record: "method" "exact", "why", the
-decoder's row bands under "decode", the UNet's feed-forward token chunks under "unet");
+decoder's row bands under "decode", the encoder's under "encode", the UNet's feed-forward
+token chunks under "unet");
 `wsd build` prints it.
 
 `requirements` in wsd-config.json: what the adapter must offer (wsd.web.limits reads it from the

@@ -17,13 +17,14 @@ LIMIT = 128 * MiB
 def sd15_meta():
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from wsd.compiler.trace import GuidedUNet, VaeDecoder
+    from wsd.compiler.trace import GuidedUNet, VaeDecoder, VaeEncoder
     from wsd.models.presets import PRESETS
 
     with torch.device("meta"):
         vae = AutoencoderKL(**PRESETS["sd15"]["vae"])
         unet = UNet2DConditionModel(**PRESETS["sd15"]["unet"])
-    return {"decode": VaeDecoder(vae), "unet_guided": GuidedUNet(unet)}
+    return {"decode": VaeDecoder(vae), "encode_image": VaeEncoder(vae),
+            "unet_guided": GuidedUNet(unet)}
 
 
 @pytest.mark.parametrize("size, dtype, first_block, rows", [
@@ -43,6 +44,28 @@ def test_sd15_decoder_plan(sd15_meta, size, dtype, first_block, rows):
         assert plan.band_bytes == channels * (rows[0] * size // sum(rows) + 2) * size * itemsize
 
 
+@pytest.mark.parametrize("size, dtype, last_block, rows", [
+    (512, "float16", None, []),  # 128 channels x 512 x 512 x 2 B = 64 MiB
+    (768, "float16", 0, [384] * 2),  # 128 channels x 768 x 768: 144 MiB
+    # 256 MiB; down block 1 (256 channels x 512 x 512: 128 MiB, its downsampler's zero row
+    # and column folded into the convolution's padding) fits
+    (1024, "float16", 0, [256] * 4),
+    (512, "float32", None, []),  # 128 MiB exactly
+    (768, "float32", 1, [256] * 3),  # down block 1: 256 channels x 384 x 384 x 4 B = 144 MiB
+])
+def test_sd15_encoder_plan(sd15_meta, size, dtype, last_block, rows):
+    plan = split.plan_encoder(sd15_meta["encode_image"].encoder, size, size, dtype, LIMIT)
+    assert (plan.last_block, plan.rows, plan.unsupported) == (last_block, rows, None)
+    itemsize = 2 if dtype == "float16" else 4
+    assert plan.largest_bytes == 128 * size * size * itemsize
+    if rows:
+        assert plan.band_bytes <= LIMIT
+        # every band but the last starts at a multiple of 2 ^ (downsamplers banded) rows
+        assert all(r % 2 ** (last_block + 1) == 0 for r in rows[:-1])
+        # the widest band: 128 channels at full width, its rows + the 3x3 halo
+        assert plan.band_bytes == 128 * (rows[0] + 2) * size * itemsize
+
+
 def test_sd15_unet_plan(sd15_meta):
     unet = sd15_meta["unet_guided"].unet
     assert split.plan_unet(unet, 96, 96, 2, "float16", LIMIT) == {}  # GEGLU: 90 MiB at 768
@@ -59,13 +82,16 @@ def test_record_and_log(sd15_meta):
     assert record["method"] == "exact" and "untiled" in record["why"]
     assert record["split_limit_bytes"] == LIMIT  # SD v1.5's UNet/VAE weights are smaller
     assert record["decode"]["first_block"] == 1 and record["unet"] == {}
+    assert record["encode"]["last_block"] == 0 and record["encode"]["bands"] == 2
     lines = split.describe(record)
     assert lines[0].startswith("splitting        exact (exact splitting:")
     assert "decode: largest tensor 288 MiB > 128 MiB: up blocks 1.. and the output in 3 row " \
            "bands" in lines[1]
+    assert "encode: largest tensor 144 MiB > 128 MiB: the input and down blocks ..0 in 2 " \
+           "row bands (largest band tensor 72 MiB)" in lines[2]
 
     record = split.plan(sd15_meta, 64, 64, "float16", LIMIT)
-    assert record["decode"]["first_block"] is None
+    assert record["decode"]["first_block"] is None and record["encode"]["last_block"] is None
     assert split.describe(record)[0] == ("splitting        none needed (every tensor fits "
                                          "128 MiB)")
 
@@ -75,7 +101,7 @@ def test_record_and_log(sd15_meta):
         embedding = torch.nn.Embedding(49408, 768)
     record = split.plan({**sd15_meta, "encode_text": embedding}, 64, 64, "float32", LIMIT)
     assert record["max_weight_bytes"] == record["split_limit_bytes"] == 49408 * 768 * 4
-    assert record["decode"]["first_block"] == 2
+    assert record["decode"]["first_block"] == 2 and record["encode"]["last_block"] is None
     assert "needs a binding over 128 MiB anyway" in "\n".join(split.describe(record))
 
 
@@ -86,7 +112,9 @@ def test_sd15_webgpu_limits(dtype, size):
     """Every function of the WebGPU build, compiled (without code generation) as `wsd build
     --target webgpu` compiles it: its storages after memory planning, kernels' scratch and
     weights within WebGPU's defaults in float16; in float32 the token embedding (144.75 MiB)
-    is the largest buffer. No kernel binds more than 8 storage buffers. ~4 min each."""
+    is the largest buffer. No kernel binds more than 8 storage buffers. encode_image (the VAE
+    encoder, 128 channels at full resolution: 144 MiB at 768, 256 MiB at 1024) in row bands
+    too. ~4 min each."""
     from tvm import tirx
 
     from wsd.compiler import layout, memory, pipeline
@@ -114,6 +142,10 @@ def test_sd15_webgpu_limits(dtype, size):
         assert req["max_storage_binding_bytes"] <= LIMIT
         assert req["max_buffer_bytes"] <= 256 * MiB
         assert traced.split["decode"]["first_block"] == 1
+        assert traced.split["encode"]["last_block"] == 0
+        encode = compiled.storages["encode_image"]["sizes"]
+        print(f"encode_image: largest storage {max(encode) / MiB:.2f} MiB")
+        assert max(encode) <= LIMIT
     else:
         assert req["max_storage_bytes"] <= req["max_weight_bytes"] == 49408 * 768 * 4
         assert req["max_buffer_bytes"] == req["max_weight_bytes"]
