@@ -12,6 +12,9 @@
 // "tokenizer", and "warning" (e.g. the weights could not be cached); each stage's time is in
 // `engine.loadStats`. Generation reports "encode", "denoise" (step i of n, time left),
 // "preview" (optional intermediate images) and "decode"; its times are in `engine.last`.
+// A generation given an AbortSignal (`signal`) stops at the next step boundary (or before
+// decoding) once it is aborted: the call rejects with an "AbortError" (cancelledError), after
+// the GPU has finished the steps already submitted, and the engine stays ready.
 //
 // The denoising loop does not wait for the GPU after each step: it encodes step i+1 while
 // the GPU computes step i (at most STEPS_IN_FLIGHT steps queued), and reports a step when
@@ -55,7 +58,8 @@ function useSettings({ defaults, bounds, schedulers }) {
 
 /** Settings checked as wsd/settings.py's check does; returns them normalized. */
 export function checkSettings(options) {
-  const known = new Set([...Object.keys(DEFAULTS), "onProgress", "preview", "previewEvery"]);
+  const known = new Set([...Object.keys(DEFAULTS), "onProgress", "preview", "previewEvery",
+                         "signal"]);
   for (const key of Object.keys(options || {})) {
     if (!known.has(key)) {
       throw new Error(`unknown option '${key}'; known: ${[...known].join(", ")}`);
@@ -83,8 +87,19 @@ export function checkSettings(options) {
     throw new Error(`scheduler '${s.scheduler}' does not apply to this model; choose one ` +
                     `of: ${SAMPLERS.join(", ")}`);
   }
+  if (s.signal !== undefined && !(typeof s.signal === "object" && s.signal !== null &&
+                                   typeof s.signal.aborted === "boolean")) {
+    throw new Error("signal must be an AbortSignal");
+  }
   s.seed = parseSeed(s.seed);
   return s;
+}
+
+/** The rejection of a cancelled generation: name "AbortError", as fetch's. */
+export function cancelledError() {
+  const err = new Error("the generation was cancelled");
+  err.name = "AbortError";
+  return err;
 }
 
 /** A seed as BigInt in [0, 2**64): from an integer Number, a BigInt or a decimal string. */
@@ -300,6 +315,13 @@ export class Engine {
     const guided = s.guidanceScale > 1.0 && !embedded;
     const warnings = [];
     const timings = { encodeMs: 0, stepMs: [], stepHostMs: [], decodeMs: 0, totalMs: 0 };
+    const finished = []; // per step: resolves when the GPU has finished it
+    const stopIfCancelled = async () => { // between steps: let submitted GPU work finish
+      if (!s.signal?.aborted) return;
+      await Promise.allSettled(finished);
+      throw cancelledError();
+    };
+    if (s.signal?.aborted) throw cancelledError(); // cancelled while queued
 
     tvm.beginScope();
     try {
@@ -328,11 +350,11 @@ export class Engine {
 
       const run = this._runner();
       const tLoop = performance.now();
-      const finished = []; // per step: resolves when the GPU has finished it
       let lastDone = tLoop;
       const every = s.previewEvery || 5;
       for (let i = 0; i < timesteps.length; i++) {
         if (i >= STEPS_IN_FLIGHT) await finished[i - STEPS_IN_FLIGHT];
+        await stopIfCancelled();
         const tHost = performance.now();
         const sample = sampler.scaleModelInput(run, latents, i);
         const t = this._upload(Float32Array.of(timesteps[i]), [1]);
@@ -360,6 +382,7 @@ export class Engine {
         }
       }
       await Promise.all(finished);
+      await stopIfCancelled();
       onProgress({ stage: "decode" });
       const tDecode = performance.now();
       const { rgba, height, width } = await this._toPixels(latents);
@@ -367,7 +390,8 @@ export class Engine {
       const dataURL = await pngDataURL(rgba, height, width);
       timings.totalMs = performance.now() - t0;
       this.last = { ms: timings.totalMs, warnings, timings, gpuMemory: this.gpuMemory(),
-                    settings: { ...s, seed: String(s.seed), onProgress: undefined },
+                    settings: { ...s, seed: String(s.seed), onProgress: undefined,
+                                signal: undefined },
                     height, width };
       onProgress({ stage: "done", ms: this.last.ms });
       return dataURL;
