@@ -1,7 +1,7 @@
 // The page's image history, kept in the browser (IndexedDB) across reloads:
 //
-//   database "wsd-history" (version 1), object store "images", key "id" (auto-increment, so
-//   key order is creation order), one record per generated image:
+//   database "wsd-history" (version 1), object store "images", key "id" (auto-increment:
+//   key order is the order of storing), one record per generated image:
 //     {id, created: ms since the epoch,
 //      png: Blob (image/png, with the tEXt "parameters" chunk the download carries),
 //      parameters: that chunk's JSON text,
@@ -9,7 +9,8 @@
 //                 seed: decimal string (64-bit seeds stay exact), strength?, image?: Blob},
 //      model, configHash, dtype, width, height}      (the bundle that made it)
 //
-// At most MAX_ENTRIES records are kept (the oldest go first). Where the browser has no
+// Listed newest first (by `created`). At most MAX_ENTRIES records are kept (the first stored
+// go first). Where the browser has no
 // IndexedDB (some private modes) or refuses to store (quota), the history lives in the page
 // only, and the caller is told why (a message, never a failure of the generation).
 
@@ -61,7 +62,7 @@ export class History {
       history.db = await openDB();
       const tx = history.db.transaction(STORE, "readonly");
       const all = await request(tx.objectStore(STORE).getAll());
-      history.entries = all.reverse();
+      history.entries = all.sort((a, b) => (b.created - a.created) || (b.id - a.id));
     } catch (err) {
       history.db = null;
       history.problem = `the image history cannot be kept across reloads (${why(err)})`;
