@@ -328,6 +328,8 @@ def test_cancel_between_steps(app):
     assert history_titles(page) == before
     steps = page.evaluate("window.wsd.progress.denoise")
     assert steps["step"] < 200, steps
+    # no tvmjs scope left open (tensors of the cancelled generation freed)
+    assert page.evaluate("window.wsd.engine.tvm.ctx.autoDisposeScope.length") == 0
     # the engine is ready for the next one, and the API rejects a cancelled call by name
     generate_from_form(page, {**FIRST, "steps": "1", "seed": "6"})
     assert len(history_titles(page)) == len(before) + 1
