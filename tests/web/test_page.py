@@ -122,7 +122,8 @@ def test_png_text_chunk_read_by_pillow(tmp_path):
       import {{ encodePNG, withText, readText }} from {json.dumps(str(ROOT / "web/src/png.js"))};
       import {{ readFileSync, writeFileSync }} from "fs";
       const rgba = new Uint8ClampedArray(2 * 3 * 4).fill(255);
-      writeFileSync("{tmp_path}/a.png", await encodePNG(rgba, 2, 3, {{ parameters: "caf\\u00e9" }}));
+      const text = {{ parameters: "caf\\u00e9" }};
+      writeFileSync("{tmp_path}/a.png", await encodePNG(rgba, 2, 3, text));
       writeFileSync("{tmp_path}/b.png", withText(await encodePNG(rgba, 2, 3), {{ k: "v", w: "" }}));
       console.log(JSON.stringify(readText(readFileSync("{tmp_path}/pillow.png"))));
     """
