@@ -190,7 +190,9 @@ function parametersJSON(s, config) {
     ["seed", BigInt(s.seed).toString()], ["dtype", pythonJSON(config.dtype)],
     ["target", pythonJSON("webgpu")],
   ];
-  if (typeof s.strength === "number") fields.push(["strength", pythonFloat(s.strength)]);
+  if (s.image !== undefined && typeof s.strength === "number") { // made from an input image
+    fields.push(["strength", pythonFloat(s.strength)]);
+  }
   if (config.loras && config.loras.length) fields.push(["loras", pythonJSON(config.loras)]);
   return `{${fields.map(([k, v]) => `"${k}": ${v}`).join(", ")}}`;
 }
