@@ -13,6 +13,9 @@
 // `engine.loadStats`. Generation reports "encode", "denoise" (step i of n, time left),
 // "preview" (optional intermediate images: through the bundle's `decode_preview`, a tiny
 // autoencoder, where it has one) and "decode"; its times are in `engine.last`.
+// A generation given an AbortSignal (`signal`) stops at the next step boundary (or before
+// decoding) once it is aborted: the call rejects with an "AbortError" (cancelledError), after
+// the GPU has finished the steps already submitted, and the engine stays ready.
 //
 // The denoising loop does not wait for the GPU after each step: it encodes step i+1 while
 // the GPU computes step i (at most STEPS_IN_FLIGHT steps queued), and reports a step when
@@ -62,7 +65,7 @@ function useSettings({ defaults, bounds, schedulers }) {
 /** Settings checked as wsd/settings.py's check does; returns them normalized. */
 export function checkSettings(options) {
   const known = new Set([...Object.keys(DEFAULTS), "onProgress", "preview", "previewEvery",
-                         "image", "strength"]);
+                         "image", "strength", "signal"]);
   for (const key of Object.keys(options || {})) {
     if (!known.has(key)) {
       throw new Error(`unknown option '${key}'; known: ${[...known].join(", ")}`);
@@ -90,6 +93,10 @@ export function checkSettings(options) {
     throw new Error(`scheduler '${s.scheduler}' does not apply to this model; choose one ` +
                     `of: ${SAMPLERS.join(", ")}`);
   }
+  if (s.signal !== undefined && !(typeof s.signal === "object" && s.signal !== null &&
+                                   typeof s.signal.aborted === "boolean")) {
+    throw new Error("signal must be an AbortSignal");
+  }
   s.seed = parseSeed(s.seed);
   // image-to-image (wsd/runtime/pipeline.py's generate(image=, strength=))
   if (s.image === undefined || s.image === null) {
@@ -103,6 +110,13 @@ export function checkSettings(options) {
     checkStrength(s.strength);
   }
   return s;
+}
+
+/** The rejection of a cancelled generation: name "AbortError", as fetch's. */
+export function cancelledError() {
+  const err = new Error("the generation was cancelled");
+  err.name = "AbortError";
+  return err;
 }
 
 /** A seed as BigInt in [0, 2**64): from an integer Number, a BigInt or a decimal string. */
@@ -352,6 +366,13 @@ export class Engine {
     const guided = s.guidanceScale > 1.0 && !embedded;
     const warnings = [];
     const timings = { encodeMs: 0, stepMs: [], stepHostMs: [], decodeMs: 0, totalMs: 0 };
+    const finished = []; // per step: resolves when the GPU has finished it
+    const stopIfCancelled = async () => { // between steps: let submitted GPU work finish
+      if (!s.signal?.aborted) return;
+      await Promise.allSettled(finished);
+      throw cancelledError();
+    };
+    if (s.signal?.aborted) throw cancelledError(); // cancelled while queued
 
     tvm.beginScope();
     try {
@@ -386,7 +407,6 @@ export class Engine {
       timings.encodeMs = performance.now() - t0;
 
       const tLoop = performance.now();
-      const finished = []; // per step: resolves when the GPU has finished it
       let lastDone = tLoop;
       // Previews decode through the bundle's preview VAE (wsd build --preview-vae: a tiny
       // autoencoder, `decode_preview`), every step by default; without one, through the full
@@ -396,6 +416,7 @@ export class Engine {
       timings.previewMs = [];
       for (let i = 0; i < timesteps.length; i++) {
         if (i >= STEPS_IN_FLIGHT) await finished[i - STEPS_IN_FLIGHT];
+        await stopIfCancelled();
         const tHost = performance.now();
         const sample = sampler.scaleModelInput(run, latents, i);
         const t = this._upload(Float32Array.of(timesteps[i]), [1]);
@@ -425,6 +446,7 @@ export class Engine {
         }
       }
       await Promise.all(finished);
+      await stopIfCancelled();
       onProgress({ stage: "decode" });
       const tDecode = performance.now();
       const { rgba, height, width } = await this._toPixels(latents);
@@ -433,6 +455,7 @@ export class Engine {
       timings.totalMs = performance.now() - t0;
       this.last = { ms: timings.totalMs, warnings, timings, gpuMemory: this.gpuMemory(),
                     settings: { ...s, seed: String(s.seed), onProgress: undefined,
+                                signal: undefined,
                                 ...(input ? { image: input.record } : {}) },
                     height, width };
       onProgress({ stage: "done", ms: this.last.ms });
