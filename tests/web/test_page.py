@@ -210,9 +210,11 @@ SPY = """() => {
 }"""
 
 
-def _generate_with_image(page) -> dict:
+def _generate_with_image(page, refused: str | None) -> dict:
     """Press Generate with the chosen image: what window.wsd.generate was given, and how it
-    ended (the engine's refusal until it does img2img)."""
+    ended: `refused`, the start of the engine's message shown under the form (a picture of
+    another size than the 128x128 bundle's: both sizes named) and nothing added to the
+    history; else an image to image result, added to the history."""
     before = len(history_titles(page))
     page.evaluate(SPY)
     try:
@@ -224,9 +226,12 @@ def _generate_with_image(page) -> dict:
     calls = page.evaluate("window.__calls")
     assert len(calls) == 1, calls
     error = page.inner_text("#error") if page.is_visible("#error") else None
-    if error is not None:  # an engine without img2img refuses the keys, by name
-        assert "unknown option 'image'" in error, error
-        assert len(history_titles(page)) == before
+    if refused is not None:
+        assert error is not None and error.startswith(refused), error
+        assert "built for 128x128" in error and len(history_titles(page)) == before
+    else:
+        assert error is None, error
+        assert len(history_titles(page)) == before + 1
     return {**calls[0], "error": error}
 
 
@@ -250,7 +255,7 @@ def test_image_by_file_picker_with_strength_and_reuse(app, tmp_path):
     assert page.inner_text("#strength-value") == "0.35"
     shot(page, "image-input")
     page.fill("#steps", "2")
-    call = _generate_with_image(page)
+    call = _generate_with_image(page, refused="the image is 64x48")
     assert "image" in call["keys"] and "strength" in call["keys"], call
     assert call["strength"] == 0.35 and call["image"] == {"type": "image/png",
                                                           "size": path.stat().st_size}
@@ -293,17 +298,18 @@ def test_image_by_drop_and_paste(app, event):
     page, _ = app
     no_input_image(page)
     page.fill("#prompt", "typed")
-    png = png_with_parameters(None, size=(40 + len(event), 30), color=(10, 120, 200))
+    png = png_with_parameters(None, size=(128 + len(event), 128), color=(10, 120, 200))
     _synthetic(page, event, png, f"{event}.png")
     page.wait_for_selector("#init-chosen", state="visible")
     width = page.evaluate("""new Promise(r => { const i = document.getElementById('init-thumb');
       i.complete && i.naturalWidth ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth); })""")
-    assert width == 40 + len(event)
+    assert width == 128 + len(event)
     assert page.is_hidden("#reuse")  # no settings in it: nothing offered
     assert page.input_value("#prompt") == "typed"  # the paste did not go into the text
     page.fill("#strength", "0.6")
     shot(page, f"image-{event}")
-    call = _generate_with_image(page)
+    call = _generate_with_image(page, refused=None)  # rounds down to 128x128: image to image
+    assert page.evaluate("window.wsd.last.settings.strength") == 0.6
     assert call["strength"] == 0.6 and call["image"] == {"type": "image/png", "size": len(png)}
     page.click("#init-remove")
     assert page.is_hidden("#init-chosen")
