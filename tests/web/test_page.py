@@ -293,6 +293,24 @@ def _synthetic(page, event: str, png: bytes, name: str) -> None:
     }""", [event, list(png), name])
 
 
+def _check_native_img2img(page, last: dict, png: bytes) -> None:
+    """The page's image against wsd's native img2img of the same picture and settings."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.numerics.test_generate import setup_for
+    from tests.web.conftest import decode_png, ssim
+
+    ours = decode_png(page.get_attribute("#image", "src"))[..., :3]
+    native = setup_for("tiny", "llvm").pipe.generate(
+        last["prompt"], last["negativePrompt"], last["scheduler"], last["steps"],
+        last["guidanceScale"], int(last["seed"]), image=Image.open(io.BytesIO(png)),
+        strength=last["strength"])
+    score = ssim(ours, native)
+    print(f"chromium img2img vs native: SSIM {score:.5f}")
+    assert score >= 0.99 and np.abs(ours.astype(int) - native).mean() < 2.0
+
+
 @pytest.mark.parametrize("event", ["drop", "paste"])
 def test_image_by_drop_and_paste(app, event):
     page, _ = app
@@ -309,7 +327,10 @@ def test_image_by_drop_and_paste(app, event):
     page.fill("#strength", "0.6")
     shot(page, f"image-{event}")
     call = _generate_with_image(page, refused=None)  # rounds down to 128x128: image to image
-    assert page.evaluate("window.wsd.last.settings.strength") == 0.6
+    last = page.evaluate("window.wsd.last.settings")
+    assert last["strength"] == 0.6 and last["image"]["resized"] is True
+    if event == "paste":  # Chromium's image to image is the native one (Lanczos resize too)
+        _check_native_img2img(page, last, png)
     assert call["strength"] == 0.6 and call["image"] == {"type": "image/png", "size": len(png)}
     page.click("#init-remove")
     assert page.is_hidden("#init-chosen")
