@@ -32,6 +32,19 @@ def web_runtime() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.fixture(scope="module")
+def playwright():
+    """Playwright's sync API driving Debian's Chromium (wsd.checks.browser_run.CHROMIUM), one
+    per test module; skips where either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    from wsd.checks.browser_run import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
 def _build(tmp_path_factory, dtype: str) -> Path:
     from wsd.cli import main
 

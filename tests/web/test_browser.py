@@ -12,26 +12,17 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.cases import PROMPTS
 from tests.web.conftest import ARTIFACTS, decode_png, golden, serving, ssim
-from wsd.checks.browser_run import CHROMIUM, LOAD_TIMEOUT_MS, launch, wait_ready
+from wsd.checks.browser_run import LOAD_TIMEOUT_MS, launch, wait_ready
 
 SSIM_FP32 = 0.99
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
-    with sync_api.sync_playwright() as p:
-        yield p
+pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.web.conftest import serving
-from tests.web.test_browser import launch, playwright, wait_ready  # noqa: F401 (fixture)
+from tests.web.test_browser import launch, wait_ready
 
 CACHE_ENTRIES = "caches.open('wsd-weights-v1').then(c => c.keys()).then(k => k.length)"
 

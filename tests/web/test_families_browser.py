@@ -18,7 +18,6 @@ from wsd.checks import browser_run
 SSIM_FP32 = 0.99
 PROMPT = "a lighthouse at dusk, oil painting"
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 
 def _bundle(tmp_path_factory, model: str) -> Path:
@@ -51,14 +50,12 @@ def test_bundle_records_the_family(turbo_bundle, lcm_bundle):
     assert [i["name"] for i in lcm["functions"]["unet"]["inputs"]][-1] == "guidance_scale"
 
 
-def test_turbo_in_chromium(turbo_bundle, tmp_path):
+def test_turbo_in_chromium(turbo_bundle, playwright, tmp_path):
     """The page offers SD-Turbo's defaults (1 step of Euler, no guidance), generates with
     them, and gives the native image."""
-    if not Path(browser_run.CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {browser_run.CHROMIUM} (apt install chromium)")
     expected = setup_for("tiny-turbo", "llvm").pipe.generate(PROMPT, seed=5)
-    with sync_api.sync_playwright() as p, serving(turbo_bundle) as (url, _):
-        context = browser_run.launch(p, tmp_path / "profile")
+    with serving(turbo_bundle) as (url, _):
+        context = browser_run.launch(playwright, tmp_path / "profile")
         context.set_default_timeout(browser_run.LOAD_TIMEOUT_MS)
         page = context.new_page()
         page.goto(url)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.web.conftest import ARTIFACTS, serving
-from wsd.checks.browser_run import CHROMIUM, LOAD_TIMEOUT_MS, launch, wait_ready
+from wsd.checks.browser_run import LOAD_TIMEOUT_MS, launch, wait_ready
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 Image = pytest.importorskip("PIL.Image")
 PngInfo = pytest.importorskip("PIL.PngImagePlugin").PngInfo
 
@@ -81,14 +81,6 @@ def png_with_parameters(params: dict | None, size=(64, 48), color=(200, 30, 30))
         info.add_text("parameters", json.dumps(params))
     Image.new("RGB", size, color).save(out, format="PNG", pnginfo=info)
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
-    with sync_api.sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

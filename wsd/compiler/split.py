@@ -87,6 +87,14 @@ class DecoderPlan:
     unsupported: str | None = None  # why the decoder cannot be split, where it cannot
 
 
+def _plain_resnet(resnet) -> bool:
+    """A ResnetBlock2D without time embedding, up- or downsampling: what the banded resnet
+    reproduces."""
+    return (type(resnet).__name__ == "ResnetBlock2D" and resnet.upsample is None
+            and resnet.downsample is None and resnet.time_emb_proj is None
+            and resnet.time_embedding_norm in ("default", "group"))
+
+
 def _unsupported(decoder) -> str | None:
     """Why `decoder` is not the kind BandedDecoder reproduces (None when it is)."""
     kinds = {type(block).__name__ for block in decoder.up_blocks}
@@ -95,11 +103,8 @@ def _unsupported(decoder) -> str | None:
     if type(decoder.conv_norm_out).__name__ != "GroupNorm":
         return f"{type(decoder.conv_norm_out).__name__} output norm"
     for block in decoder.up_blocks:
-        for resnet in block.resnets:
-            if (type(resnet).__name__ != "ResnetBlock2D" or resnet.upsample is not None
-                    or resnet.downsample is not None or resnet.time_emb_proj is not None
-                    or resnet.time_embedding_norm not in ("default", "group")):
-                return "resnets other than plain ResnetBlock2D"
+        if not all(map(_plain_resnet, block.resnets)):
+            return "resnets other than plain ResnetBlock2D"
         for up in block.upsamplers or []:
             if (not up.interpolate or not up.use_conv or up.use_conv_transpose
                     or up.norm is not None or up.name != "conv"):
@@ -329,11 +334,8 @@ def _encoder_unsupported(encoder) -> str | None:
     if kinds != {"DownEncoderBlock2D"}:
         return f"down blocks {sorted(kinds)} (only DownEncoderBlock2D is split)"
     for block in encoder.down_blocks:
-        for resnet in block.resnets:
-            if (type(resnet).__name__ != "ResnetBlock2D" or resnet.upsample is not None
-                    or resnet.downsample is not None or resnet.time_emb_proj is not None
-                    or resnet.time_embedding_norm not in ("default", "group")):
-                return "resnets other than plain ResnetBlock2D"
+        if not all(map(_plain_resnet, block.resnets)):
+            return "resnets other than plain ResnetBlock2D"
         for down in block.downsamplers or []:
             conv = getattr(down, "conv", None)
             if (type(down).__name__ != "Downsample2D" or not down.use_conv
