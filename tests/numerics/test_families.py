@@ -87,6 +87,7 @@ def test_lcm_matches_diffusers(steps, guidance):
     assert ssim(ours, other) < 0.9  # the check discriminates
 
 
+@pytest.mark.slow  # a library of its own: ~30 s
 def test_family_folder(tmp_path):
     """A folder written by diffusers: its family from its name, its sampler from its
     scheduler config, its pad token from its tokenizer files; the image diffusers makes from

@@ -117,6 +117,7 @@ def test_sd15_matches_diffusers_cuda(scheduler):
     assert ssim(ours, theirs) >= SSIM_BAR
 
 
+@pytest.mark.slow  # a library of its own: ~35 s
 def test_model_folder(tmp_path):
     """A diffusers-format folder (the tiny weights saved by diffusers) generates, through
     its own configs and tokenizer files, the image diffusers makes from that folder."""
@@ -158,6 +159,7 @@ def test_float16_close_to_float32(target):
     assert ssim(ours, theirs) >= FP16_SSIM_BAR
 
 
+@pytest.mark.slow  # a library of its own: ~30 s
 def test_non_square_resolution():
     """Resolution is a build option: a 96x160 library matches diffusers at 96x160."""
     setup = setup_for("tiny", "llvm")

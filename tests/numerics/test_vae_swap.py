@@ -90,6 +90,7 @@ def test_taesd_folder_is_the_preset(taesd_folder):
     assert load_model("tiny").with_vae(pipeline_folder).architecture() == preset.architecture()
 
 
+@pytest.mark.slow  # a library of its own: ~35 s
 def test_kl_folder_matches_diffusers(reference, kl_folder):
     model = load_model("tiny").with_vae(kl_folder)
     ours = _ours(model)

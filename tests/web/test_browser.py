@@ -106,6 +106,7 @@ def test_bad_settings_rejected(app, settings, message):
     assert message in error
 
 
+@pytest.mark.slow  # reloads the model: ~130 s on SwiftShader
 def test_lost_device_named_and_recovered(app):
     """A lost GPU device (here destroyed from outside, as a driver reset would) is named by the
     page and by every call; "Reload the model" loads a new engine from the browser's cache,

@@ -375,6 +375,7 @@ OTHER_BUNDLE = """bytes => new Promise((resolve, reject) => {
 })"""
 
 
+@pytest.mark.slow  # a second page load: ~105 s on SwiftShader
 def test_history_survives_a_reload(app):
     """Reloaded, the page lists the stored images before the model is ready, and labels an
     image of another bundle (stored here as an older page would have)."""

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # its own bundle (~2 min) and a Deno run with previews
+
 from tests.web.conftest import serving, ssim
 from wsd.checks import browser_run
 from wsd.runtime.weights import read_manifest
