@@ -45,23 +45,27 @@ def playwright():
         yield p
 
 
-def _build(tmp_path_factory, dtype: str) -> Path:
+def build_bundle(tmp_path_factory, dtype: str = "float32", model: str = "tiny",
+                 *options: str) -> Path:
+    """`wsd build --target webgpu` of `model` into a fresh folder named after it; `options`
+    go to the command (e.g. "--preview-vae", "tiny-taesd")."""
     from wsd.cli import main
 
-    out = tmp_path_factory.mktemp(f"bundle-{dtype}") / "tiny"
-    assert main(["build", "--target", "webgpu", "--dtype", dtype, "--out", str(out)]) == 0
+    out = tmp_path_factory.mktemp(f"bundle-{model}-{dtype}") / model
+    assert main(["build", "--model", model, "--target", "webgpu", "--dtype", dtype,
+                 "--out", str(out), *options]) == 0
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(web_runtime, tmp_path_factory) -> Path:
     """`wsd build --target webgpu --out DIR` of the embedded tiny model (float32)."""
-    return _build(tmp_path_factory, "float32")
+    return build_bundle(tmp_path_factory, "float32")
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle_fp16(web_runtime, tmp_path_factory) -> Path:
-    return _build(tmp_path_factory, "float16")
+    return build_bundle(tmp_path_factory, "float16")
 
 
 def golden(name: str):

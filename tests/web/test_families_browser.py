@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.numerics.test_generate import setup_for
-from tests.web.conftest import ARTIFACTS, decode_png, serving, ssim
+from tests.web.conftest import ARTIFACTS, build_bundle, decode_png, serving, ssim
 from wsd.checks import browser_run
 
 SSIM_FP32 = 0.99
@@ -20,22 +20,14 @@ PROMPT = "a lighthouse at dusk, oil painting"
 
 
 
-def _bundle(tmp_path_factory, model: str) -> Path:
-    from wsd.cli import main
-
-    out = tmp_path_factory.mktemp(f"bundle-{model}") / model
-    assert main(["build", "--model", model, "--target", "webgpu", "--out", str(out)]) == 0
-    return out
-
-
 @pytest.fixture(scope="module")
 def turbo_bundle(web_runtime, tmp_path_factory) -> Path:
-    return _bundle(tmp_path_factory, "tiny-turbo")
+    return build_bundle(tmp_path_factory, "float32", "tiny-turbo")
 
 
 @pytest.fixture(scope="module")
 def lcm_bundle(web_runtime, tmp_path_factory) -> Path:
-    return _bundle(tmp_path_factory, "tiny-lcm")
+    return build_bundle(tmp_path_factory, "float32", "tiny-lcm")
 
 
 def test_bundle_records_the_family(lcm_bundle):

@@ -17,7 +17,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.slow  # its own bundle (~2 min) and a Deno run with previews
 
-from tests.web.conftest import serving, ssim
+from tests.web.conftest import build_bundle, serving, ssim
 from wsd.checks import browser_run
 from wsd.runtime.weights import read_manifest
 
@@ -29,12 +29,7 @@ WEB = Path(__file__).resolve().parents[2] / "web"
 
 @pytest.fixture(scope="module")
 def preview_bundle(web_runtime, tmp_path_factory) -> Path:
-    from wsd.cli import main
-
-    out = tmp_path_factory.mktemp("bundle-preview") / "tiny"
-    assert main(["build", "--target", "webgpu", "--out", str(out),
-                 "--preview-vae", "tiny-taesd"]) == 0
-    return out
+    return build_bundle(tmp_path_factory, "float32", "tiny", "--preview-vae", "tiny-taesd")
 
 
 def _rgb(data_url: str) -> np.ndarray:
